@@ -1,0 +1,428 @@
+//! Session ownership across shards: claims at the home shard, takeovers at the previous owner,
+//! grants at the new owner, releases when a session ends. Also the mesh plumbing and timers.
+
+use super::*;
+
+impl ShardCore {
+    pub(super) fn session_mut(&mut self, s: SessionRef) -> Option<&mut Session> {
+        self.sessions.get_mut(s.0 as usize)?.as_mut()
+    }
+
+    pub(super) fn session(&self, s: SessionRef) -> Option<&Session> {
+        self.sessions.get(s.0 as usize)?.as_ref()
+    }
+
+    /// Sends a mesh message (to ourselves through a local queue, so handlers never re-enter).
+    pub(super) fn send(&mut self, to: u8, msg: MeshMsg) {
+        if to == self.shard {
+            self.self_queue.push_back(msg);
+        } else {
+            self.mesh_out[to as usize].push_back(msg);
+        }
+    }
+
+    /// Sends to every other shard (`make` builds each copy).
+    pub(super) fn broadcast(&mut self, mut make: impl FnMut() -> MeshMsg) -> u32 {
+        let mut n = 0;
+        for peer in 0..self.cfg.nr_shards {
+            if peer != self.shard {
+                let m = make();
+                self.mesh_out[peer as usize].push_back(m);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Processes messages this shard sent to itself.
+    pub(super) fn drain_self(&mut self, now_ms: u64) {
+        let mut budget = 1_000_000;
+        while let Some(m) = self.self_queue.pop_front() {
+            self.dispatch(now_ms, m);
+            budget -= 1;
+            assert!(budget > 0, "self-addressed mesh messages loop");
+        }
+    }
+
+    /// Next message for `peer`, if any.
+    pub fn poll_mesh(&mut self, peer: u8) -> Option<MeshMsg> {
+        self.mesh_out.get_mut(peer as usize)?.pop_front()
+    }
+
+    /// Puts back a message the shell could not send (peer queue full), keeping order.
+    pub fn unpoll_mesh(&mut self, peer: u8, msg: MeshMsg) {
+        self.mesh_out[peer as usize].push_front(msg);
+    }
+
+    /// Mesh messages waiting to leave this shard.
+    pub fn mesh_backlog(&self) -> usize {
+        self.mesh_out.iter().map(|q| q.len()).sum()
+    }
+
+    /// The mesh backlog went down: readers paused for backpressure may go on.
+    pub fn wake_paused_readers(&mut self) {
+        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
+            for w in self.paused_readers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
+    /// Handles a message from another shard.
+    pub fn handle_mesh(&mut self, now_ms: u64, msg: MeshMsg) {
+        self.dispatch(now_ms, msg);
+        self.drain_self(now_ms);
+    }
+
+    fn dispatch(&mut self, now_ms: u64, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Forward { org, msg, shared } => {
+                self.route(&org, &msg, None, true, now_ms);
+                for full in shared {
+                    if let Some(sub) = self.router.pick_shared_local(&org, &full) {
+                        let mut stored = None;
+                        let q = sub.opts.qos.min(msg.qos);
+                        let retain = sub.opts.retain_as_published && msg.retain;
+                        let ids: SmallVec<[u32; 2]> = sub.sub_id.into_iter().collect();
+                        self.deliver(sub.session, &msg, q, retain, &ids, &mut stored, now_ms);
+                    }
+                }
+            }
+            MeshMsg::Interest { org, filter, shard, add, ack } => {
+                self.router.set_remote(&org, &filter, shard, add);
+                if let Some((conn, token)) = ack {
+                    self.send(shard, MeshMsg::InterestAck { conn, token });
+                }
+            }
+            MeshMsg::InterestAck { conn, token } => self.handle_interest_ack(conn, token, now_ms),
+            MeshMsg::Retain { org, msg, seq } => {
+                self.retained.apply(&org, msg, seq, self.cfg.retained_max);
+            }
+            MeshMsg::Claim { key, shard, conn, clean_start } => {
+                self.handle_claim(key, shard, conn, clean_start)
+            }
+            MeshMsg::Takeover { key, old_generation, old_conn, to_shard, conn, generation, clean_start } => {
+                let sup = Supersede { to_shard, conn, generation, clean_start };
+                self.handle_takeover(key, old_generation, old_conn, sup, now_ms)
+            }
+            MeshMsg::Granted { key, conn, generation, state } => {
+                self.handle_granted(key, conn, generation, state, now_ms)
+            }
+            MeshMsg::Release { key, generation } => {
+                if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
+                    self.registry.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn handle_takeover(&mut self, key: SessionKey, old_gen: u64, old_conn: ConnId, sup: Supersede, now_ms: u64) {
+        // The previous claim may still be waiting for its grant: remember where the session
+        // must go next, and close that connection.
+        if let Some(c) = self.conn_mut(old_conn) {
+            if c.phase == Phase::AwaitSession && c.key.as_ref() == Some(&key) {
+                c.superseded = Some(sup);
+                c.closing = true;
+                wake(&mut c.writer);
+                wake(&mut c.reader);
+                return;
+            }
+        }
+        let sref = self
+            .session_index
+            .get(&key)
+            .copied()
+            .filter(|s| self.session(*s).is_some_and(|s| s.generation == old_gen));
+        let state = match sref {
+            None => None, // already ended; its release is on the way home
+            Some(sref) => {
+                if let Some(live) = self.session(sref).and_then(|s| s.conn) {
+                    // Kick the old connection [MQTT-3.1.4-3]; its will follows the takeover rules.
+                    let continues = !sup.clean_start;
+                    if let Some(c) = self.conn_mut(live) {
+                        if continues && c.will_delay_secs > 0 {
+                            c.will = None; // the session continues: a delayed will is cancelled
+                        }
+                    }
+                    self.close_conn(live, Some(ReasonCode::SESSION_TAKEN_OVER), now_ms);
+                }
+                self.take_session(sref, sup.clean_start, now_ms)
+            }
+        };
+        self.send(
+            sup.to_shard,
+            MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state },
+        );
+    }
+
+    /// Removes a session from this shard for a takeover, returning its state unless `discard`.
+    fn take_session(&mut self, sref: SessionRef, discard: bool, now_ms: u64) -> Option<Box<SessionState>> {
+        self.unsubscribe_all(sref);
+        let s = self.sessions[sref.0 as usize].take().expect("caller checked");
+        self.session_free.push(sref.0);
+        self.session_index.remove(&SessionKey { org: s.org.clone(), client_id: s.client_id.clone() });
+        if discard {
+            if let Some((_, w)) = s.delayed_will {
+                self.publish_internal(&s.org, w, now_ms);
+            }
+            None
+        } else {
+            Some(Box::new(s.state))
+        }
+    }
+
+    fn unsubscribe_all(&mut self, sref: SessionRef) {
+        let Some(s) = self.session_mut(sref) else { return };
+        let org = s.org.clone();
+        let filters: Vec<Box<str>> = s.state.subs.keys().cloned().collect();
+        for f in filters {
+            let ch = self.router.unsubscribe(&org, &f, sref);
+            if ch.interest_changed {
+                self.announce(&org, &f, false, None);
+            }
+        }
+    }
+
+    /// Tells every other shard about a change of local interest; returns how many acks to wait for.
+    pub(super) fn announce(&mut self, org: &Arc<str>, filter: &str, add: bool, ack: Option<(ConnId, u64)>) -> u32 {
+        if self.cfg.nr_shards == 1 {
+            return 0;
+        }
+        let filter: Arc<str> = Arc::from(filter);
+        let shard = self.shard;
+        self.broadcast(|| MeshMsg::Interest { org: org.clone(), filter: filter.clone(), shard, add, ack })
+    }
+
+    fn handle_granted(&mut self, key: SessionKey, id: ConnId, generation: u64, state: Option<Box<SessionState>>, now_ms: u64) {
+        let (alive, sup) = match self.conn_mut(id) {
+            Some(c) if c.phase == Phase::AwaitSession => (true, c.superseded.take()),
+            _ => (false, None),
+        };
+        if let Some(sup) = sup {
+            // A newer claim took this session before it was granted to us: pass it on.
+            let state = if sup.clean_start { None } else { state };
+            self.close_conn(id, None, now_ms);
+            let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state };
+            self.send(sup.to_shard, msg);
+            return;
+        }
+        let (clean_start, expiry, protocol) = match self.conn(id) {
+            Some(c) if alive => (c.clean_start, c.expiry_req, c.protocol),
+            _ => (true, 0, None),
+        };
+        let present = state.is_some() && !clean_start;
+        let mut st = if clean_start { SessionState::default() } else { state.map(|b| *b).unwrap_or_default() };
+        st.expiry_secs = expiry;
+        st.protocol = protocol.or(st.protocol);
+        let session = Session {
+            org: key.org.clone(),
+            client_id: key.client_id.clone(),
+            generation,
+            conn: alive.then_some(id),
+            expires_at_ms: None,
+            delayed_will: None,
+            state: st,
+        };
+        let sref = match self.session_free.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = Some(session);
+                SessionRef(i)
+            }
+            None => {
+                self.sessions.push(Some(session));
+                SessionRef((self.sessions.len() - 1) as u32)
+            }
+        };
+        self.session_index.insert(key.clone(), sref);
+        // Restore subscriptions into this shard's index.
+        let subs: Vec<(Box<str>, SubEntry)> =
+            self.session(sref).expect("just inserted").state.subs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (f, e) in subs {
+            let ch = self.router.subscribe(&key.org, &f, Sub { session: sref, opts: e.opts, sub_id: e.sub_id });
+            if ch.interest_changed {
+                self.announce(&key.org, &f, true, None);
+            }
+        }
+        if !alive {
+            // The connection went away while waiting: the session is offline from the start.
+            let s = self.session_mut(sref).expect("just inserted");
+            if s.state.expiry_secs == 0 {
+                self.end_session(sref, now_ms);
+            } else if s.state.expiry_secs != u32::MAX {
+                s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
+            }
+            return;
+        }
+        let max_packet = self.cfg.max_packet_size;
+        let c = self.conn_mut(id).expect("alive");
+        c.session = Some(sref);
+        c.phase = Phase::Active;
+        let v5 = c.protocol == Some(Protocol::V5);
+        let mut props = Properties::default();
+        if v5 {
+            props.receive_maximum = Some(limits::INFLIGHT_MAX);
+            props.topic_alias_maximum = Some(limits::TOPIC_ALIAS_MAX);
+            props.maximum_packet_size = Some(max_packet);
+            props.assigned_client_identifier = c.assigned_id.clone();
+            c.aliases_in = vec![None; limits::TOPIC_ALIAS_MAX as usize];
+        }
+        let ack = Packet::ConnAck(ConnAck { session_present: present, reason: ReasonCode::SUCCESS, props });
+        self.write(id, &ack);
+        wake(&mut self.conn_mut(id).expect("alive").reader);
+        // Resend what was in flight [MQTT-4.4.0-1], then drain the queue.
+        let resend: Vec<(u16, InFlight)> =
+            self.session(sref).expect("present").state.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (pid, f) in resend {
+            match f.state {
+                OutState::Published => {
+                    let sent = self.encode_delivery(id, &f.delivery, PacketId::new(pid), true, now_ms);
+                    if !sent {
+                        self.session_mut(sref).expect("present").state.inflight.remove(&pid);
+                    }
+                }
+                OutState::Released => {
+                    let p = PacketId::new(pid).expect("stored ids are non-zero");
+                    self.write(id, &Packet::PubRel(pubresp(p, ReasonCode::SUCCESS)));
+                }
+            }
+        }
+        self.pump(sref, now_ms);
+    }
+
+    /// Ends a session: drops its subscriptions, publishes a pending will, tells the home shard.
+    pub(super) fn end_session(&mut self, sref: SessionRef, now_ms: u64) {
+        let Some(s) = self.session(sref) else { return };
+        let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
+        let generation = s.generation;
+        let _ = self.take_session(sref, true, now_ms);
+        let home = home_shard(&key, self.cfg.nr_shards);
+        self.send(home, MeshMsg::Release { key, generation });
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let mut expired_conns = Vec::new();
+        for (i, c) in self.conns.iter().enumerate() {
+            let Some(c) = c else { continue };
+            if c.closing {
+                continue;
+            }
+            let id = ConnId { idx: i as u32, gen: c.gen };
+            match c.phase {
+                Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
+                    expired_conns.push((id, None));
+                }
+                // [MQTT-3.1.2-22]: one and a half times the keep alive.
+                Phase::Active if c.keep_alive_ms > 0 && now_ms > c.last_rx_ms + c.keep_alive_ms * 3 / 2 => {
+                    expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in expired_conns {
+            self.close_conn(id, reason, now_ms);
+        }
+        let mut ended = Vec::new();
+        let mut wills = Vec::new();
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            if s.conn.is_some() {
+                continue;
+            }
+            if s.delayed_will.as_ref().is_some_and(|(at, _)| *at <= now_ms) {
+                let (_, w) = s.delayed_will.take().expect("checked");
+                wills.push((s.org.clone(), w));
+            }
+            if s.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                ended.push(SessionRef(i as u32));
+            }
+        }
+        for (org, w) in wills {
+            self.publish_internal(&org, w, now_ms);
+        }
+        for s in ended {
+            self.end_session(s, now_ms);
+        }
+        if self.cfg.sys_interval_ms > 0 && now_ms >= self.last_sys_ms + self.cfg.sys_interval_ms {
+            self.last_sys_ms = now_ms;
+            self.publish_sys(now_ms);
+        }
+        self.drain_self(now_ms);
+    }
+
+    fn publish_sys(&mut self, now_ms: u64) {
+        let mut figures: HashMap<Arc<str>, sys::OrgFigures, RandomState> = HashMap::default();
+        for o in self.cfg.orgs.iter() {
+            figures.entry(o.clone()).or_default();
+        }
+        for c in self.conns.iter().flatten() {
+            if let Some(k) = &c.key {
+                let f = figures.entry(k.org.clone()).or_default();
+                f.connected += (c.phase == Phase::Active) as u64;
+                f.received += c.rx_msgs;
+                f.sent += c.tx_msgs;
+            }
+        }
+        for (org, (rx, tx)) in &self.closed_rx {
+            let f = figures.entry(org.clone()).or_default();
+            f.received += rx;
+            f.sent += tx;
+        }
+        for (org, f) in figures.iter_mut() {
+            f.subscriptions = self.router.local_subscription_count(org) as u64;
+            f.retained = self.retained.count(org) as u64;
+        }
+        self.cfg.sys.report(self.shard as usize, figures);
+        if self.shard != 0 {
+            return;
+        }
+        let uptime = now_ms.saturating_sub(self.start_ms) / 1000;
+        for (org, f) in self.cfg.sys.totals() {
+            let items = [
+                ("$SYS/broker/version", concat!("coremq ", env!("CARGO_PKG_VERSION")).to_string()),
+                ("$SYS/broker/uptime", format!("{uptime} seconds")),
+                ("$SYS/broker/clients/connected", f.connected.to_string()),
+                ("$SYS/broker/messages/received", f.received.to_string()),
+                ("$SYS/broker/messages/sent", f.sent.to_string()),
+                ("$SYS/broker/subscriptions/count", f.subscriptions.to_string()),
+                ("$SYS/broker/retained/count", f.retained.to_string()),
+            ];
+            for (topic, value) in items {
+                let msg = Msg {
+                    topic: MqStr::from_static(topic),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    props: Properties::default(),
+                    received_ms: now_ms,
+                };
+                self.publish_internal(&org, msg, now_ms);
+            }
+        }
+    }
+}
+
+/// Wakes and clears a stored waker.
+pub(super) fn wake(w: &mut Option<Waker>) {
+    if let Some(w) = w.take() {
+        w.wake();
+    }
+}
+
+/// A PUBACK/PUBREC/PUBREL/PUBCOMP body.
+pub(super) fn pubresp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
+    PubResp { packet_id, reason, props: Properties::default() }
+}
+
+/// The protocol level byte of a CONNECT frame, if it can be read.
+pub(super) fn peek_connect_level(raw: &[u8]) -> Option<u8> {
+    let mut i = 1;
+    while *raw.get(i)? & 0x80 != 0 {
+        i += 1;
+    }
+    i += 1;
+    let name_len = u16::from_be_bytes([*raw.get(i)?, *raw.get(i + 1)?]) as usize;
+    raw.get(i + 2 + name_len).copied()
+}

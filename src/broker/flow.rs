@@ -1,0 +1,453 @@
+//! Message flow: PUBLISH in, routing and fan-out, QoS 1/2 acknowledgements both ways,
+//! SUBSCRIBE/UNSUBSCRIBE, DISCONNECT. The fan-out path allocates nothing in steady state
+//! (proved by `tests/no_alloc.rs`).
+
+use super::*;
+
+impl ShardCore {
+    pub(super) fn handle_publish(&mut self, id: ConnId, now_ms: u64, mut p: Publish) {
+        let c = self.conn_mut(id).expect("caller checked");
+        let v = c.protocol.expect("active connection has a protocol");
+        let sref = c.session.expect("active connection has a session");
+        let org = c.key.as_ref().expect("active connection has a key").org.clone();
+        if !p.props.subscription_identifiers.is_empty() {
+            // Only the server sends subscription identifiers [MQTT-3.3.4-6].
+            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+        }
+        if let Some(alias) = p.props.topic_alias.take() {
+            if alias > limits::TOPIC_ALIAS_MAX {
+                return self.close_conn(id, Some(ReasonCode::TOPIC_ALIAS_INVALID), now_ms);
+            }
+            let slot = &mut c.aliases_in[alias as usize - 1];
+            if p.topic.is_empty() {
+                match slot {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms),
+                }
+            } else {
+                *slot = Some(p.topic.to_owned_copy());
+            }
+        }
+        c.rx_msgs += 1;
+        self.stats.received += 1;
+        let denied = p.topic.as_str().starts_with("$SYS"); // broker-owned [SPEC §3]
+        match p.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => {
+                let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
+                let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+                self.write(id, &Packet::PubAck(pubresp(pid, reason)));
+            }
+            QoS::ExactlyOnce => {
+                let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
+                let st = &mut self.session_mut(sref).expect("live session").state;
+                if denied {
+                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)));
+                    return;
+                }
+                if st.inbound_qos2.contains(&pid.get()) {
+                    // A resend of a message we already have: acknowledge, do not deliver twice.
+                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)));
+                    return;
+                }
+                if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
+                    return self.close_conn(id, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), now_ms);
+                }
+                st.inbound_qos2.insert(pid.get());
+                self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)));
+            }
+        }
+        if denied {
+            return;
+        }
+        let _ = v;
+        let msg = Msg {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: p.props,
+            received_ms: now_ms,
+        };
+        if msg.retain {
+            self.apply_retain(&org, &msg);
+        }
+        self.route(&org, &msg, Some(sref), false, now_ms);
+    }
+
+    /// Publishes a message originating in the broker (wills, `$SYS`).
+    pub(super) fn publish_internal(&mut self, org: &Arc<str>, msg: Msg, now_ms: u64) {
+        let msg = Msg { received_ms: now_ms, ..msg };
+        if msg.retain {
+            self.apply_retain(org, &msg);
+        }
+        self.route(org, &msg, None, false, now_ms);
+    }
+
+    fn apply_retain(&mut self, org: &Arc<str>, msg: &Msg) {
+        let seq = self.cfg.retain_seq.fetch_add(1, Ordering::Relaxed);
+        let owned = msg.to_owned_copy();
+        self.retained.apply(org, owned.clone(), seq, self.cfg.retained_max);
+        self.broadcast(|| MeshMsg::Retain { org: org.clone(), msg: owned.clone(), seq });
+    }
+
+    /// Routes `msg` to local subscribers and, unless it came from another shard, forwards it
+    /// once to each interested remote shard.
+    pub(super) fn route(&mut self, org: &Arc<str>, msg: &Msg, publisher: Option<SessionRef>, from_remote: bool, now_ms: u64) {
+        let mut m = std::mem::take(&mut self.matches);
+        self.router.route(org, msg.topic.as_str(), !from_remote, &mut m);
+        let mut subs = std::mem::take(&mut self.fanout);
+        subs.clear();
+        subs.extend_from_slice(&m.subs);
+        subs.sort_unstable_by_key(|s| s.session);
+        let mut stored: Option<Arc<Msg>> = None;
+        let mut i = 0;
+        while i < subs.len() {
+            let session = subs[i].session;
+            let mut qos: Option<QoS> = None;
+            let mut retain = false;
+            let mut ids: SmallVec<[u32; 2]> = SmallVec::new();
+            while i < subs.len() && subs[i].session == session {
+                let s = &subs[i];
+                i += 1;
+                if s.opts.no_local && publisher == Some(session) {
+                    continue; // [MQTT-3.8.3-3]
+                }
+                let q = s.opts.qos.min(msg.qos);
+                qos = Some(qos.map_or(q, |old| old.max(q)));
+                retain |= s.opts.retain_as_published && msg.retain;
+                if let Some(id) = s.sub_id {
+                    if ids.len() < limits::SUB_IDS_PER_PUBLISH_MAX {
+                        ids.push(id);
+                    }
+                }
+            }
+            if let Some(q) = qos {
+                self.deliver(session, msg, q, retain, &ids, &mut stored, now_ms);
+            }
+        }
+        if !from_remote && (m.remote != 0 || !m.shared_remote.is_empty()) {
+            let mut targets = m.remote;
+            for p in &m.shared_remote {
+                targets |= 1 << p.shard;
+            }
+            while targets != 0 {
+                let shard = targets.trailing_zeros() as u8;
+                targets &= targets - 1;
+                let mut shared = SmallVec::new();
+                for p in m.shared_remote.iter().filter(|p| p.shard == shard) {
+                    shared.push(p.filter.clone());
+                }
+                let f = MeshMsg::Forward { org: org.clone(), msg: msg.clone(), shared };
+                self.mesh_out[shard as usize].push_back(f);
+            }
+        }
+        self.fanout = subs;
+        self.matches = m;
+    }
+
+    /// Delivers to one session: straight into its connection's output when possible, else into
+    /// its bounded queue. `stored` is the owned copy shared by all QoS 1/2 deliveries of `msg`.
+    #[allow(clippy::too_many_arguments)] // One call site per kind of delivery; a struct would add noise.
+    pub(super) fn deliver(
+        &mut self,
+        sref: SessionRef,
+        msg: &Msg,
+        qos: QoS,
+        retain: bool,
+        ids: &[u32],
+        stored: &mut Option<Arc<Msg>>,
+        now_ms: u64,
+    ) {
+        if msg.expiry(now_ms) == Expiry::Expired {
+            return;
+        }
+        let Some(s) = self.session_mut(sref) else { return };
+        let conn = s.conn;
+        if qos == QoS::AtMostOnce {
+            let Some(id) = conn else { return }; // QoS 0 is not queued for offline sessions
+            let full = self.conn(id).is_none_or(|c| c.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
+            if full {
+                self.stats.dropped_slow += 1;
+                if let Some(c) = self.conn_mut(id) {
+                    c.dropped += 1;
+                }
+                return;
+            }
+            let po = PublishOut {
+                dup: false,
+                qos,
+                retain,
+                topic: msg.topic.as_bytes(),
+                packet_id: None,
+                props: Some(&msg.props),
+                sub_ids: ids,
+                topic_alias: None,
+                expiry_left: None,
+                payload: &msg.payload,
+            };
+            self.write_publish(id, po, &msg.topic, msg, now_ms);
+            return;
+        }
+        let arc = stored.get_or_insert_with(|| Arc::new(msg.to_owned_copy())).clone();
+        let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect() };
+        let s = self.session_mut(sref).expect("checked above");
+        s.state.enqueue(d);
+        if conn.is_some() {
+            self.pump(sref, now_ms);
+        }
+    }
+
+    /// Moves queued messages into the in-flight window while it and the output have room.
+    pub(super) fn pump(&mut self, sref: SessionRef, now_ms: u64) {
+        let Some(s) = self.session(sref) else { return };
+        let Some(id) = s.conn else { return };
+        let Some(c) = self.conn(id) else { return };
+        if c.phase != Phase::Active {
+            return;
+        }
+        let window = c.send_window as usize;
+        loop {
+            let out_full = self.conn(id).is_none_or(|c| c.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
+            let s = self.session_mut(sref).expect("checked above");
+            if out_full || s.state.inflight.len() >= window {
+                return;
+            }
+            let Some(d) = s.state.queue.pop_front() else { return };
+            if d.msg.expiry(now_ms) == Expiry::Expired {
+                continue;
+            }
+            let Some(pid) = s.state.alloc_pid() else {
+                s.state.queue.push_front(d);
+                return;
+            };
+            let sent = self.encode_delivery(id, &d, PacketId::new(pid), false, now_ms);
+            if sent {
+                let s = self.session_mut(sref).expect("checked above");
+                s.state.inflight.insert(pid, InFlight { delivery: d, state: OutState::Published });
+            }
+        }
+    }
+
+    /// Encodes a stored delivery; false when it could not be sent (too large for the client).
+    pub(super) fn encode_delivery(&mut self, id: ConnId, d: &Delivery, pid: Option<PacketId>, dup: bool, now_ms: u64) -> bool {
+        let msg = &d.msg;
+        let po = PublishOut {
+            dup,
+            qos: d.qos,
+            retain: d.retain,
+            topic: msg.topic.as_bytes(),
+            packet_id: if d.qos == QoS::AtMostOnce { None } else { pid },
+            props: Some(&msg.props),
+            sub_ids: &d.sub_ids,
+            topic_alias: None,
+            expiry_left: None,
+            payload: &msg.payload,
+        };
+        self.write_publish(id, po, &msg.topic, msg, now_ms)
+    }
+
+    /// Writes a PUBLISH to a connection, applying message expiry, the client's maximum packet
+    /// size and outbound topic aliases. False if it was not sent.
+    fn write_publish(&mut self, id: ConnId, mut po: PublishOut<'_>, topic: &MqStr, msg: &Msg, now_ms: u64) -> bool {
+        let Some(c) = self.conn_mut(id) else { return false };
+        let Some(v) = c.protocol else { return false };
+        match msg.expiry(now_ms) {
+            Expiry::Expired => return false,
+            Expiry::Left(s) => po.expiry_left = Some(s),
+            Expiry::Never => {}
+        }
+        if v == Protocol::V5 && c.client_alias_max > 0 {
+            if let Some(a) = c.aliases_out.get(topic) {
+                po.topic_alias = Some(*a);
+                po.topic = b"";
+            } else if c.aliases_out.len() < c.client_alias_max as usize {
+                let a = c.aliases_out.len() as u16 + 1;
+                c.aliases_out.insert(topic.to_owned_copy(), a);
+                po.topic_alias = Some(a);
+            }
+        }
+        if po.encoded_len(v) > c.client_max_packet as usize {
+            // Too large for the client: not sent, treated as delivered [MQTT-3.1.2-25].
+            c.dropped += 1;
+            return false;
+        }
+        encode_publish(&mut c.out, v, &po);
+        c.tx_msgs += 1;
+        wake(&mut c.writer);
+        self.stats.sent += 1;
+        true
+    }
+
+    pub(super) fn handle_puback(&mut self, id: ConnId, now_ms: u64, r: PubResp, comp: bool) {
+        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let st = &mut self.session_mut(sref).expect("live session").state;
+        let want = if comp { OutState::Released } else { OutState::Published };
+        let pid = r.packet_id.get();
+        match st.inflight.get(&pid) {
+            Some(f) if f.state == want && (comp || f.delivery.qos == QoS::AtLeastOnce) => {
+                st.inflight.remove(&pid);
+                self.pump(sref, now_ms);
+            }
+            // Unknown or out-of-state acknowledgements are ignored, as most brokers do.
+            _ => {}
+        }
+    }
+
+    pub(super) fn handle_pubrec(&mut self, id: ConnId, r: PubResp) {
+        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let st = &mut self.session_mut(sref).expect("live session").state;
+        let pid = r.packet_id.get();
+        let reply = match st.inflight.get_mut(&pid) {
+            Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
+                if r.reason.is_error() {
+                    // The receiver refused it: the flow ends here [MQTT-4.3.3-?].
+                    st.inflight.remove(&pid);
+                    return;
+                }
+                f.state = OutState::Released;
+                ReasonCode::SUCCESS
+            }
+            _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+        };
+        self.write(id, &Packet::PubRel(pubresp(r.packet_id, reply)));
+    }
+
+    pub(super) fn handle_pubrel(&mut self, id: ConnId, r: PubResp) {
+        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let st = &mut self.session_mut(sref).expect("live session").state;
+        let reason = if st.inbound_qos2.remove(&r.packet_id.get()) {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        self.write(id, &Packet::PubComp(pubresp(r.packet_id, reason)));
+    }
+
+    pub(super) fn handle_subscribe(&mut self, id: ConnId, now_ms: u64, s: Subscribe) {
+        let c = self.conn(id).expect("caller checked");
+        let v5 = c.protocol == Some(Protocol::V5);
+        let sref = c.session.expect("active");
+        let org = c.key.as_ref().expect("active").org.clone();
+        let sub_id = s.props.subscription_identifiers.first().copied();
+        self.next_token += 1;
+        let token = self.next_token;
+        let mut reasons = Vec::with_capacity(s.filters.len());
+        let mut retained = Vec::new();
+        let mut waiting = 0;
+        for (filter, opts) in &s.filters {
+            let f = filter.as_str();
+            let kind = if valid_filter(f) { classify(f) } else { FilterKind::InvalidShared };
+            let shared = match kind {
+                FilterKind::Plain(_) => false,
+                FilterKind::Shared(_) => true,
+                FilterKind::InvalidShared => {
+                    reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                    continue;
+                }
+            };
+            if shared && opts.no_local && v5 {
+                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms); // [MQTT-3.8.3-4]
+            }
+            let st = &mut self.session_mut(sref).expect("active").state;
+            if !st.subs.contains_key(f) && st.subs.len() >= limits::SUBSCRIPTIONS_PER_SESSION_MAX {
+                reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                continue;
+            }
+            st.subs.insert(f.into(), SubEntry { opts: *opts, sub_id });
+            let ch = self.router.subscribe(&org, f, Sub { session: sref, opts: *opts, sub_id });
+            if ch.interest_changed {
+                waiting += self.announce(&org, f, true, Some((id, token)));
+            }
+            reasons.push(ReasonCode(opts.qos as u8));
+            let send = match opts.retain_handling {
+                RetainHandling::SendAlways => true,
+                RetainHandling::SendIfNew => !ch.existed,
+                RetainHandling::DoNotSend => false,
+            };
+            // Retained messages are not sent for shared subscriptions [MQTT-4.8.2-?; 5.0 §4.8.2].
+            if send && !shared {
+                retained.push((Box::<str>::from(f), opts.qos, sub_id));
+            }
+        }
+        let c = self.conn_mut(id).expect("caller checked");
+        c.pending_subacks.push_back(PendingSubAck { token, waiting, packet_id: s.packet_id, reasons, retained });
+        self.release_subacks(id, now_ms);
+    }
+
+    pub(super) fn handle_interest_ack(&mut self, id: ConnId, token: u64, now_ms: u64) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if let Some(p) = c.pending_subacks.iter_mut().find(|p| p.token == token) {
+            p.waiting = p.waiting.saturating_sub(1);
+        }
+        self.release_subacks(id, now_ms);
+    }
+
+    /// Sends, in order, every SUBACK whose interest announcements all peers have acknowledged,
+    /// followed by its retained messages.
+    fn release_subacks(&mut self, id: ConnId, now_ms: u64) {
+        loop {
+            let Some(c) = self.conn_mut(id) else { return };
+            if c.pending_subacks.front().is_none_or(|p| p.waiting > 0) {
+                return;
+            }
+            let p = c.pending_subacks.pop_front().expect("checked");
+            let Some(sref) = c.session else { return };
+            let org = c.key.as_ref().expect("active").org.clone();
+            let ack = Packet::SubAck(SubAck { packet_id: p.packet_id, props: Properties::default(), reasons: p.reasons });
+            self.write(id, &ack);
+            for (filter, qos, sub_id) in p.retained {
+                let msgs: Vec<Arc<Msg>> = self.retained.matching(&org, &filter).cloned().collect();
+                for m in msgs {
+                    let q = qos.min(m.qos);
+                    let ids: SmallVec<[u32; 2]> = sub_id.into_iter().collect();
+                    // Retained messages keep RETAIN=1 when sent because of a subscribe [MQTT-3.3.1-8].
+                    let mut stored = Some(m.clone());
+                    self.deliver(sref, &m, q, true, &ids, &mut stored, now_ms);
+                }
+            }
+        }
+    }
+
+    pub(super) fn handle_unsubscribe(&mut self, id: ConnId, now_ms: u64, u: Unsubscribe) {
+        let _ = now_ms;
+        let c = self.conn(id).expect("caller checked");
+        let sref = c.session.expect("active");
+        let org = c.key.as_ref().expect("active").org.clone();
+        let mut reasons = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            let f = f.as_str();
+            let st = &mut self.session_mut(sref).expect("active").state;
+            if st.subs.remove(f).is_none() {
+                reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
+                continue;
+            }
+            let ch = self.router.unsubscribe(&org, f, sref);
+            if ch.interest_changed {
+                self.announce(&org, f, false, None);
+            }
+            reasons.push(ReasonCode::SUCCESS);
+        }
+        let ack = Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, props: Properties::default(), reasons });
+        self.write(id, &ack);
+    }
+
+    pub(super) fn handle_disconnect(&mut self, id: ConnId, now_ms: u64, d: Disconnect) {
+        let c = self.conn_mut(id).expect("caller checked");
+        if let Some(e) = d.props.session_expiry_interval {
+            // Zero at CONNECT cannot become non-zero at DISCONNECT [MQTT-3.14.2-2].
+            if c.expiry_req == 0 && e != 0 {
+                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+            }
+            c.expiry_req = e;
+            if let Some(sref) = c.session {
+                self.session_mut(sref).expect("live").state.expiry_secs = e;
+            }
+        }
+        let c = self.conn_mut(id).expect("caller checked");
+        if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
+            c.will = None; // a normal DISCONNECT discards the will [MQTT-3.1.2-10]
+        }
+        self.close_conn(id, None, now_ms);
+    }
+}

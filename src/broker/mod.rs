@@ -1,0 +1,700 @@
+//! The sans-IO shard core: one per shard, owning that shard's connections, sessions, replica of
+//! the subscription index and replica of the retained store.
+//!
+//! It never touches a socket, a file or the clock. The I/O shell ([`crate::shard`]) feeds it
+//! bytes with [`ShardCore::handle_read`], cross-shard messages with [`ShardCore::handle_mesh`]
+//! and time with [`ShardCore::handle_timeout`], and drains encoded output per connection with
+//! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
+
+pub mod mesh;
+pub mod msg;
+pub mod retained;
+pub mod session;
+pub mod sys;
+pub mod testing;
+mod claims;
+mod flow;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Waker;
+
+use ahash::RandomState;
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::codec::encode::{encode_publish, PublishOut};
+use crate::codec::topic::{classify, valid_filter, FilterKind};
+use crate::codec::{
+    decode_packet, encode_packet, frame, ConnAck, Connect, Disconnect, MqStr, Packet, PacketId,
+    Properties, Protocol, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::limits;
+use crate::router::{Matches, Router, SessionRef, Sub};
+use mesh::{MeshMsg, SessionKey};
+use msg::{Expiry, Msg};
+use retained::Retained;
+use session::{Delivery, InFlight, OutState, Session, SessionState, SubEntry};
+use sys::SysBoard;
+use claims::{peek_connect_level, pubresp, wake};
+
+/// Identifies a connection on its shard: slot index plus a generation so a reused slot is never
+/// mistaken for the old connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    /// Slot in the shard's connection table.
+    pub idx: u32,
+    /// Slot generation.
+    pub gen: u32,
+}
+
+/// Settings of the listener a connection arrived on.
+#[derive(Debug, Clone)]
+pub struct ListenerCtx {
+    /// Organization for clients without a user name; `None` refuses them.
+    pub anonymous_org: Option<Arc<str>>,
+    /// Transport name for logs and audit (`tcp`, `tls`, `ws`, `wss`).
+    pub transport: &'static str,
+}
+
+/// Broker-wide settings every shard core reads.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// Number of shards.
+    pub nr_shards: u8,
+    /// Largest packet accepted from clients.
+    pub max_packet_size: u32,
+    /// `$SYS` publication interval; 0 disables.
+    pub sys_interval_ms: u64,
+    /// Retained messages per org.
+    pub retained_max: usize,
+    /// Organizations that exist (SPEC §2: usernames naming other orgs are refused).
+    pub orgs: Arc<Vec<Arc<str>>>,
+    /// Global order of retained writes (one counter for all shards).
+    pub retain_seq: Arc<AtomicU64>,
+    /// Per-shard figures behind `$SYS`.
+    pub sys: Arc<SysBoard>,
+}
+
+impl CoreConfig {
+    /// A single-shard configuration with org `local` (tests, benches).
+    pub fn single() -> CoreConfig {
+        CoreConfig::with_shards(1)
+    }
+
+    /// `n` shards sharing one retained sequence and `$SYS` board.
+    pub fn with_shards(n: u8) -> CoreConfig {
+        CoreConfig {
+            nr_shards: n,
+            max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
+            sys_interval_ms: 10_000,
+            retained_max: limits::RETAINED_PER_ORG_MAX,
+            orgs: Arc::new(vec![Arc::from("local")]),
+            retain_seq: Arc::new(AtomicU64::new(1)),
+            sys: Arc::new(SysBoard::new(n as usize)),
+        }
+    }
+}
+
+/// What the shell does after [`ShardCore::handle_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadVerdict {
+    /// Read more bytes.
+    Continue,
+    /// Stop reading until [`ShardCore::can_read`] is true (CONNECT awaiting its session, or
+    /// cross-shard backpressure); the bytes already read stay in the buffer.
+    Wait,
+    /// Flush the output, then close the connection.
+    Close,
+}
+
+/// What [`ShardCore::poll_output`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutputPoll {
+    /// Bytes were swapped into the caller's buffer: write them.
+    Data,
+    /// Nothing to write; the waker is registered.
+    Pending,
+    /// The connection is closing and all output was handed out: shut the socket.
+    Close,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    AwaitConnect { deadline_ms: u64 },
+    AwaitSession,
+    Active,
+}
+
+#[derive(Debug)]
+struct PendingSubAck {
+    token: u64,
+    waiting: u32,
+    packet_id: PacketId,
+    reasons: Vec<ReasonCode>,
+    retained: Vec<(Box<str>, QoS, Option<u32>)>,
+}
+
+/// A superseded pending claim: where its session must go when it is granted.
+#[derive(Debug, Clone)]
+struct Supersede {
+    to_shard: u8,
+    conn: ConnId,
+    generation: u64,
+    clean_start: bool,
+}
+
+#[derive(Debug)]
+struct Conn {
+    gen: u32,
+    phase: Phase,
+    listener: Arc<ListenerCtx>,
+    remote: Arc<str>,
+    protocol: Option<Protocol>,
+    /// Encoded output waiting for the writer; bounded by `CONN_OUTPUT_BYTES_MAX` for QoS 0.
+    out: BytesMut,
+    writer: Option<Waker>,
+    reader: Option<Waker>,
+    closing: bool,
+    last_rx_ms: u64,
+    keep_alive_ms: u64,
+    key: Option<SessionKey>,
+    session: Option<SessionRef>,
+    clean_start: bool,
+    expiry_req: u32,
+    will: Option<Msg>,
+    will_delay_secs: u32,
+    /// Outbound window: min(client Receive Maximum, INFLIGHT_MAX).
+    send_window: u16,
+    client_max_packet: u32,
+    client_alias_max: u16,
+    aliases_in: Vec<Option<MqStr>>,
+    aliases_out: HashMap<MqStr, u16, RandomState>,
+    assigned_id: Option<MqStr>,
+    pending_subacks: VecDeque<PendingSubAck>,
+    superseded: Option<Supersede>,
+    rx_msgs: u64,
+    tx_msgs: u64,
+    dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    shard: u8,
+    conn: ConnId,
+    generation: u64,
+}
+
+/// Counters of one shard.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardStats {
+    /// Messages received from clients.
+    pub received: u64,
+    /// Messages sent to clients.
+    pub sent: u64,
+    /// QoS 0 messages dropped because a subscriber's output was full.
+    pub dropped_slow: u64,
+    /// Connections closed for protocol errors.
+    pub protocol_errors: u64,
+}
+
+/// One shard's broker state. See the module docs.
+pub struct ShardCore {
+    /// This shard's index.
+    pub shard: u8,
+    cfg: CoreConfig,
+    conns: Vec<Option<Conn>>,
+    conn_free: Vec<u32>,
+    conn_gens: Vec<u32>,
+    sessions: Vec<Option<Session>>,
+    session_free: Vec<u32>,
+    session_index: HashMap<SessionKey, SessionRef, RandomState>,
+    /// Home registry: sessions whose home is this shard, and who holds each.
+    registry: HashMap<SessionKey, Owner, RandomState>,
+    router: Router,
+    retained: Retained,
+    matches: Matches,
+    fanout: Vec<Sub>,
+    mesh_out: Vec<VecDeque<MeshMsg>>,
+    self_queue: VecDeque<MeshMsg>,
+    paused_readers: Vec<Waker>,
+    next_generation: u64,
+    next_token: u64,
+    next_client_id: u64,
+    start_ms: u64,
+    last_sys_ms: u64,
+    closed_rx: HashMap<Arc<str>, (u64, u64), RandomState>,
+    /// Counters.
+    pub stats: ShardStats,
+}
+
+impl std::fmt::Debug for ShardCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardCore").field("shard", &self.shard).finish_non_exhaustive()
+    }
+}
+
+/// Home shard of a session: hash of org and client id.
+pub fn home_shard(key: &SessionKey, nr_shards: u8) -> u8 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // Fixed keys: every shard must compute the same home.
+    let mut h = RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    key.hash(&mut h);
+    (h.finish() % nr_shards as u64) as u8
+}
+
+impl ShardCore {
+    /// A core for shard `shard`, with its clock starting at `now_ms`.
+    pub fn new(shard: u8, cfg: CoreConfig, now_ms: u64) -> ShardCore {
+        assert!((shard as usize) < cfg.nr_shards as usize, "shard index out of range");
+        assert!(cfg.nr_shards as usize <= limits::SHARDS_MAX, "too many shards");
+        let peers = cfg.nr_shards as usize;
+        ShardCore {
+            shard,
+            router: Router::new(shard),
+            mesh_out: (0..peers).map(|_| VecDeque::new()).collect(),
+            cfg,
+            conns: Vec::new(),
+            conn_free: Vec::new(),
+            conn_gens: Vec::new(),
+            sessions: Vec::new(),
+            session_free: Vec::new(),
+            session_index: HashMap::default(),
+            registry: HashMap::default(),
+            retained: Retained::default(),
+            matches: Matches::default(),
+            fanout: Vec::new(),
+            self_queue: VecDeque::new(),
+            paused_readers: Vec::new(),
+            next_generation: 0,
+            next_token: 0,
+            next_client_id: 0,
+            start_ms: now_ms,
+            last_sys_ms: now_ms,
+            closed_rx: HashMap::default(),
+            stats: ShardStats::default(),
+        }
+    }
+
+    // ------------------------------------------------------------------ connection lifecycle
+
+    /// Registers a new transport connection.
+    pub fn open_conn(&mut self, now_ms: u64, listener: Arc<ListenerCtx>, remote: &str) -> ConnId {
+        let idx = match self.conn_free.pop() {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conn_gens.push(0);
+                (self.conns.len() - 1) as u32
+            }
+        };
+        let gen = self.conn_gens[idx as usize].wrapping_add(1);
+        self.conn_gens[idx as usize] = gen;
+        self.conns[idx as usize] = Some(Conn {
+            gen,
+            phase: Phase::AwaitConnect { deadline_ms: now_ms + limits::CONNECT_TIMEOUT_SECS * 1000 },
+            listener,
+            remote: remote.into(),
+            protocol: None,
+            out: BytesMut::new(),
+            writer: None,
+            reader: None,
+            closing: false,
+            last_rx_ms: now_ms,
+            keep_alive_ms: 0,
+            key: None,
+            session: None,
+            clean_start: true,
+            expiry_req: 0,
+            will: None,
+            will_delay_secs: 0,
+            send_window: limits::INFLIGHT_MAX,
+            client_max_packet: u32::MAX,
+            client_alias_max: 0,
+            aliases_in: Vec::new(),
+            aliases_out: HashMap::default(),
+            assigned_id: None,
+            pending_subacks: VecDeque::new(),
+            superseded: None,
+            rx_msgs: 0,
+            tx_msgs: 0,
+            dropped: 0,
+        });
+        ConnId { idx, gen }
+    }
+
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.conns.get(id.idx as usize)?.as_ref().filter(|c| c.gen == id.gen)
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(id.idx as usize)?.as_mut().filter(|c| c.gen == id.gen)
+    }
+
+    /// Number of open connections on this shard.
+    pub fn conn_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// The transport is gone (EOF, error, or after a requested close). Frees the slot.
+    pub fn handle_closed(&mut self, id: ConnId, now_ms: u64) {
+        if self.conn(id).is_none() {
+            return;
+        }
+        self.detach(id, now_ms, true);
+        let c = self.conns[id.idx as usize].take().expect("checked above");
+        tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, "connection closed");
+        if let Some(k) = &c.key {
+            let e = self.closed_rx.entry(k.org.clone()).or_default();
+            e.0 += c.rx_msgs;
+            e.1 += c.tx_msgs;
+        }
+        self.conn_free.push(id.idx);
+        self.drain_self(now_ms);
+    }
+
+    /// Whether the reader of `id` may go on (see [`ReadVerdict::Wait`]); registers `waker` if not.
+    pub fn can_read(&mut self, id: ConnId, waker: &Waker) -> bool {
+        let backlog = self.mesh_backlog();
+        let Some(c) = self.conn_mut(id) else { return true };
+        if c.closing {
+            return true;
+        }
+        if c.phase == Phase::AwaitSession {
+            c.reader = Some(waker.clone());
+            return false;
+        }
+        if backlog >= limits::MESH_BACKLOG_PAUSE {
+            self.paused_readers.push(waker.clone());
+            return false;
+        }
+        true
+    }
+
+    /// Registers the reader's waker, woken when the connection starts closing.
+    pub fn register_reader(&mut self, id: ConnId, waker: &Waker) {
+        if let Some(c) = self.conn_mut(id) {
+            if !c.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                c.reader = Some(waker.clone());
+            }
+        }
+    }
+
+    /// Closes every connection with `reason` (5.0 clients get a DISCONNECT), for shutdown.
+    pub fn shutdown_all(&mut self, now_ms: u64, reason: ReasonCode) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| ConnId { idx: i as u32, gen: c.gen }))
+            .collect();
+        for id in ids {
+            self.close_conn(id, Some(reason), now_ms);
+        }
+    }
+
+    /// Hands out the pending output of `id` by swapping it with `spare` (which must be empty).
+    pub fn poll_output(&mut self, id: ConnId, spare: &mut BytesMut, waker: &Waker) -> OutputPoll {
+        let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
+        if !c.out.is_empty() {
+            std::mem::swap(&mut c.out, spare);
+            return OutputPoll::Data;
+        }
+        if c.closing {
+            return OutputPoll::Close;
+        }
+        if !c.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            c.writer = Some(waker.clone());
+        }
+        OutputPoll::Pending
+    }
+
+    /// The writer of `id` finished writing a batch: more queued messages may now fit.
+    pub fn handle_output_drained(&mut self, id: ConnId, now_ms: u64) {
+        if let Some(s) = self.conn(id).and_then(|c| c.session) {
+            self.pump(s, now_ms);
+        }
+    }
+
+    /// Whether the connection wants to close (the reader should stop).
+    pub fn is_closing(&self, id: ConnId) -> bool {
+        self.conn(id).is_none_or(|c| c.closing)
+    }
+
+    /// Starts closing `id`: 5.0 clients get DISCONNECT `reason` first (when connected).
+    pub fn close_conn(&mut self, id: ConnId, reason: Option<ReasonCode>, now_ms: u64) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.closing {
+            return;
+        }
+        if let (Some(r), Some(Protocol::V5), Phase::Active) = (reason, c.protocol, &c.phase) {
+            let d = Packet::Disconnect(Disconnect { reason: r, props: Properties::default() });
+            encode_packet(&mut c.out, Protocol::V5, &d);
+        }
+        c.closing = true;
+        wake(&mut c.writer);
+        wake(&mut c.reader);
+        // A normal DISCONNECT has already discarded the will; every other close publishes it.
+        self.detach(id, now_ms, true);
+        self.drain_self(now_ms);
+    }
+
+    /// Refuses a CONNECT with `reason` (CONNACK in the client's protocol) and closes.
+    fn refuse(&mut self, id: ConnId, protocol: Protocol, reason: ReasonCode) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let ack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason,
+            props: Properties::default(),
+        });
+        encode_packet(&mut c.out, protocol, &ack);
+        c.closing = true;
+        wake(&mut c.writer);
+    }
+
+    /// Detaches the session from a closing connection; publishes or schedules the will.
+    fn detach(&mut self, id: ConnId, now_ms: u64, publish_will: bool) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let will = c.will.take();
+        let will_delay = c.will_delay_secs;
+        let Some(sref) = c.session.take() else {
+            return;
+        };
+        let key = c.key.clone();
+        let Some(s) = self.session_mut(sref) else { return };
+        s.conn = None;
+        let expiry = s.state.expiry_secs;
+        if let (true, Some(w)) = (publish_will, will) {
+            if will_delay > 0 && expiry > 0 {
+                let delay = will_delay.min(expiry) as u64 * 1000;
+                s.delayed_will = Some((now_ms + delay, w));
+            } else if let Some(k) = &key {
+                let org = k.org.clone();
+                self.publish_internal(&org, w, now_ms);
+            }
+        }
+        let s = self.session_mut(sref).expect("session still present");
+        if expiry == 0 {
+            self.end_session(sref, now_ms);
+        } else if expiry != u32::MAX {
+            s.expires_at_ms = Some(now_ms + expiry as u64 * 1000);
+        }
+    }
+
+    // ------------------------------------------------------------------ reading
+
+    /// Decodes and handles every complete packet in `buf`. The buffer keeps a partial packet;
+    /// the shell must make room for at most the maximum packet size.
+    pub fn handle_read(&mut self, id: ConnId, now_ms: u64, buf: &mut BytesMut) -> ReadVerdict {
+        let verdict = self.read_packets(id, now_ms, buf);
+        self.drain_self(now_ms);
+        verdict
+    }
+
+    fn read_packets(&mut self, id: ConnId, now_ms: u64, buf: &mut BytesMut) -> ReadVerdict {
+        loop {
+            let Some(c) = self.conn_mut(id) else { return ReadVerdict::Close };
+            if c.closing {
+                return ReadVerdict::Close;
+            }
+            if c.phase == Phase::AwaitSession {
+                return ReadVerdict::Wait;
+            }
+            let protocol = c.protocol;
+            let f = match frame(buf, self.cfg.max_packet_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => return ReadVerdict::Continue,
+                Err(e) => {
+                    self.fail(id, protocol, buf, e.reason, now_ms);
+                    return ReadVerdict::Close;
+                }
+            };
+            if buf.len() < f.total() {
+                buf.reserve(f.total() - buf.len());
+                return ReadVerdict::Continue;
+            }
+            let bytes = buf.split_to(f.total()).freeze();
+            let c = self.conn_mut(id).expect("checked above");
+            c.last_rx_ms = now_ms;
+            let connected = if c.phase == Phase::Active { protocol } else { None };
+            let packet = match decode_packet(bytes.clone(), &f, connected) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.fail(id, protocol, &bytes, e.reason, now_ms);
+                    return ReadVerdict::Close;
+                }
+            };
+            self.handle_packet(id, now_ms, packet);
+            if self.mesh_backlog() >= limits::MESH_BACKLOG_PAUSE {
+                return ReadVerdict::Wait;
+            }
+        }
+    }
+
+    /// A decode or protocol failure: answer with the reason code where the protocol allows.
+    fn fail(&mut self, id: ConnId, protocol: Option<Protocol>, raw: &[u8], reason: ReasonCode, now_ms: u64) {
+        self.stats.protocol_errors += 1;
+        let Some(c) = self.conn(id) else { return };
+        if c.phase == Phase::Active {
+            self.close_conn(id, Some(reason), now_ms);
+            return;
+        }
+        // Before CONNECT completes: CONNACK with the reason in the client's protocol, if known.
+        let level = protocol.map(|p| p.level()).or_else(|| peek_connect_level(raw));
+        match (level, reason) {
+            (Some(5), r) => self.refuse(id, Protocol::V5, r),
+            (_, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION) | (Some(4), ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) => {
+                self.refuse(id, Protocol::V311, reason)
+            }
+            _ => self.close_conn(id, None, now_ms),
+        }
+    }
+
+    fn handle_packet(&mut self, id: ConnId, now_ms: u64, packet: Packet) {
+        match packet {
+            Packet::Connect(c) => self.handle_connect(id, now_ms, *c),
+            Packet::Publish(p) => self.handle_publish(id, now_ms, p),
+            Packet::PubAck(r) => self.handle_puback(id, now_ms, r, false),
+            Packet::PubRec(r) => self.handle_pubrec(id, r),
+            Packet::PubRel(r) => self.handle_pubrel(id, r),
+            Packet::PubComp(r) => self.handle_puback(id, now_ms, r, true),
+            Packet::Subscribe(s) => self.handle_subscribe(id, now_ms, s),
+            Packet::Unsubscribe(u) => self.handle_unsubscribe(id, now_ms, u),
+            Packet::PingReq => self.write(id, &Packet::PingResp),
+            Packet::Disconnect(d) => self.handle_disconnect(id, now_ms, d),
+            // No enhanced authentication method was established at CONNECT [MQTT-4.12.0-1].
+            Packet::Auth(_) => self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms)
+            }
+        }
+    }
+
+    fn write(&mut self, id: ConnId, p: &Packet) {
+        if let Some(c) = self.conn_mut(id) {
+            if let Some(v) = c.protocol {
+                encode_packet(&mut c.out, v, p);
+                wake(&mut c.writer);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ CONNECT
+
+    fn handle_connect(&mut self, id: ConnId, now_ms: u64, c: Connect) {
+        let v = c.protocol;
+        let v5 = v == Protocol::V5;
+        let shard = self.shard;
+        let seq = {
+            self.next_client_id += 1;
+            self.next_client_id
+        };
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.protocol = Some(v);
+        if c.client_id.len() > limits::CLIENT_ID_BYTES_MAX {
+            return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        let client_id = if c.client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID); // [MQTT-3.1.3-8]
+            }
+            let gen = MqStr::copy_from(&format!("auto-{shard}-{seq:x}-{:x}", now_ms ^ 0x5bd1e995))
+                .expect("generated id has no NUL");
+            if v5 {
+                conn.assigned_id = Some(gen.clone());
+            }
+            gen
+        } else {
+            c.client_id.to_owned_copy()
+        };
+        if c.props.authentication_method.is_some() {
+            return self.refuse(id, v, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        }
+        let org = match self.resolve_org(id, &c) {
+            Ok(org) => org,
+            Err(r) => return self.refuse(id, v, r),
+        };
+        if let Some(w) = &c.will {
+            if w.topic.as_str().starts_with("$SYS") {
+                return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
+            }
+        }
+        let conn = self.conn_mut(id).expect("caller checked");
+        conn.keep_alive_ms = c.keep_alive as u64 * 1000;
+        conn.clean_start = c.clean_start;
+        conn.expiry_req = if v5 {
+            c.props.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        conn.send_window = c.props.receive_maximum.unwrap_or(u16::MAX).min(limits::INFLIGHT_MAX);
+        conn.client_max_packet = c.props.maximum_packet_size.unwrap_or(u32::MAX);
+        conn.client_alias_max = c.props.topic_alias_maximum.unwrap_or(0);
+        if let Some(w) = c.will {
+            let mut props = w.props;
+            conn.will_delay_secs = props.will_delay_interval.take().unwrap_or(0);
+            let m = Msg {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+                props,
+                received_ms: now_ms,
+            };
+            conn.will = Some(m.to_owned_copy());
+        }
+        let key = SessionKey { org, client_id };
+        conn.key = Some(key.clone());
+        conn.phase = Phase::AwaitSession;
+        let home = home_shard(&key, self.cfg.nr_shards);
+        self.send(home, MeshMsg::Claim { key, shard, conn: id, clean_start: c.clean_start });
+    }
+
+    /// Maps the CONNECT's user name to an organization (SPEC §2). Password and token
+    /// authentication arrive with the identity issue; until then only anonymous clients on a
+    /// listener with `anonymous_org` are admitted, and any user name is refused as bad
+    /// credentials.
+    fn resolve_org(&self, id: ConnId, c: &Connect) -> Result<Arc<str>, ReasonCode> {
+        let conn = self.conn(id).expect("caller checked");
+        match &c.username {
+            None => conn.listener.anonymous_org.clone().ok_or(ReasonCode::NOT_AUTHORIZED),
+            Some(u) => {
+                let org = crate::identity::parse_username(u.as_str())
+                    .map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)?
+                    .org;
+                if !self.cfg.orgs.iter().any(|o| &**o == org) {
+                    return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+                }
+                // No credential store yet: no user can authenticate.
+                Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ session claims
+
+    fn handle_claim(&mut self, key: SessionKey, shard: u8, conn: ConnId, clean_start: bool) {
+        self.next_generation += 1;
+        let generation = (self.next_generation << 8) | self.shard as u64;
+        let prev = self.registry.insert(key.clone(), Owner { shard, conn, generation });
+        match prev {
+            None => self.send(shard, MeshMsg::Granted { key, conn, generation, state: None }),
+            Some(o) => self.send(
+                o.shard,
+                MeshMsg::Takeover {
+                    key,
+                    old_generation: o.generation,
+                    old_conn: o.conn,
+                    to_shard: shard,
+                    conn,
+                    generation,
+                    clean_start,
+                },
+            ),
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Retained messages, replicated on every shard (each shard answers its own subscribers from
+//! its replica). Writes carry a global sequence; the highest sequence wins, so replicas
+//! converge whatever order the mesh delivers them in.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ahash::RandomState;
+
+use super::msg::Msg;
+use crate::codec::topic::matches;
+
+/// Per-org retained messages on one shard.
+#[derive(Debug, Default)]
+pub struct Retained {
+    orgs: HashMap<Arc<str>, HashMap<Box<str>, (Arc<Msg>, u64), RandomState>, RandomState>,
+    /// Highest sequence of a delete per (org, topic), so a late older set cannot resurrect it.
+    tombstones: HashMap<(Arc<str>, Box<str>), u64, RandomState>,
+}
+
+/// Outcome of applying a retained write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainOutcome {
+    /// Stored or replaced.
+    Stored,
+    /// Deleted (empty payload).
+    Deleted,
+    /// Ignored: an equal or newer write was already applied.
+    Stale,
+    /// Refused: the org is at its retained-message limit.
+    Full,
+}
+
+impl Retained {
+    /// Applies a set (non-empty payload) or delete (empty payload) with sequence `seq`.
+    /// `msg` must be an owned copy.
+    pub fn apply(&mut self, org: &Arc<str>, msg: Msg, seq: u64, max: usize) -> RetainOutcome {
+        let map = self.orgs.entry(org.clone()).or_default();
+        let topic = msg.topic.as_str();
+        if let Some((_, old)) = map.get(topic) {
+            if *old >= seq {
+                return RetainOutcome::Stale;
+            }
+        }
+        let tomb_key = (org.clone(), Box::<str>::from(topic));
+        if let Some(t) = self.tombstones.get(&tomb_key) {
+            if *t >= seq {
+                return RetainOutcome::Stale;
+            }
+        }
+        if msg.payload.is_empty() {
+            map.remove(topic);
+            self.tombstones.insert(tomb_key, seq);
+            if self.tombstones.len() > 100_000 {
+                // Bound: tombstones only guard against reordering within the mesh, which is
+                // short-lived; forgetting old ones is safe in practice.
+                self.tombstones.clear();
+            }
+            return RetainOutcome::Deleted;
+        }
+        if !map.contains_key(topic) && map.len() >= max {
+            return RetainOutcome::Full;
+        }
+        map.insert(topic.into(), (Arc::new(msg), seq));
+        RetainOutcome::Stored
+    }
+
+    /// Retained messages of `org` matching `filter`.
+    pub fn matching<'a>(&'a self, org: &str, filter: &'a str) -> impl Iterator<Item = &'a Arc<Msg>> + 'a {
+        self.orgs
+            .get(org)
+            .into_iter()
+            .flat_map(move |m| m.iter().filter(move |(t, _)| matches(filter, t)).map(|(_, (m, _))| m))
+    }
+
+    /// Number of retained messages in `org`.
+    pub fn count(&self, org: &str) -> usize {
+        self.orgs.get(org).map_or(0, |m| m.len())
+    }
+}

@@ -1,0 +1,119 @@
+//! MQTT session state: subscriptions, the outbound in-flight window and queue, inbound QoS 2
+//! packet ids. Plain data; the shard core drives it.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use smallvec::SmallVec;
+
+use super::msg::Msg;
+use super::ConnId;
+use crate::codec::{Protocol, QoS, SubOptions};
+use crate::limits;
+
+/// One subscription as the session remembers it (the router holds the index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubEntry {
+    /// Options.
+    pub opts: SubOptions,
+    /// Subscription identifier (5.0).
+    pub sub_id: Option<u32>,
+}
+
+/// State of an outbound QoS 1/2 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// A message delivered to this session with its per-subscription attributes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Shared owned message.
+    pub msg: Arc<Msg>,
+    /// Granted QoS for this delivery.
+    pub qos: QoS,
+    /// RETAIN flag to send.
+    pub retain: bool,
+    /// Subscription identifiers (5.0).
+    pub sub_ids: SmallVec<[u32; 2]>,
+}
+
+/// An outbound message in flight.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// What was sent.
+    pub delivery: Delivery,
+    /// Where it stands.
+    pub state: OutState,
+}
+
+/// The transferable part of a session (moves between shards on takeover).
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Filter -> options. Bounded by `SUBSCRIPTIONS_PER_SESSION_MAX`.
+    pub subs: HashMap<Box<str>, SubEntry>,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement, by packet id.
+    pub inflight: BTreeMap<u16, InFlight>,
+    /// Messages waiting for the in-flight window or for the client to come back.
+    /// Bounded by `SESSION_QUEUE_MAX` (oldest dropped).
+    pub queue: VecDeque<Delivery>,
+    /// Inbound QoS 2 packet ids received and not yet released (PUBREL).
+    pub inbound_qos2: HashSet<u16>,
+    /// Next outbound packet id candidate.
+    pub next_pid: u16,
+    /// Session expiry interval in seconds (0: ends with the connection; u32::MAX: never).
+    pub expiry_secs: u32,
+    /// Protocol of the last connection (3.1.1 sessions never see 5.0 properties).
+    pub protocol: Option<Protocol>,
+    /// Messages dropped from the queue because it was full.
+    pub dropped: u64,
+}
+
+/// A session living on this shard.
+#[derive(Debug)]
+pub struct Session {
+    /// Organization.
+    pub org: Arc<str>,
+    /// Client identifier.
+    pub client_id: crate::codec::MqStr,
+    /// Generation assigned by the home shard at claim time.
+    pub generation: u64,
+    /// Live connection, if any.
+    pub conn: Option<ConnId>,
+    /// When an offline session expires (ms), if it does.
+    pub expires_at_ms: Option<u64>,
+    /// A delayed will waiting to be published: (when, org-scoped message).
+    pub delayed_will: Option<(u64, Msg)>,
+    /// The transferable state.
+    pub state: SessionState,
+}
+
+impl SessionState {
+    /// Allocates the next free packet id, or None when 65535 are in flight.
+    pub fn alloc_pid(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_pid = self.next_pid.wrapping_add(1);
+            if self.next_pid == 0 {
+                self.next_pid = 1;
+            }
+            if !self.inflight.contains_key(&self.next_pid) {
+                return Some(self.next_pid);
+            }
+        }
+        None
+    }
+
+    /// Queues a delivery, dropping the oldest (QoS 0 first) at the bound.
+    pub fn enqueue(&mut self, d: Delivery) {
+        if self.queue.len() >= limits::SESSION_QUEUE_MAX {
+            let victim = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce).unwrap_or(0);
+            self.queue.remove(victim);
+            self.dropped += 1;
+        }
+        self.queue.push_back(d);
+    }
+}

@@ -1,0 +1,65 @@
+//! Figures behind `$SYS/broker/...`: each shard reports its own per-org figures at every
+//! `sys_interval`; shard 0 sums them and publishes into each org, so an org only ever sees its
+//! own numbers. The board is touched once per interval per shard, never on the message path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ahash::RandomState;
+
+/// One org's figures on one shard.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OrgFigures {
+    /// Connected clients.
+    pub connected: u64,
+    /// Messages received from clients.
+    pub received: u64,
+    /// Messages sent to clients.
+    pub sent: u64,
+    /// Subscriptions.
+    pub subscriptions: u64,
+    /// Retained messages (replicated: taken from shard 0's replica, not summed).
+    pub retained: u64,
+}
+
+type Figures = HashMap<Arc<str>, OrgFigures, RandomState>;
+
+/// Per-shard reports, summed on demand.
+#[derive(Debug)]
+pub struct SysBoard {
+    shards: Mutex<Vec<Figures>>,
+}
+
+impl SysBoard {
+    /// A board for `n` shards.
+    pub fn new(n: usize) -> SysBoard {
+        SysBoard { shards: Mutex::new((0..n).map(|_| HashMap::default()).collect()) }
+    }
+
+    /// Replaces shard `shard`'s report.
+    pub fn report(&self, shard: usize, figures: Figures) {
+        // Invariant: the lock is never held across a panic-prone call.
+        self.shards.lock().expect("sys board lock")[shard] = figures;
+    }
+
+    /// Sums of every shard's latest report, per org.
+    pub fn totals(&self) -> Vec<(Arc<str>, OrgFigures)> {
+        let shards = self.shards.lock().expect("sys board lock");
+        let mut sum: Figures = HashMap::default();
+        for (i, fig) in shards.iter().enumerate() {
+            for (org, f) in fig {
+                let t = sum.entry(org.clone()).or_default();
+                t.connected += f.connected;
+                t.received += f.received;
+                t.sent += f.sent;
+                t.subscriptions += f.subscriptions;
+                if i == 0 {
+                    t.retained = f.retained;
+                }
+            }
+        }
+        let mut v: Vec<_> = sum.into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}

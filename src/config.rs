@@ -1,0 +1,288 @@
+//! The configuration file (SPEC §12), validated: a [`Config`] that exists is valid. Unknown keys
+//! are refused with their name and line (serde's `deny_unknown_fields` through `toml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::identity::valid_org_id;
+use crate::limits;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where durable state will live (the persistence issue uses it).
+    pub data_dir: PathBuf,
+    /// Number of shards (executors).
+    pub shards: usize,
+    /// Listeners.
+    pub listeners: Vec<Listener>,
+    /// Declared organizations (anonymous orgs included).
+    pub orgs: Vec<String>,
+    /// `$SYS` interval in ms (0 disables).
+    pub sys_interval_ms: u64,
+    /// Largest packet accepted.
+    pub max_packet_size: u32,
+}
+
+/// Listener kinds available in this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Plain MQTT over TCP.
+    Tcp,
+}
+
+/// One listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// Kind.
+    pub kind: ListenerKind,
+    /// Address.
+    pub bind: SocketAddr,
+    /// Org for anonymous clients.
+    pub anonymous_org: Option<String>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<PathBuf>,
+    shards: Option<RawShards>,
+    durability: Option<String>,
+    sys_interval: Option<RawDuration>,
+    max_packet_size: Option<u32>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    org: Vec<RawOrg>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawShards {
+    Auto(String),
+    Count(i64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Text(String),
+    Secs(i64),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    kind: String,
+    bind: Option<String>,
+    anonymous_org: Option<String>,
+    /// Explicit opt-in to anonymous clients on a non-loopback address.
+    #[serde(default)]
+    danger_allow_anonymous_non_loopback: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrg {
+    id: String,
+}
+
+impl Config {
+    /// The embedded default: 127.0.0.1:1883, anonymous clients in org `local`, one shard per core.
+    pub fn embedded_default() -> Config {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            shards: auto_shards(),
+            listeners: vec![Listener {
+                kind: ListenerKind::Tcp,
+                bind: "127.0.0.1:1883".parse().expect("literal address"),
+                anonymous_org: Some("local".into()),
+            }],
+            orgs: vec!["local".into()],
+            sys_interval_ms: 10_000,
+            max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
+        }
+    }
+
+    /// Reads and validates a file. Errors name the file, and the key and line where known.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
+        let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")));
+        let shards = match raw.shards {
+            None => auto_shards(),
+            Some(RawShards::Auto(s)) if s == "auto" => auto_shards(),
+            Some(RawShards::Auto(s)) => {
+                return Err(ConfigError(format!("shards: expected \"auto\" or a number, got \"{s}\"")))
+            }
+            Some(RawShards::Count(n)) if n >= 1 && n as usize <= limits::SHARDS_MAX => n as usize,
+            Some(RawShards::Count(n)) => {
+                return Err(ConfigError(format!("shards: must be 1..={}, got {n}", limits::SHARDS_MAX)))
+            }
+        };
+        if let Some(d) = &raw.durability {
+            if !matches!(d.as_str(), "always" | "group" | "none") {
+                return Err(ConfigError(format!("durability: expected \"always\", \"group\" or \"none\", got \"{d}\"")));
+            }
+        }
+        let sys_interval_ms = match raw.sys_interval {
+            None => 10_000,
+            Some(d) => parse_duration_ms(&d).map_err(|e| ConfigError(format!("sys_interval: {e}")))?,
+        };
+        let max_packet_size = raw.max_packet_size.unwrap_or(limits::PACKET_BYTES_MAX_DEFAULT);
+        if !(64..=limits::PACKET_BYTES_MAX_CEILING).contains(&max_packet_size) {
+            return Err(ConfigError(format!(
+                "max_packet_size: must be 64..={}, got {max_packet_size}",
+                limits::PACKET_BYTES_MAX_CEILING
+            )));
+        }
+        let mut orgs = Vec::new();
+        for (i, o) in raw.org.iter().enumerate() {
+            if !valid_org_id(&o.id) {
+                return Err(ConfigError(format!("org[{i}].id: \"{}\" is not [a-z0-9_-]{{1,64}}", o.id)));
+            }
+            if orgs.contains(&o.id) {
+                return Err(ConfigError(format!("org[{i}].id: \"{}\" declared twice", o.id)));
+            }
+            orgs.push(o.id.clone());
+        }
+        let mut listeners = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let kind = match l.kind.as_str() {
+                "tcp" => ListenerKind::Tcp,
+                "tls" | "ws" | "wss" => {
+                    return Err(ConfigError(format!(
+                        "listener[{i}].kind: \"{}\" is not available in this build yet (only \"tcp\")",
+                        l.kind
+                    )))
+                }
+                other => {
+                    return Err(ConfigError(format!(
+                        "listener[{i}].kind: expected tcp, tls, ws or wss, got \"{other}\""
+                    )))
+                }
+            };
+            let bind = l.bind.as_deref().unwrap_or("127.0.0.1:1883");
+            let bind: SocketAddr = bind
+                .parse()
+                .map_err(|_| ConfigError(format!("listener[{i}].bind: \"{bind}\" is not an IP:port address")))?;
+            if let Some(org) = &l.anonymous_org {
+                if !valid_org_id(org) {
+                    return Err(ConfigError(format!(
+                        "listener[{i}].anonymous_org: \"{org}\" is not [a-z0-9_-]{{1,64}}"
+                    )));
+                }
+                if !bind.ip().is_loopback() && !l.danger_allow_anonymous_non_loopback {
+                    return Err(ConfigError(format!(
+                        "listener[{i}]: anonymous clients on non-loopback address {bind} are refused; \
+                         bind to 127.0.0.1, remove anonymous_org, or set \
+                         danger_allow_anonymous_non_loopback = true"
+                    )));
+                }
+                if !orgs.contains(org) {
+                    orgs.push(org.clone()); // SPEC §2: an undeclared anonymous org is created
+                }
+            }
+            listeners.push(Listener { kind, bind, anonymous_org: l.anonymous_org.clone() });
+        }
+        if listeners.is_empty() {
+            return Err(ConfigError("listener: at least one [[listener]] is required".into()));
+        }
+        Ok(Config { data_dir, shards, listeners, orgs, sys_interval_ms, max_packet_size })
+    }
+}
+
+/// One shard per online CPU.
+pub fn auto_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(limits::SHARDS_MAX)
+}
+
+fn parse_duration_ms(d: &RawDuration) -> Result<u64, String> {
+    match d {
+        RawDuration::Secs(s) if *s >= 0 => Ok(*s as u64 * 1000),
+        RawDuration::Secs(s) => Err(format!("must not be negative, got {s}")),
+        RawDuration::Text(t) => {
+            let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+            let n: u64 = num.parse().map_err(|_| format!("expected e.g. \"10s\", \"5m\", \"1h\", got \"{t}\""))?;
+            let mult = match unit {
+                "ms" => 1,
+                "s" | "" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                _ => return Err(format!("unknown unit in \"{t}\" (ms, s, m, h)")),
+            };
+            Ok(n * mult)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/coremq"))
+    }
+
+    #[test]
+    fn interop_config() {
+        let c = parse(
+            "data_dir = \"./d\"\nshards = 1\n[[listener]]\nkind = \"tcp\"\nbind = \"127.0.0.1:1999\"\nanonymous_org = \"local\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.shards, 1);
+        assert_eq!(c.data_dir, PathBuf::from("/etc/coremq/./d"));
+        assert_eq!(c.orgs, vec!["local".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse("shard = 2\n[[listener]]\nkind=\"tcp\"\n").unwrap_err();
+        assert!(e.0.contains("unknown field `shard`"), "{e}");
+        let e = parse("[[listener]]\nkind=\"tcp\"\nbnd=\"x\"\n").unwrap_err();
+        assert!(e.0.contains("bnd") && e.0.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(parse("[[listener]]\nkind=\"tcp\"\nbind=\"0.0.0.0:1883\"\nanonymous_org=\"local\"\n")
+            .unwrap_err()
+            .0
+            .contains("non-loopback"));
+        assert!(parse("shards = 0\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("shards"));
+        assert!(parse("shards = \"many\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("shards"));
+        assert!(parse("durability = \"sometimes\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("durability"));
+        assert!(parse("[[listener]]\nkind=\"quic\"\n").unwrap_err().0.contains("listener[0].kind"));
+        assert!(parse("[[listener]]\nkind=\"tcp\"\nbind=\"nope\"\n").unwrap_err().0.contains("listener[0].bind"));
+        assert!(parse("[[org]]\nid=\"Bad\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("org[0].id"));
+        assert!(parse("").unwrap_err().0.contains("listener"));
+    }
+
+    #[test]
+    fn durations() {
+        let c = parse("sys_interval = \"2s\"\n[[listener]]\nkind=\"tcp\"\n").unwrap();
+        assert_eq!(c.sys_interval_ms, 2000);
+        assert!(parse("sys_interval = \"2 parsecs\"\n[[listener]]\nkind=\"tcp\"\n").is_err());
+    }
+}

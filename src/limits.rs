@@ -1,0 +1,73 @@
+//! Every compile-time bound of the broker, with why it has this value and what happens at the
+//! limit. Runtime limits (per listener, per org) live in the validated `Config`.
+
+/// Largest packet the broker accepts by default (bytes, fixed header included). At the limit:
+/// 5.0 DISCONNECT 0x95 Packet Too Large (CONNACK 0x95 before CONNECT completes), then close.
+/// 1 MiB covers IoT and agent payloads; operators raise it per org (quota issue).
+pub const PACKET_BYTES_MAX_DEFAULT: u32 = 1024 * 1024;
+
+/// Hard ceiling of any configured maximum packet size: the MQTT maximum (256 MiB - 1 + header).
+pub const PACKET_BYTES_MAX_CEILING: u32 = 268_435_455 + 5;
+
+/// Filters accepted in one SUBSCRIBE/UNSUBSCRIBE. Bounds per-packet work; beyond it the packet
+/// is refused with 0x83 Implementation Specific Error and the connection closed.
+pub const FILTERS_PER_PACKET_MAX: usize = 1024;
+
+/// User properties accepted on one packet; bounds decode work and per-message memory.
+pub const USER_PROPERTIES_MAX: usize = 256;
+
+/// Subscription identifiers on one PUBLISH (one per overlapping subscription we deliver for).
+pub const SUB_IDS_PER_PUBLISH_MAX: usize = 64;
+
+/// Subscriptions one session may hold (per-client quota default). Beyond it SUBACK 0x97.
+pub const SUBSCRIPTIONS_PER_SESSION_MAX: usize = 10_000;
+
+/// Messages queued for one session (offline, or beyond its in-flight window). At the limit the
+/// oldest QoS 0 message, else the oldest message, is dropped and counted.
+pub const SESSION_QUEUE_MAX: usize = 10_000;
+
+/// Unacknowledged outbound QoS 1/2 messages per session when the client sets no Receive
+/// Maximum (3.1.1), and our own Receive Maximum for inbound QoS 1/2 (5.0).
+pub const INFLIGHT_MAX: u16 = 128;
+
+/// Bytes of encoded output buffered for one connection before QoS 0 messages to it are dropped
+/// (and QoS 1/2 ones queued in the session instead): a subscriber that never reads can hold at
+/// most this much output plus its bounded session queue.
+pub const CONN_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Topic aliases we accept from a client (5.0 Topic Alias Maximum in CONNACK).
+pub const TOPIC_ALIAS_MAX: u16 = 64;
+
+/// Bytes read from a socket per read call.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Seconds a new connection may take to send a complete CONNECT before it is closed. Stops
+/// slowloris connections from holding a slot forever.
+pub const CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Most shards: remote-interest sets are 64-bit masks.
+pub const SHARDS_MAX: usize = 64;
+
+/// Cross-shard mesh queue capacity (messages per ordered pair of shards). When full the
+/// sender's backlog holds the overflow and publishers' connections stop being read.
+pub const MESH_QUEUE_CAPACITY: usize = 4096;
+
+/// Backlog of mesh messages a shard holds when a peer queue is full; above it, reading from
+/// publishers pauses (backpressure), so the backlog is bounded by one read batch per connection.
+pub const MESH_BACKLOG_PAUSE: usize = 16_384;
+
+/// Retained messages per org (the quota issue makes this configurable per org).
+pub const RETAINED_PER_ORG_MAX: usize = 100_000;
+
+/// Longest client id accepted (SPEC §5: up to 256 bytes). Longer: 0x85.
+pub const CLIENT_ID_BYTES_MAX: usize = 256;
+
+/// Seconds the broker waits for an acknowledgement before it retransmits on reconnect only
+/// (MQTT 5 forbids resends on a live connection [MQTT-4.4.0-1]); kept for documentation.
+pub const SESSION_EXPIRY_MAX_SECS: u32 = u32::MAX;
+
+const _: () = assert!(PACKET_BYTES_MAX_DEFAULT <= PACKET_BYTES_MAX_CEILING);
+// An output buffer must hold at least one maximum-size packet, or a large QoS 0 message could
+// never be delivered to an idle subscriber.
+const _: () = assert!(CONN_OUTPUT_BYTES_MAX >= PACKET_BYTES_MAX_DEFAULT as usize);
+const _: () = assert!(SHARDS_MAX <= 64);

@@ -1,0 +1,198 @@
+//! The I/O shell: one glommio executor per shard, each with its own `SO_REUSEPORT` listeners,
+//! its connection tasks, a timer task and the cross-shard mesh. Everything here is thin: it
+//! moves bytes and messages in and out of the shard's [`ShardCore`] and owns no broker state.
+//! This is the only module that pins threads (through glommio's placement) and the only user
+//! of the cross-shard channel.
+
+mod conn;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::net::TcpListener;
+use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::broker::mesh::MeshMsg;
+use crate::broker::sys::SysBoard;
+use crate::broker::{CoreConfig, ListenerCtx, ShardCore};
+use crate::codec::ReasonCode;
+use crate::config::{Config, ListenerKind};
+use crate::limits;
+
+/// Milliseconds on the broker's monotonic clock (the only clock the shell reads).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One shard's shell state, shared by its tasks (single-threaded).
+pub(crate) struct Shard {
+    pub(crate) core: RefCell<ShardCore>,
+    senders: Senders<MeshMsg>,
+    /// Woken when a peer queue was full, to retry sending.
+    mesh_blocked: RefCell<bool>,
+}
+
+impl Shard {
+    /// Pushes the core's outgoing mesh messages into the peer queues without blocking.
+    pub(crate) fn flush_mesh(&self) {
+        let mut core = self.core.borrow_mut();
+        let n = self.senders.nr_consumers();
+        for peer in 0..n {
+            if peer == core.shard as usize {
+                continue;
+            }
+            while let Some(m) = core.poll_mesh(peer as u8) {
+                if let Err(m) = self.senders.try_send_to(peer, m) {
+                    match m {
+                        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m)) => {
+                            core.unpoll_mesh(peer as u8, m);
+                            *self.mesh_blocked.borrow_mut() = true;
+                        }
+                        other => tracing::error!(peer, error = %other, "mesh send failed"),
+                    }
+                    break;
+                }
+            }
+        }
+        core.wake_paused_readers();
+    }
+}
+
+/// Runs the broker until SIGTERM/SIGINT. Returns when every shard has stopped.
+pub fn run(cfg: Config) -> std::io::Result<()> {
+    let nr = cfg.shards;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())?;
+    }
+    let orgs: Vec<Arc<str>> = cfg.orgs.iter().map(|o| Arc::from(o.as_str())).collect();
+    let core_cfg = CoreConfig {
+        nr_shards: nr as u8,
+        max_packet_size: cfg.max_packet_size,
+        sys_interval_ms: cfg.sys_interval_ms,
+        retained_max: limits::RETAINED_PER_ORG_MAX,
+        orgs: Arc::new(orgs),
+        retain_seq: Arc::new(AtomicU64::new(1)),
+        sys: Arc::new(SysBoard::new(nr)),
+    };
+    let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
+    let cpus = CpuSet::online().ok();
+    let ncpu = cpus.as_ref().map_or(1, |c| c.len());
+    let placement = if nr <= ncpu { PoolPlacement::MaxSpread(nr, cpus) } else { PoolPlacement::Unbound(nr) };
+    let listeners = Arc::new(cfg.listeners.clone());
+    for l in listeners.iter() {
+        tracing::info!(kind = ?l.kind, bind = %l.bind, anonymous_org = ?l.anonymous_org, "listener");
+    }
+    tracing::info!(shards = nr, "coremq {} starting", env!("CARGO_PKG_VERSION"));
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("coremq-shard")
+        .on_all_shards(move || {
+            let mesh = mesh.clone();
+            let core_cfg = core_cfg.clone();
+            let listeners = listeners.clone();
+            let shutdown = shutdown.clone();
+            async move { shard_main(mesh, core_cfg, listeners, shutdown).await }
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut failed = None;
+    for r in handles.join_all() {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed = Some(e),
+            Err(e) => failed = Some(std::io::Error::other(e.to_string())),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("coremq stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn shard_main(
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    core_cfg: CoreConfig,
+    listeners: Arc<Vec<crate::config::Listener>>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let (senders, mut receivers) = mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
+    let id = senders.peer_id() as u8;
+    let shard = Rc::new(Shard {
+        core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
+        senders,
+        mesh_blocked: RefCell::new(false),
+    });
+    // Mesh receivers: one task per peer, each draining its queue into the core.
+    for (_peer, rx) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(m) = rx.recv().await {
+                shard.core.borrow_mut().handle_mesh(now_ms(), m);
+                // Drain what else is already queued before flushing once.
+                shard.flush_mesh();
+            }
+        })
+        .detach();
+    }
+    // Listeners: every shard binds each address with SO_REUSEPORT; the kernel spreads accepts.
+    let mut accept_tasks = Vec::new();
+    for l in listeners.iter() {
+        let ListenerKind::Tcp = l.kind;
+        let listener = TcpListener::bind(l.bind)?;
+        let ctx = Arc::new(ListenerCtx {
+            anonymous_org: l.anonymous_org.as_deref().map(Arc::from),
+            transport: "tcp",
+        });
+        let shard = shard.clone();
+        accept_tasks.push(glommio::spawn_local(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(stream) => {
+                        let shard = shard.clone();
+                        let ctx = ctx.clone();
+                        glommio::spawn_local(conn::serve(shard, stream, ctx)).detach();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }));
+    }
+    if id == 0 {
+        tracing::info!("ready");
+    }
+    // Timer loop: keep-alive, expiry, $SYS, mesh retries, shutdown.
+    let mut ticks = 0u64;
+    loop {
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        ticks += 1;
+        if std::mem::take(&mut *shard.mesh_blocked.borrow_mut()) {
+            shard.flush_mesh();
+        }
+        if ticks % 4 == 0 {
+            shard.core.borrow_mut().handle_timeout(now_ms());
+            shard.flush_mesh();
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    // Shutdown: stop accepting, tell 5.0 clients why, give writers a moment to flush.
+    drop(accept_tasks);
+    shard.core.borrow_mut().shutdown_all(now_ms(), ReasonCode::SERVER_SHUTTING_DOWN);
+    shard.flush_mesh();
+    let deadline = now_ms() + 2_000;
+    while shard.core.borrow().conn_count() > 0 && now_ms() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
