@@ -14,6 +14,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("COREMQ_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match cli.command {
         Command::Serve { config } => {

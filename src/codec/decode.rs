@@ -355,7 +355,11 @@ fn decode_unsubscribe(b: &mut Bytes, v5: bool) -> Result<Unsubscribe, DecodeErro
 
 fn decode_unsuback(b: &mut Bytes, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = read_pid(b)?;
-    let props = if v5 { Properties::decode(b, PropCtx::UnsubAck)? } else { Properties::default() };
+    if !v5 {
+        // A 3.1.1 UNSUBACK is exactly a packet id; trailing bytes are rejected by the caller.
+        return Ok(UnsubAck { packet_id, props: Properties::default(), reasons: Vec::new() });
+    }
+    let props = Properties::decode(b, PropCtx::UnsubAck)?;
     let reasons = b.iter().map(|c| ReasonCode(*c)).collect();
     b.advance(b.remaining());
     Ok(UnsubAck { packet_id, props, reasons })

@@ -12,6 +12,18 @@ pub mod props;
 pub mod reason;
 pub mod topic;
 
+#[cfg(test)]
+mod tests;
+
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz {
+    //! The fuzz body, shared by the cargo-fuzz target and the corpus replay test.
+    pub use super::fuzz_body::roundtrip_check;
+}
+#[cfg(any(test, fuzzing))]
+mod fuzz_body;
+
 use std::num::NonZeroU16;
 
 use bytes::Bytes;
