@@ -42,6 +42,9 @@ pub struct Listener {
     pub bind: SocketAddr,
     /// Org for anonymous clients.
     pub anonymous_org: Option<String>,
+    /// Shards that bind this listener (`None`: all). Pins a port to chosen cores, e.g. to
+    /// keep a latency-critical port on its own core, or to test cross-shard behaviour.
+    pub shards: Option<Vec<usize>>,
 }
 
 /// A configuration error, naming the key.
@@ -93,6 +96,7 @@ struct RawListener {
     /// Explicit opt-in to anonymous clients on a non-loopback address.
     #[serde(default)]
     danger_allow_anonymous_non_loopback: bool,
+    shards: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +115,7 @@ impl Config {
                 kind: ListenerKind::Tcp,
                 bind: "127.0.0.1:1883".parse().expect("literal address"),
                 anonymous_org: Some("local".into()),
+                shards: None,
             }],
             orgs: vec!["local".into()],
             sys_interval_ms: 10_000,
@@ -204,7 +209,25 @@ impl Config {
                     orgs.push(org.clone()); // SPEC §2: an undeclared anonymous org is created
                 }
             }
-            listeners.push(Listener { kind, bind, anonymous_org: l.anonymous_org.clone() });
+            let only = match &l.shards {
+                None => None,
+                Some(list) if list.is_empty() => {
+                    return Err(ConfigError(format!("listener[{i}].shards: must not be empty")))
+                }
+                Some(list) => {
+                    let mut v = Vec::new();
+                    for s in list {
+                        if *s < 0 || *s as usize >= shards {
+                            return Err(ConfigError(format!(
+                                "listener[{i}].shards: shard {s} does not exist (shards = {shards})"
+                            )));
+                        }
+                        v.push(*s as usize);
+                    }
+                    Some(v)
+                }
+            };
+            listeners.push(Listener { kind, bind, anonymous_org: l.anonymous_org.clone(), shards: only });
         }
         if listeners.is_empty() {
             return Err(ConfigError("listener: at least one [[listener]] is required".into()));

@@ -145,6 +145,9 @@ async fn shard_main(
     let mut accept_tasks = Vec::new();
     for l in listeners.iter() {
         let ListenerKind::Tcp = l.kind;
+        if l.shards.as_ref().is_some_and(|only| !only.contains(&(id as usize))) {
+            continue;
+        }
         let listener = TcpListener::bind(l.bind)?;
         let ctx = Arc::new(ListenerCtx {
             anonymous_org: l.anonymous_org.as_deref().map(Arc::from),
