@@ -133,7 +133,8 @@ impl Config {
 
     /// Parses and validates TOML text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError(e.to_string().trim_end().to_string()))?;
         let data_dir = base.join(raw.data_dir.unwrap_or_else(|| PathBuf::from("./data")));
         let shards = match raw.shards {
             None => auto_shards(),
@@ -148,7 +149,9 @@ impl Config {
         };
         if let Some(d) = &raw.durability {
             if !matches!(d.as_str(), "always" | "group" | "none") {
-                return Err(ConfigError(format!("durability: expected \"always\", \"group\" or \"none\", got \"{d}\"")));
+                return Err(ConfigError(format!(
+                    "durability: expected \"always\", \"group\" or \"none\", got \"{d}\""
+                )));
             }
         }
         let sys_interval_ms = match raw.sys_interval {
@@ -189,9 +192,9 @@ impl Config {
                 }
             };
             let bind = l.bind.as_deref().unwrap_or("127.0.0.1:1883");
-            let bind: SocketAddr = bind
-                .parse()
-                .map_err(|_| ConfigError(format!("listener[{i}].bind: \"{bind}\" is not an IP:port address")))?;
+            let bind: SocketAddr = bind.parse().map_err(|_| {
+                ConfigError(format!("listener[{i}].bind: \"{bind}\" is not an IP:port address"))
+            })?;
             if let Some(org) = &l.anonymous_org {
                 if !valid_org_id(org) {
                     return Err(ConfigError(format!(
@@ -247,7 +250,8 @@ fn parse_duration_ms(d: &RawDuration) -> Result<u64, String> {
         RawDuration::Secs(s) => Err(format!("must not be negative, got {s}")),
         RawDuration::Text(t) => {
             let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-            let n: u64 = num.parse().map_err(|_| format!("expected e.g. \"10s\", \"5m\", \"1h\", got \"{t}\""))?;
+            let n: u64 =
+                num.parse().map_err(|_| format!("expected e.g. \"10s\", \"5m\", \"1h\", got \"{t}\""))?;
             let mult = match unit {
                 "ms" => 1,
                 "s" | "" => 1000,
@@ -295,10 +299,19 @@ mod tests {
             .contains("non-loopback"));
         assert!(parse("shards = 0\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("shards"));
         assert!(parse("shards = \"many\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("shards"));
-        assert!(parse("durability = \"sometimes\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("durability"));
+        assert!(parse("durability = \"sometimes\"\n[[listener]]\nkind=\"tcp\"\n")
+            .unwrap_err()
+            .0
+            .contains("durability"));
         assert!(parse("[[listener]]\nkind=\"quic\"\n").unwrap_err().0.contains("listener[0].kind"));
-        assert!(parse("[[listener]]\nkind=\"tcp\"\nbind=\"nope\"\n").unwrap_err().0.contains("listener[0].bind"));
-        assert!(parse("[[org]]\nid=\"Bad\"\n[[listener]]\nkind=\"tcp\"\n").unwrap_err().0.contains("org[0].id"));
+        assert!(parse("[[listener]]\nkind=\"tcp\"\nbind=\"nope\"\n")
+            .unwrap_err()
+            .0
+            .contains("listener[0].bind"));
+        assert!(parse("[[org]]\nid=\"Bad\"\n[[listener]]\nkind=\"tcp\"\n")
+            .unwrap_err()
+            .0
+            .contains("org[0].id"));
         assert!(parse("").unwrap_err().0.contains("listener"));
     }
 

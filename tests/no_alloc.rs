@@ -50,7 +50,10 @@ fn subscribe(cl: &mut Cluster, c: coremq::broker::testing::Client, filter: &str)
     let s = Packet::Subscribe(Subscribe {
         packet_id: 1.try_into().unwrap(),
         props: Properties::default(),
-        filters: vec![(MqStr::copy_from(filter).unwrap(), SubOptions { qos: QoS::AtMostOnce, ..Default::default() })],
+        filters: vec![(
+            MqStr::copy_from(filter).unwrap(),
+            SubOptions { qos: QoS::AtMostOnce, ..Default::default() },
+        )],
     });
     cl.send(c, &s);
     assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));

@@ -116,7 +116,14 @@ impl ShardCore {
         }
     }
 
-    fn handle_takeover(&mut self, key: SessionKey, old_gen: u64, old_conn: ConnId, sup: Supersede, now_ms: u64) {
+    fn handle_takeover(
+        &mut self,
+        key: SessionKey,
+        old_gen: u64,
+        old_conn: ConnId,
+        sup: Supersede,
+        now_ms: u64,
+    ) {
         // The previous claim may still be waiting for its grant: remember where the session
         // must go next, and close that connection.
         if let Some(c) = self.conn_mut(old_conn) {
@@ -149,10 +156,7 @@ impl ShardCore {
                 self.take_session(sref, sup.clean_start, now_ms)
             }
         };
-        self.send(
-            sup.to_shard,
-            MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state },
-        );
+        self.send(sup.to_shard, MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state });
     }
 
     /// Removes a session from this shard for a takeover, returning its state unless `discard`.
@@ -184,7 +188,13 @@ impl ShardCore {
     }
 
     /// Tells every other shard about a change of local interest; returns how many acks to wait for.
-    pub(super) fn announce(&mut self, org: &Arc<str>, filter: &str, add: bool, ack: Option<(ConnId, u64)>) -> u32 {
+    pub(super) fn announce(
+        &mut self,
+        org: &Arc<str>,
+        filter: &str,
+        add: bool,
+        ack: Option<(ConnId, u64)>,
+    ) -> u32 {
         if self.cfg.nr_shards == 1 {
             return 0;
         }
@@ -193,7 +203,14 @@ impl ShardCore {
         self.broadcast(|| MeshMsg::Interest { org: org.clone(), filter: filter.clone(), shard, add, ack })
     }
 
-    fn handle_granted(&mut self, key: SessionKey, id: ConnId, generation: u64, state: Option<Box<SessionState>>, now_ms: u64) {
+    fn handle_granted(
+        &mut self,
+        key: SessionKey,
+        id: ConnId,
+        generation: u64,
+        state: Option<Box<SessionState>>,
+        now_ms: u64,
+    ) {
         let (alive, sup) = match self.conn_mut(id) {
             Some(c) if c.phase == Phase::AwaitSession => (true, c.superseded.take()),
             _ => (false, None),
@@ -211,7 +228,8 @@ impl ShardCore {
             _ => (true, 0, None),
         };
         let present = state.is_some() && !clean_start;
-        let mut st = if clean_start { SessionState::default() } else { state.map(|b| *b).unwrap_or_default() };
+        let mut st =
+            if clean_start { SessionState::default() } else { state.map(|b| *b).unwrap_or_default() };
         st.expiry_secs = expiry;
         st.protocol = protocol.or(st.protocol);
         let session = Session {
@@ -235,10 +253,17 @@ impl ShardCore {
         };
         self.session_index.insert(key.clone(), sref);
         // Restore subscriptions into this shard's index.
-        let subs: Vec<(Box<str>, SubEntry)> =
-            self.session(sref).expect("just inserted").state.subs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let subs: Vec<(Box<str>, SubEntry)> = self
+            .session(sref)
+            .expect("just inserted")
+            .state
+            .subs
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
         for (f, e) in subs {
-            let ch = self.router.subscribe(&key.org, &f, Sub { session: sref, opts: e.opts, sub_id: e.sub_id });
+            let ch =
+                self.router.subscribe(&key.org, &f, Sub { session: sref, opts: e.opts, sub_id: e.sub_id });
             if ch.interest_changed {
                 self.announce(&key.org, &f, true, None);
             }
@@ -270,8 +295,14 @@ impl ShardCore {
         self.write(id, &ack);
         wake(&mut self.conn_mut(id).expect("alive").reader);
         // Resend what was in flight [MQTT-4.4.0-1], then drain the queue.
-        let resend: Vec<(u16, InFlight)> =
-            self.session(sref).expect("present").state.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let resend: Vec<(u16, InFlight)> = self
+            .session(sref)
+            .expect("present")
+            .state
+            .inflight
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
         for (pid, f) in resend {
             match f.state {
                 OutState::Published => {

@@ -93,7 +93,14 @@ impl ShardCore {
 
     /// Routes `msg` to local subscribers and, unless it came from another shard, forwards it
     /// once to each interested remote shard.
-    pub(super) fn route(&mut self, org: &Arc<str>, msg: &Msg, publisher: Option<SessionRef>, from_remote: bool, now_ms: u64) {
+    pub(super) fn route(
+        &mut self,
+        org: &Arc<str>,
+        msg: &Msg,
+        publisher: Option<SessionRef>,
+        from_remote: bool,
+        now_ms: u64,
+    ) {
         let mut m = std::mem::take(&mut self.matches);
         self.router.route(org, msg.topic.as_str(), !from_remote, &mut m);
         let mut subs = std::mem::take(&mut self.fanout);
@@ -230,7 +237,14 @@ impl ShardCore {
     }
 
     /// Encodes a stored delivery; false when it could not be sent (too large for the client).
-    pub(super) fn encode_delivery(&mut self, id: ConnId, d: &Delivery, pid: Option<PacketId>, dup: bool, now_ms: u64) -> bool {
+    pub(super) fn encode_delivery(
+        &mut self,
+        id: ConnId,
+        d: &Delivery,
+        pid: Option<PacketId>,
+        dup: bool,
+        now_ms: u64,
+    ) -> bool {
         let msg = &d.msg;
         let po = PublishOut {
             dup,
@@ -249,7 +263,14 @@ impl ShardCore {
 
     /// Writes a PUBLISH to a connection, applying message expiry, the client's maximum packet
     /// size and outbound topic aliases. False if it was not sent.
-    fn write_publish(&mut self, id: ConnId, mut po: PublishOut<'_>, topic: &MqStr, msg: &Msg, now_ms: u64) -> bool {
+    fn write_publish(
+        &mut self,
+        id: ConnId,
+        mut po: PublishOut<'_>,
+        topic: &MqStr,
+        msg: &Msg,
+        now_ms: u64,
+    ) -> bool {
         let Some(c) = self.conn_mut(id) else { return false };
         let Some(v) = c.protocol else { return false };
         match msg.expiry(now_ms) {
@@ -347,7 +368,8 @@ impl ShardCore {
                 }
             };
             if shared && opts.no_local && v5 {
-                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms); // [MQTT-3.8.3-4]
+                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+                // [MQTT-3.8.3-4]
             }
             let st = &mut self.session_mut(sref).expect("active").state;
             if !st.subs.contains_key(f) && st.subs.len() >= limits::SUBSCRIPTIONS_PER_SESSION_MAX {
@@ -371,7 +393,13 @@ impl ShardCore {
             }
         }
         let c = self.conn_mut(id).expect("caller checked");
-        c.pending_subacks.push_back(PendingSubAck { token, waiting, packet_id: s.packet_id, reasons, retained });
+        c.pending_subacks.push_back(PendingSubAck {
+            token,
+            waiting,
+            packet_id: s.packet_id,
+            reasons,
+            retained,
+        });
         self.release_subacks(id, now_ms);
     }
 
@@ -394,7 +422,11 @@ impl ShardCore {
             let p = c.pending_subacks.pop_front().expect("checked");
             let Some(sref) = c.session else { return };
             let org = c.key.as_ref().expect("active").org.clone();
-            let ack = Packet::SubAck(SubAck { packet_id: p.packet_id, props: Properties::default(), reasons: p.reasons });
+            let ack = Packet::SubAck(SubAck {
+                packet_id: p.packet_id,
+                props: Properties::default(),
+                reasons: p.reasons,
+            });
             self.write(id, &ack);
             for (filter, qos, sub_id) in p.retained {
                 let msgs: Vec<Arc<Msg>> = self.retained.matching(&org, &filter).cloned().collect();
@@ -428,7 +460,8 @@ impl ShardCore {
             }
             reasons.push(ReasonCode::SUCCESS);
         }
-        let ack = Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, props: Properties::default(), reasons });
+        let ack =
+            Packet::UnsubAck(UnsubAck { packet_id: u.packet_id, props: Properties::default(), reasons });
         self.write(id, &ack);
     }
 

@@ -6,14 +6,16 @@
 //! and time with [`ShardCore::handle_timeout`], and drains encoded output per connection with
 //! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
 
+mod claims;
+mod flow;
 pub mod mesh;
 pub mod msg;
 pub mod retained;
 pub mod session;
 pub mod sys;
 pub mod testing;
-mod claims;
-mod flow;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,18 +29,17 @@ use smallvec::SmallVec;
 use crate::codec::encode::{encode_publish, PublishOut};
 use crate::codec::topic::{classify, valid_filter, FilterKind};
 use crate::codec::{
-    decode_packet, encode_packet, frame, ConnAck, Connect, Disconnect, MqStr, Packet, PacketId,
-    Properties, Protocol, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    decode_packet, encode_packet, frame, ConnAck, Connect, Disconnect, MqStr, Packet, PacketId, Properties,
+    Protocol, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::limits;
 use crate::router::{Matches, Router, SessionRef, Sub};
+use claims::{peek_connect_level, pubresp, wake};
 use mesh::{MeshMsg, SessionKey};
 use msg::{Expiry, Msg};
 use retained::Retained;
 use session::{Delivery, InFlight, OutState, Session, SessionState, SubEntry};
 use sys::SysBoard;
-use claims::{peek_connect_level, pubresp, wake};
 
 /// Identifies a connection on its shard: slot index plus a generation so a reused slot is never
 /// mistaken for the old connection.
@@ -238,11 +239,8 @@ impl std::fmt::Debug for ShardCore {
 
 /// Home shard of a session: hash of org and client id.
 pub fn home_shard(key: &SessionKey, nr_shards: u8) -> u8 {
-    use std::hash::{BuildHasher, Hash, Hasher};
     // Fixed keys: every shard must compute the same home.
-    let mut h = RandomState::with_seeds(1, 2, 3, 4).build_hasher();
-    key.hash(&mut h);
-    (h.finish() % nr_shards as u64) as u8
+    (RandomState::with_seeds(1, 2, 3, 4).hash_one(key) % nr_shards as u64) as u8
 }
 
 impl ShardCore {
@@ -444,11 +442,7 @@ impl ShardCore {
     /// Refuses a CONNECT with `reason` (CONNACK in the client's protocol) and closes.
     fn refuse(&mut self, id: ConnId, protocol: Protocol, reason: ReasonCode) {
         let Some(c) = self.conn_mut(id) else { return };
-        let ack = Packet::ConnAck(ConnAck {
-            session_present: false,
-            reason,
-            props: Properties::default(),
-        });
+        let ack = Packet::ConnAck(ConnAck { session_present: false, reason, props: Properties::default() });
         encode_packet(&mut c.out, protocol, &ack);
         c.closing = true;
         wake(&mut c.writer);
@@ -503,6 +497,12 @@ impl ShardCore {
                 return ReadVerdict::Wait;
             }
             let protocol = c.protocol;
+            if c.phase != Phase::Active && buf.first().is_some_and(|b| *b != 0x10) {
+                // Not a CONNECT (an HTTP request, a TLS ClientHello, noise): refuse at the first
+                // byte instead of waiting for a length that may never arrive [MQTT-3.1.0-1].
+                self.fail(id, None, buf, ReasonCode::PROTOCOL_ERROR, now_ms);
+                return ReadVerdict::Close;
+            }
             let f = match frame(buf, self.cfg.max_packet_size) {
                 Ok(Some(f)) => f,
                 Ok(None) => return ReadVerdict::Continue,
@@ -545,9 +545,8 @@ impl ShardCore {
         let level = protocol.map(|p| p.level()).or_else(|| peek_connect_level(raw));
         match (level, reason) {
             (Some(5), r) => self.refuse(id, Protocol::V5, r),
-            (_, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION) | (Some(4), ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) => {
-                self.refuse(id, Protocol::V311, reason)
-            }
+            (_, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)
+            | (Some(4), ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) => self.refuse(id, Protocol::V311, reason),
             _ => self.close_conn(id, None, now_ms),
         }
     }
@@ -598,7 +597,8 @@ impl ShardCore {
         }
         let client_id = if c.client_id.is_empty() {
             if !v5 && !c.clean_start {
-                return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID); // [MQTT-3.1.3-8]
+                return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+                // [MQTT-3.1.3-8]
             }
             let gen = MqStr::copy_from(&format!("auto-{shard}-{seq:x}-{:x}", now_ms ^ 0x5bd1e995))
                 .expect("generated id has no NUL");

@@ -10,10 +10,13 @@ use ahash::RandomState;
 use super::msg::Msg;
 use crate::codec::topic::matches;
 
+/// One org's retained messages: topic -> (message, sequence of the write that set it).
+type OrgRetained = HashMap<Box<str>, (Arc<Msg>, u64), RandomState>;
+
 /// Per-org retained messages on one shard.
 #[derive(Debug, Default)]
 pub struct Retained {
-    orgs: HashMap<Arc<str>, HashMap<Box<str>, (Arc<Msg>, u64), RandomState>, RandomState>,
+    orgs: HashMap<Arc<str>, OrgRetained, RandomState>,
     /// Highest sequence of a delete per (org, topic), so a late older set cannot resurrect it.
     tombstones: HashMap<(Arc<str>, Box<str>), u64, RandomState>,
 }

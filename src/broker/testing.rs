@@ -70,10 +70,22 @@ impl Cluster {
 
     /// Feeds raw bytes from a client; returns the verdict.
     pub fn send_raw(&mut self, c: Client, bytes: &[u8]) -> ReadVerdict {
-        let mut buf = BytesMut::from(bytes);
-        let v = self.shards[c.shard].handle_read(c.conn, self.now_ms, &mut buf);
+        let v = self.send_raw_held(c, bytes);
         self.pump();
         v
+    }
+
+    /// Feeds raw bytes without moving mesh messages (to stage races).
+    pub fn send_raw_held(&mut self, c: Client, bytes: &[u8]) -> ReadVerdict {
+        let mut buf = BytesMut::from(bytes);
+        self.shards[c.shard].handle_read(c.conn, self.now_ms, &mut buf)
+    }
+
+    /// Moves the pending mesh messages of one ordered pair only.
+    pub fn pump_pair(&mut self, from: usize, to: usize) {
+        while let Some(m) = self.shards[from].poll_mesh(to as u8) {
+            self.shards[to].handle_mesh(self.now_ms, m);
+        }
     }
 
     /// Encodes and sends a packet.
@@ -83,7 +95,14 @@ impl Cluster {
     }
 
     /// Opens and connects a client; returns it after CONNACK was produced.
-    pub fn connect(&mut self, shard: usize, protocol: Protocol, id: &str, clean: bool, props: Properties) -> (Client, Vec<Packet>) {
+    pub fn connect(
+        &mut self,
+        shard: usize,
+        protocol: Protocol,
+        id: &str,
+        clean: bool,
+        props: Properties,
+    ) -> (Client, Vec<Packet>) {
         let c = self.open(shard, protocol);
         let p = Packet::Connect(Box::new(Connect {
             protocol,

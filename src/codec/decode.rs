@@ -89,11 +89,7 @@ pub fn frame(buf: &[u8], max_size: u32) -> Result<Option<Frame>, DecodeError> {
 
 /// Decodes one whole frame (`bytes.len() == f.total()`). `protocol` is `None` until CONNECT has
 /// been accepted: then only CONNECT is valid.
-pub fn decode_packet(
-    mut bytes: Bytes,
-    f: &Frame,
-    protocol: Option<Protocol>,
-) -> Result<Packet, DecodeError> {
+pub fn decode_packet(mut bytes: Bytes, f: &Frame, protocol: Option<Protocol>) -> Result<Packet, DecodeError> {
     debug_assert_eq!(bytes.len(), f.total());
     bytes.advance(f.header_len);
     let kind = f.header >> 4;
@@ -270,11 +266,8 @@ fn decode_pubresp(b: &mut Bytes, v5: bool) -> Result<PubResp, DecodeError> {
     let packet_id = read_pid(b)?;
     let (reason, props) = if v5 && b.has_remaining() {
         let reason = ReasonCode(read_u8(b)?);
-        let props = if b.has_remaining() {
-            Properties::decode(b, PropCtx::PubResp)?
-        } else {
-            Properties::default()
-        };
+        let props =
+            if b.has_remaining() { Properties::decode(b, PropCtx::PubResp)? } else { Properties::default() };
         (reason, props)
     } else {
         (ReasonCode::SUCCESS, Properties::default())
@@ -306,12 +299,7 @@ fn decode_subscribe(b: &mut Bytes, v5: bool) -> Result<Subscribe, DecodeError> {
                 2 => RetainHandling::DoNotSend,
                 _ => return Err(DecodeError::protocol("retain handling 3")),
             };
-            SubOptions {
-                qos,
-                no_local: o & 0x04 != 0,
-                retain_as_published: o & 0x08 != 0,
-                retain_handling,
-            }
+            SubOptions { qos, no_local: o & 0x04 != 0, retain_as_published: o & 0x08 != 0, retain_handling }
         } else {
             if o & 0xFC != 0 {
                 return Err(DecodeError::malformed("SUBSCRIBE requested QoS reserved bits"));
@@ -370,11 +358,8 @@ fn decode_disconnect(b: &mut Bytes, v5: bool) -> Result<Disconnect, DecodeError>
         return Ok(Disconnect::default());
     }
     let reason = ReasonCode(read_u8(b)?);
-    let props = if b.has_remaining() {
-        Properties::decode(b, PropCtx::Disconnect)?
-    } else {
-        Properties::default()
-    };
+    let props =
+        if b.has_remaining() { Properties::decode(b, PropCtx::Disconnect)? } else { Properties::default() };
     Ok(Disconnect { reason, props })
 }
 

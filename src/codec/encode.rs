@@ -269,9 +269,7 @@ pub fn encode_packet(out: &mut BytesMut, v: Protocol, packet: &Packet) {
         Packet::PingReq => out.put_slice(&[0xC0, 0]),
         Packet::PingResp => out.put_slice(&[0xD0, 0]),
         Packet::Disconnect(d) => {
-            if !v5 {
-                out.put_slice(&[0xE0, 0]);
-            } else if d.reason == ReasonCode::SUCCESS && d.props.is_empty() {
+            if !v5 || (d.reason == ReasonCode::SUCCESS && d.props.is_empty()) {
                 out.put_slice(&[0xE0, 0]);
             } else {
                 header(out, 0xE0, 1 + d.props.encoded_len());

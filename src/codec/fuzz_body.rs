@@ -40,4 +40,3 @@ pub fn roundtrip_check(data: &[u8]) {
         }
     }
 }
-

@@ -52,24 +52,29 @@ fn arb_publish_props() -> impl Strategy<Value = Properties> {
 
 fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
     let props = move |p: Properties| if v5 { p } else { Properties::default() };
-    let publish = (arb_qos(), any::<bool>(), any::<bool>(), arb_topic(), arb_pid(), arb_publish_props(), "[ -~]{0,40}")
-        .prop_map(move |(qos, dup, retain, topic, pid, pr, payload)| {
-            let mut pr = props(pr);
-            // A payload format of 1 requires UTF-8 payloads; ours are ASCII.
-            pr.payload_format_indicator = pr.payload_format_indicator.filter(|_| v5);
-            Packet::Publish(Publish {
-                dup: dup && qos != QoS::AtMostOnce,
-                qos,
-                retain,
-                topic,
-                packet_id: (qos != QoS::AtMostOnce).then_some(pid),
-                props: pr,
-                payload: Bytes::from(payload),
-            })
-        });
+    let publish =
+        (arb_qos(), any::<bool>(), any::<bool>(), arb_topic(), arb_pid(), arb_publish_props(), "[ -~]{0,40}")
+            .prop_map(move |(qos, dup, retain, topic, pid, pr, payload)| {
+                let mut pr = props(pr);
+                // A payload format of 1 requires UTF-8 payloads; ours are ASCII.
+                pr.payload_format_indicator = pr.payload_format_indicator.filter(|_| v5);
+                Packet::Publish(Publish {
+                    dup: dup && qos != QoS::AtMostOnce,
+                    qos,
+                    retain,
+                    topic,
+                    packet_id: (qos != QoS::AtMostOnce).then_some(pid),
+                    props: pr,
+                    payload: Bytes::from(payload),
+                })
+            });
     let resp = (arb_pid(), 0usize..4, prop_oneof![Just(0u8), Just(0x10), Just(0x80), Just(0x92)]).prop_map(
         move |(pid, kind, reason)| {
-            let r = PubResp { packet_id: pid, reason: ReasonCode(if v5 { reason } else { 0 }), props: Properties::default() };
+            let r = PubResp {
+                packet_id: pid,
+                reason: ReasonCode(if v5 { reason } else { 0 }),
+                props: Properties::default(),
+            };
             match kind {
                 0 => Packet::PubAck(r),
                 1 => Packet::PubRec(r),
@@ -78,7 +83,11 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
             }
         },
     );
-    let sub = (arb_pid(), proptest::collection::vec((arb_topic(), arb_qos(), any::<bool>(), any::<bool>(), 0u8..3), 1..4), proptest::option::of(1u32..268_435_455))
+    let sub = (
+        arb_pid(),
+        proptest::collection::vec((arb_topic(), arb_qos(), any::<bool>(), any::<bool>(), 0u8..3), 1..4),
+        proptest::option::of(1u32..268_435_455),
+    )
         .prop_map(move |(pid, fs, id)| {
             let mut p = Properties::default();
             if v5 {
@@ -95,7 +104,11 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
                                 qos,
                                 no_local: nl,
                                 retain_as_published: rap,
-                                retain_handling: [RetainHandling::SendAlways, RetainHandling::SendIfNew, RetainHandling::DoNotSend][rh as usize],
+                                retain_handling: [
+                                    RetainHandling::SendAlways,
+                                    RetainHandling::SendIfNew,
+                                    RetainHandling::DoNotSend,
+                                ][rh as usize],
                             }
                         } else {
                             SubOptions { qos, ..Default::default() }
@@ -105,17 +118,27 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
                     .collect(),
             })
         });
-    let unsub = (arb_pid(), proptest::collection::vec(arb_topic(), 1..4))
-        .prop_map(|(pid, filters)| Packet::Unsubscribe(Unsubscribe { packet_id: pid, props: Properties::default(), filters }));
-    let suback = (arb_pid(), proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 1..4))
-        .prop_map(|(pid, r)| Packet::SubAck(SubAck { packet_id: pid, props: Properties::default(), reasons: r.into_iter().map(ReasonCode).collect() }));
-    let unsuback = (arb_pid(), proptest::collection::vec(prop_oneof![Just(0u8), Just(0x11)], 1..4)).prop_map(move |(pid, r)| {
-        Packet::UnsubAck(UnsubAck {
-            packet_id: pid,
-            props: Properties::default(),
-            reasons: if v5 { r.into_iter().map(ReasonCode).collect() } else { vec![] },
-        })
+    let unsub = (arb_pid(), proptest::collection::vec(arb_topic(), 1..4)).prop_map(|(pid, filters)| {
+        Packet::Unsubscribe(Unsubscribe { packet_id: pid, props: Properties::default(), filters })
     });
+    let suback =
+        (arb_pid(), proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(2), Just(0x80)], 1..4))
+            .prop_map(|(pid, r)| {
+                Packet::SubAck(SubAck {
+                    packet_id: pid,
+                    props: Properties::default(),
+                    reasons: r.into_iter().map(ReasonCode).collect(),
+                })
+            });
+    let unsuback = (arb_pid(), proptest::collection::vec(prop_oneof![Just(0u8), Just(0x11)], 1..4)).prop_map(
+        move |(pid, r)| {
+            Packet::UnsubAck(UnsubAck {
+                packet_id: pid,
+                props: Properties::default(),
+                reasons: if v5 { r.into_iter().map(ReasonCode).collect() } else { vec![] },
+            })
+        },
+    );
     let simple = prop_oneof![
         Just(Packet::PingReq),
         Just(Packet::PingResp),
@@ -126,14 +149,27 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
         any::<bool>().prop_map(move |sp| Packet::ConnAck(ConnAck {
             session_present: sp,
             reason: ReasonCode::SUCCESS,
-            props: props(Properties { receive_maximum: Some(10), topic_alias_maximum: Some(5), ..Default::default() })
+            props: props(Properties {
+                receive_maximum: Some(10),
+                topic_alias_maximum: Some(5),
+                ..Default::default()
+            })
         })),
     ];
     prop_oneof![publish, resp, sub, unsub, suback, unsuback, simple]
 }
 
 fn arb_connect() -> impl Strategy<Value = Connect> {
-    (any::<bool>(), any::<u16>(), "[a-z0-9]{0,23}", proptest::option::of((arb_topic(), arb_qos(), any::<bool>(), "[ -~]{0,10}")), proptest::option::of(arb_str()), proptest::option::of("[ -~]{0,10}"), any::<bool>(), proptest::option::of(any::<u32>()))
+    (
+        any::<bool>(),
+        any::<u16>(),
+        "[a-z0-9]{0,23}",
+        proptest::option::of((arb_topic(), arb_qos(), any::<bool>(), "[ -~]{0,10}")),
+        proptest::option::of(arb_str()),
+        proptest::option::of("[ -~]{0,10}"),
+        any::<bool>(),
+        proptest::option::of(any::<u32>()),
+    )
         .prop_map(|(clean, ka, id, will, user, pass, v5, expiry)| {
             let protocol = if v5 { Protocol::V5 } else { Protocol::V311 };
             let user = if v5 { user } else { user.or_else(|| pass.as_ref().map(|_| s("u"))) };
@@ -187,7 +223,11 @@ proptest! {
 fn auth_roundtrip() {
     let p = Packet::Auth(Auth {
         reason: ReasonCode::CONTINUE_AUTHENTICATION,
-        props: Properties { authentication_method: Some(s("SCRAM")), authentication_data: Some(Bytes::from_static(b"x")), ..Default::default() },
+        props: Properties {
+            authentication_method: Some(s("SCRAM")),
+            authentication_data: Some(Bytes::from_static(b"x")),
+            ..Default::default()
+        },
     });
     let enc = to_bytes(Protocol::V5, &p);
     assert_eq!(decode_all(Some(Protocol::V5), &enc).unwrap(), p);
@@ -213,11 +253,31 @@ fn malformed_table() {
         ("client id not UTF-8", None, b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01\xff", 0x85),
         ("truncated CONNECT", None, b"\x10\x08\x00\x04MQTT\x04\x02", M),
         ("UNSUBACK 3.1.1 with a payload", Some(V311), b"\xb0\x04\x00\x01\x00\x00", M),
-        ("CONNECT v5 duplicate session expiry", None, b"\x10\x17\x00\x04MQTT\x05\x02\x00\x3c\x0a\x11\x00\x00\x00\x01\x11\x00\x00\x00\x02\x00\x00", P),
-        ("CONNECT v5 receive maximum 0", None, b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x03\x21\x00\x00\x00\x00", P),
-        ("CONNECT v5 misplaced property (topic alias)", None, b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x03\x23\x00\x01\x00\x00", P),
+        (
+            "CONNECT v5 duplicate session expiry",
+            None,
+            b"\x10\x17\x00\x04MQTT\x05\x02\x00\x3c\x0a\x11\x00\x00\x00\x01\x11\x00\x00\x00\x02\x00\x00",
+            P,
+        ),
+        (
+            "CONNECT v5 receive maximum 0",
+            None,
+            b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x03\x21\x00\x00\x00\x00",
+            P,
+        ),
+        (
+            "CONNECT v5 misplaced property (topic alias)",
+            None,
+            b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3c\x03\x23\x00\x01\x00\x00",
+            P,
+        ),
         ("CONNECT v5 unknown property", None, b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x01\x7f\x00\x00", M),
-        ("CONNECT v5 request problem info 2", None, b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x02\x17\x02\x00\x00", P),
+        (
+            "CONNECT v5 request problem info 2",
+            None,
+            b"\x10\x11\x00\x04MQTT\x05\x02\x00\x3c\x02\x17\x02\x00\x00",
+            P,
+        ),
         ("second CONNECT", Some(V311), b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00", P),
         ("PUBLISH QoS 3", Some(V311), b"\x36\x05\x00\x01a\x00\x01", M),
         ("PUBLISH DUP on QoS 0", Some(V311), b"\x38\x03\x00\x01a", M),
@@ -242,7 +302,12 @@ fn malformed_table() {
         ("SUBSCRIBE 3.1.1 reserved option bits", Some(V311), b"\x82\x06\x00\x01\x00\x01a\x04", M),
         ("SUBSCRIBE v5 retain handling 3", Some(V5), b"\x82\x07\x00\x01\x00\x00\x01a\x30", P),
         ("SUBSCRIBE v5 reserved option bits", Some(V5), b"\x82\x07\x00\x01\x00\x00\x01a\x40", M),
-        ("SUBSCRIBE v5 two subscription ids", Some(V5), b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00", P),
+        (
+            "SUBSCRIBE v5 two subscription ids",
+            Some(V5),
+            b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00",
+            P,
+        ),
         ("UNSUBSCRIBE no filters", Some(V311), b"\xa2\x02\x00\x01", P),
         ("UNSUBSCRIBE wrong flags", Some(V311), b"\xa0\x05\x00\x01\x00\x01a", M),
         ("PINGREQ with body", Some(V311), b"\xc0\x01\x00", M),
@@ -286,7 +351,15 @@ fn framing_limits() {
 fn zero_copy_slices() {
     let raw = to_bytes(
         Protocol::V311,
-        &Packet::Publish(Publish { dup: false, qos: QoS::AtMostOnce, retain: false, topic: s("t/x"), packet_id: None, props: Properties::default(), payload: Bytes::from_static(b"payload") }),
+        &Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: s("t/x"),
+            packet_id: None,
+            props: Properties::default(),
+            payload: Bytes::from_static(b"payload"),
+        }),
     );
     let buf = BytesMut::from(&raw[..]).freeze();
     let f = frame(&buf, 1024).unwrap().unwrap();

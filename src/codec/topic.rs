@@ -106,10 +106,7 @@ mod tests {
 
     #[test]
     fn shared() {
-        assert_eq!(
-            classify("$share/g/a/#"),
-            FilterKind::Shared(SharedFilter { group: "g", filter: "a/#" })
-        );
+        assert_eq!(classify("$share/g/a/#"), FilterKind::Shared(SharedFilter { group: "g", filter: "a/#" }));
         assert_eq!(classify("$share/g"), FilterKind::InvalidShared);
         assert_eq!(classify("$share//a"), FilterKind::InvalidShared);
         assert_eq!(classify("$share/g+/a"), FilterKind::InvalidShared);

@@ -541,12 +541,17 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$x".to_string())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$x".to_string())
+        ]
     }
 
     fn filter() -> impl Strategy<Value = String> {
         prop::collection::vec(prop_oneof![4 => level(), 1 => Just("+".to_string())], 1..4).prop_flat_map(
-            |mut v| {
+            |v| {
                 prop::bool::ANY.prop_map(move |hash| {
                     let mut v = v.clone();
                     if hash {

@@ -34,11 +34,12 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, ctx: Arc<Listener
     let writer = glommio::spawn_local(async move {
         let mut spare = BytesMut::with_capacity(1024);
         loop {
-            let r = poll_fn(|cx| match writer_shard.core.borrow_mut().poll_output(id, &mut spare, cx.waker()) {
-                OutputPoll::Pending => Poll::Pending,
-                other => Poll::Ready(other),
-            })
-            .await;
+            let r =
+                poll_fn(|cx| match writer_shard.core.borrow_mut().poll_output(id, &mut spare, cx.waker()) {
+                    OutputPoll::Pending => Poll::Pending,
+                    other => Poll::Ready(other),
+                })
+                .await;
             match r {
                 OutputPoll::Data => {
                     if wr.write_all(&spare).await.is_err() {
@@ -115,10 +116,11 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, ctx: Arc<Listener
         }
     }
     // Let the writer flush what is queued (a DISCONNECT with a reason, say), bounded in time.
-    let _ = writer.or(async {
-        glommio::timer::sleep(Duration::from_secs(2)).await;
-    })
-    .await;
+    let _ = writer
+        .or(async {
+            glommio::timer::sleep(Duration::from_secs(2)).await;
+        })
+        .await;
     shard.core.borrow_mut().handle_closed(id, now_ms());
     shard.flush_mesh();
 }

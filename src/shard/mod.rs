@@ -122,7 +122,8 @@ async fn shard_main(
     listeners: Arc<Vec<crate::config::Listener>>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
-    let (senders, mut receivers) = mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
+    let (senders, mut receivers) =
+        mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
     let id = senders.peer_id() as u8;
     let shard = Rc::new(Shard {
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),

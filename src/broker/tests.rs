@@ -1,0 +1,213 @@
+//! Shard-core tests on the in-memory cluster with a simulated clock: timers, takeovers and
+//! their races (staged by holding mesh messages), backpressure bounds.
+
+use bytes::Bytes;
+
+use super::testing::{Client, Cluster};
+use super::ReadVerdict;
+use crate::codec::encode::to_bytes;
+use crate::codec::*;
+
+fn s(x: &str) -> MqStr {
+    MqStr::copy_from(x).unwrap()
+}
+
+fn connect_pkt(
+    v: Protocol,
+    id: &str,
+    clean: bool,
+    expiry: Option<u32>,
+    will: Option<Will>,
+    ka: u16,
+) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: v,
+        clean_start: clean,
+        keep_alive: ka,
+        props: Properties { session_expiry_interval: expiry, ..Default::default() },
+        client_id: s(id),
+        will,
+        username: None,
+        password: None,
+    }))
+}
+
+fn subscribe(cl: &mut Cluster, c: Client, f: &str, qos: QoS) {
+    let p = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        props: Properties::default(),
+        filters: vec![(s(f), SubOptions { qos, ..Default::default() })],
+    });
+    cl.send(c, &p);
+    assert!(cl.recv(c).iter().any(|p| matches!(p, Packet::SubAck(_))));
+}
+
+fn publish(cl: &mut Cluster, c: Client, t: &str, payload: &str, qos: QoS, pid: u16) {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: s(t),
+        packet_id: (qos != QoS::AtMostOnce).then(|| PacketId::new(pid).unwrap()),
+        props: Properties::default(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    });
+    cl.send(c, &p);
+    cl.recv(c);
+}
+
+fn payloads(ps: &[Packet]) -> Vec<String> {
+    ps.iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(String::from_utf8(p.payload.to_vec()).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connack(ps: &[Packet]) -> &ConnAck {
+    match &ps[0] {
+        Packet::ConnAck(a) => a,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn keep_alive_closes_after_one_and_a_half_intervals() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, Protocol::V5);
+    cl.send(c, &connect_pkt(Protocol::V5, "ka", true, None, None, 10));
+    cl.recv(c);
+    cl.advance(14_000);
+    assert!(!cl.shards[0].is_closing(c.conn));
+    cl.advance(1_500);
+    assert!(cl.shards[0].is_closing(c.conn));
+    let out = cl.recv(c);
+    assert!(matches!(&out[0], Packet::Disconnect(d) if d.reason == ReasonCode::KEEP_ALIVE_TIMEOUT));
+}
+
+#[test]
+fn will_delay_and_session_expiry_on_simulated_clock() {
+    let mut cl = Cluster::new(1);
+    let (w, _) = cl.connect(0, Protocol::V5, "watch", true, Properties::default());
+    subscribe(&mut cl, w, "will/#", QoS::AtMostOnce);
+    let will = Will {
+        topic: s("will/x"),
+        payload: Bytes::from_static(b"late"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        props: Properties { will_delay_interval: Some(30), ..Default::default() },
+    };
+    let c = cl.open(0, Protocol::V5);
+    cl.send(c, &connect_pkt(Protocol::V5, "dying", true, Some(10), Some(will), 0));
+    cl.drop_conn(c);
+    cl.advance(9_000);
+    assert!(payloads(&cl.recv(w)).is_empty(), "will waits");
+    // The session expires at 10 s, before the 30 s will delay: the will goes then.
+    cl.advance(1_500);
+    assert_eq!(payloads(&cl.recv(w)), vec!["late"]);
+}
+
+#[test]
+fn offline_queue_is_bounded_oldest_dropped() {
+    let mut cl = Cluster::new(1);
+    let c = cl.open(0, Protocol::V311);
+    cl.send(c, &connect_pkt(Protocol::V311, "slowpoke", false, None, None, 0));
+    cl.recv(c);
+    subscribe(&mut cl, c, "q", QoS::AtLeastOnce);
+    cl.drop_conn(c);
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    let n = crate::limits::SESSION_QUEUE_MAX + 50;
+    for i in 0..n {
+        publish(&mut cl, p, "q", &i.to_string(), QoS::AtLeastOnce, (i % 60000 + 1) as u16);
+    }
+    let c2 = cl.open(0, Protocol::V311);
+    cl.send(c2, &connect_pkt(Protocol::V311, "slowpoke", false, None, None, 0));
+    let out = cl.recv(c2);
+    assert!(connack(&out).session_present);
+    let got = payloads(&out);
+    assert_eq!(got.len(), crate::limits::INFLIGHT_MAX as usize, "window-limited");
+    assert_eq!(got[0], "50", "the 50 oldest were dropped");
+}
+
+#[test]
+fn takeover_race_with_pending_claim_passes_session_on() {
+    // Shard 0 and 1 both claim client "x" before any grant arrives: the home shard orders the
+    // claims; the loser is closed and the session (with its subscription) reaches the winner.
+    let mut cl = Cluster::new(2);
+    let key_home =
+        super::home_shard(&super::mesh::SessionKey { org: "local".into(), client_id: s("x") }, 2) as usize;
+    let other = 1 - key_home;
+    let (first, _) = cl.connect(other, Protocol::V311, "x", false, Properties::default());
+    subscribe(&mut cl, first, "keep/#", QoS::AtLeastOnce);
+    // Two new connections for "x", one per shard, claims held in the mesh.
+    let a = cl.open(other, Protocol::V311);
+    let b = cl.open(key_home, Protocol::V311);
+    assert_eq!(
+        cl.send_raw_held(
+            a,
+            &to_bytes(Protocol::V311, &connect_pkt(Protocol::V311, "x", false, None, None, 0))
+        ),
+        ReadVerdict::Wait
+    );
+    assert_eq!(
+        cl.send_raw_held(
+            b,
+            &to_bytes(Protocol::V311, &connect_pkt(Protocol::V311, "x", false, None, None, 0))
+        ),
+        ReadVerdict::Wait
+    );
+    cl.pump();
+    let out_a = cl.recv(a);
+    let out_b = cl.recv(b);
+    // Exactly one of the two got a CONNACK with the session, the other was closed.
+    let winners: Vec<&Vec<Packet>> = [&out_a, &out_b].into_iter().filter(|o| !o.is_empty()).collect();
+    assert_eq!(winners.len(), 1, "a: {out_a:?} b: {out_b:?}");
+    assert!(connack(winners[0]).session_present);
+    let winner = if out_a.is_empty() { b } else { a };
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    publish(&mut cl, p, "keep/1", "still subscribed", QoS::AtLeastOnce, 1);
+    assert_eq!(payloads(&cl.recv(winner)), vec!["still subscribed"]);
+    assert!(cl.shards[0].is_closing(first.conn) || cl.shards[other].is_closing(first.conn));
+}
+
+#[test]
+fn output_for_a_slow_subscriber_is_bounded() {
+    let mut cl = Cluster::new(1);
+    let (slow, _) = cl.connect(0, Protocol::V311, "slow", true, Properties::default());
+    subscribe(&mut cl, slow, "big", QoS::AtMostOnce);
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    let payload = "x".repeat(10_000);
+    for _ in 0..2_000 {
+        // 20 MB to a subscriber whose output is never drained.
+        let pk = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: s("big"),
+            packet_id: None,
+            props: Properties::default(),
+            payload: Bytes::from(payload.clone()),
+        });
+        cl.send_raw_held(p, &to_bytes(Protocol::V311, &pk));
+    }
+    assert!(cl.shards[0].stats.dropped_slow > 0);
+    let raw = cl.recv_raw(slow);
+    assert!(raw.len() <= crate::limits::CONN_OUTPUT_BYTES_MAX + 20_000, "{}", raw.len());
+}
+
+#[test]
+fn interest_is_acknowledged_before_suback() {
+    let mut cl = Cluster::new(2);
+    let (c, _) = cl.connect(1, Protocol::V311, "s", true, Properties::default());
+    let p = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(3).unwrap(),
+        props: Properties::default(),
+        filters: vec![(s("a/b"), SubOptions::default())],
+    });
+    cl.send_raw_held(c, &to_bytes(Protocol::V311, &p));
+    assert!(cl.recv_raw(c).is_empty(), "SUBACK waits for shard 0 to learn the interest");
+    cl.pump_pair(1, 0);
+    cl.pump_pair(0, 1);
+    assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));
+}
