@@ -35,6 +35,16 @@ pub const INFLIGHT_MAX: u16 = 128;
 /// most this much output plus its bounded session queue.
 pub const CONN_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Pending output on one connection above which the shard stops reading from clients until it
+/// drains (publisher backpressure): a fast publisher is slowed to what its subscribers take,
+/// instead of its QoS 0 messages being read and then dropped.
+pub const OUTPUT_PRESSURE_BYTES: usize = 1024 * 1024;
+
+/// How long a connection may hold output pressure before it is declared stalled (a client that
+/// does not read) and stops slowing everyone else; its QoS 0 messages are then dropped at
+/// `CONN_OUTPUT_BYTES_MAX` and QoS 1/2 ones wait in its bounded session queue.
+pub const OUTPUT_STALL_MS: u64 = 1000;
+
 /// Topic aliases we accept from a client (5.0 Topic Alias Maximum in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;
 
@@ -71,3 +81,5 @@ const _: () = assert!(PACKET_BYTES_MAX_DEFAULT <= PACKET_BYTES_MAX_CEILING);
 // never be delivered to an idle subscriber.
 const _: () = assert!(CONN_OUTPUT_BYTES_MAX >= PACKET_BYTES_MAX_DEFAULT as usize);
 const _: () = assert!(SHARDS_MAX <= 64);
+// Pressure must start before dropping does, or backpressure never engages.
+const _: () = assert!(OUTPUT_PRESSURE_BYTES < CONN_OUTPUT_BYTES_MAX);

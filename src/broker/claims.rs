@@ -61,7 +61,7 @@ impl ShardCore {
 
     /// The mesh backlog went down: readers paused for backpressure may go on.
     pub fn wake_paused_readers(&mut self) {
-        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
+        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 && self.pressure.is_empty() {
             for w in self.paused_readers.drain(..) {
                 w.wake();
             }
@@ -334,6 +334,7 @@ impl ShardCore {
 
     /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_pressure(now_ms);
         let mut expired_conns = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {
             let Some(c) = c else { continue };

@@ -295,8 +295,12 @@ impl ShardCore {
         }
         encode_publish(&mut c.out, v, &po);
         c.tx_msgs += 1;
+        let pressure = c.out.len() >= limits::OUTPUT_PRESSURE_BYTES;
         wake(&mut c.writer);
         self.stats.sent += 1;
+        if pressure {
+            self.note_pressure(id, now_ms);
+        }
         true
     }
 

@@ -179,6 +179,10 @@ struct Conn {
     rx_msgs: u64,
     tx_msgs: u64,
     dropped: u64,
+    /// In the shard's pressure list since this time (ms).
+    pressure_since: Option<u64>,
+    /// Held output pressure too long: no longer slows other readers until its output drains.
+    stalled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -221,6 +225,9 @@ pub struct ShardCore {
     mesh_out: Vec<VecDeque<MeshMsg>>,
     self_queue: VecDeque<MeshMsg>,
     paused_readers: Vec<Waker>,
+    /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
+    /// Bounded by the connection count; usually empty.
+    pressure: Vec<ConnId>,
     next_generation: u64,
     next_token: u64,
     next_client_id: u64,
@@ -266,6 +273,7 @@ impl ShardCore {
             fanout: Vec::new(),
             self_queue: VecDeque::new(),
             paused_readers: Vec::new(),
+            pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,
             next_client_id: 0,
@@ -319,6 +327,8 @@ impl ShardCore {
             rx_msgs: 0,
             tx_msgs: 0,
             dropped: 0,
+            pressure_since: None,
+            stalled: false,
         });
         ConnId { idx, gen }
     }
@@ -342,6 +352,7 @@ impl ShardCore {
             return;
         }
         self.detach(id, now_ms, true);
+        self.clear_pressure(id);
         let c = self.conns[id.idx as usize].take().expect("checked above");
         tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, "connection closed");
         if let Some(k) = &c.key {
@@ -354,8 +365,12 @@ impl ShardCore {
     }
 
     /// Whether the reader of `id` may go on (see [`ReadVerdict::Wait`]); registers `waker` if not.
-    pub fn can_read(&mut self, id: ConnId, waker: &Waker) -> bool {
+    /// Readers pause while a claim is pending, while the mesh backlog is high, and while some
+    /// subscriber on this shard has output pressure (until it drains or is declared stalled).
+    pub fn can_read(&mut self, id: ConnId, now_ms: u64, waker: &Waker) -> bool {
         let backlog = self.mesh_backlog();
+        self.expire_pressure(now_ms);
+        let pressured = !self.pressure.is_empty() && !self.pressure.contains(&id);
         let Some(c) = self.conn_mut(id) else { return true };
         if c.closing {
             return true;
@@ -364,11 +379,58 @@ impl ShardCore {
             c.reader = Some(waker.clone());
             return false;
         }
-        if backlog >= limits::MESH_BACKLOG_PAUSE {
+        if backlog >= limits::MESH_BACKLOG_PAUSE || pressured {
             self.paused_readers.push(waker.clone());
             return false;
         }
         true
+    }
+
+    /// Declares connections that held output pressure for too long stalled.
+    fn expire_pressure(&mut self, now_ms: u64) {
+        let mut i = 0;
+        while i < self.pressure.len() {
+            let id = self.pressure[i];
+            let expired = match self.conn_mut(id) {
+                Some(c) if c.pressure_since.is_some_and(|t| now_ms >= t + limits::OUTPUT_STALL_MS) => {
+                    c.stalled = true;
+                    c.pressure_since = None;
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            };
+            if expired {
+                self.pressure.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        if self.pressure.is_empty() && !self.paused_readers.is_empty() {
+            self.wake_paused_readers();
+        }
+    }
+
+    /// Notes output pressure on `id` after a write to its buffer.
+    fn note_pressure(&mut self, id: ConnId, now_ms: u64) {
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.out.len() >= limits::OUTPUT_PRESSURE_BYTES && c.pressure_since.is_none() && !c.stalled {
+            c.pressure_since = Some(now_ms);
+            self.pressure.push(id);
+        }
+    }
+
+    /// Output of `id` was handed to the writer: it no longer exerts pressure.
+    fn clear_pressure(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            c.stalled = false;
+            if c.pressure_since.take().is_some() {
+                self.pressure.retain(|p| *p != id);
+                if self.pressure.is_empty() {
+                    self.wake_paused_readers();
+                }
+            }
+        }
     }
 
     /// Registers the reader's waker, woken when the connection starts closing.
@@ -398,6 +460,9 @@ impl ShardCore {
         let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
         if !c.out.is_empty() {
             std::mem::swap(&mut c.out, spare);
+            if c.pressure_since.is_some() || c.stalled {
+                self.clear_pressure(id);
+            }
             return OutputPoll::Data;
         }
         if c.closing {

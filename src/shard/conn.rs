@@ -65,7 +65,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, ctx: Arc<Listener
     loop {
         // Wait while the core asks us to (session claim in progress, mesh backpressure).
         poll_fn(|cx| {
-            if shard.core.borrow_mut().can_read(id, cx.waker()) {
+            if shard.core.borrow_mut().can_read(id, now_ms(), cx.waker()) {
                 Poll::Ready(())
             } else {
                 Poll::Pending

@@ -166,6 +166,7 @@ def test_persistent_session_v311(broker):
     for i in range(5):
         pub.publish("p/x", f"off{i}", qos=1)
     pub.publish("p/x", "qos0 not queued", qos=0)
+    pub.publish("sync/x", "", qos=1)  # acked after the QoS 0 one was routed (same connection)
     s2 = Client(broker.port, "persist", V311, clean=False)
     assert s2.connack[0] is True, "session present"
     assert [m.payload.decode() for m in s2.expect(5)] == [f"off{i}" for i in range(5)]
