@@ -317,6 +317,9 @@ fn decode_subscribe(b: &mut Bytes, v5: bool) -> Result<Subscribe, DecodeError> {
 fn decode_suback(b: &mut Bytes, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = read_pid(b)?;
     let props = if v5 { Properties::decode(b, PropCtx::SubAck)? } else { Properties::default() };
+    if !v5 && b.iter().any(|c| !matches!(c, 0 | 1 | 2 | 0x80)) {
+        return Err(DecodeError::malformed("3.1.1 SUBACK return code")); // [MQTT-3.9.3-2]
+    }
     let reasons = b.iter().map(|c| ReasonCode(*c)).collect();
     b.advance(b.remaining());
     Ok(SubAck { packet_id, props, reasons })

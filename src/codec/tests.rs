@@ -252,6 +252,7 @@ fn malformed_table() {
         ("client id with U+0000", None, b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01\x00", 0x85),
         ("client id not UTF-8", None, b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01\xff", 0x85),
         ("truncated CONNECT", None, b"\x10\x08\x00\x04MQTT\x04\x02", M),
+        ("SUBACK 3.1.1 bad return code", Some(V311), b"\x90\x03\x00\x01\x81", M),
         ("UNSUBACK 3.1.1 with a payload", Some(V311), b"\xb0\x04\x00\x01\x00\x00", M),
         (
             "CONNECT v5 duplicate session expiry",
