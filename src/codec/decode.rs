@@ -117,10 +117,10 @@ pub fn decode_packet(mut bytes: Bytes, f: &Frame, protocol: Option<Protocol>) ->
         1 => return Err(DecodeError::protocol("second CONNECT")),
         2 => Packet::ConnAck(decode_connack(b, v5)?),
         3 => Packet::Publish(decode_publish(b, flags, v5)?),
-        4 => Packet::PubAck(decode_pubresp(b, v5)?),
-        5 => Packet::PubRec(decode_pubresp(b, v5)?),
-        6 => Packet::PubRel(decode_pubresp(b, v5)?),
-        7 => Packet::PubComp(decode_pubresp(b, v5)?),
+        4 => Packet::PubAck(decode_pubresp(b, v5, ReasonSet::PubAckRec)?),
+        5 => Packet::PubRec(decode_pubresp(b, v5, ReasonSet::PubAckRec)?),
+        6 => Packet::PubRel(decode_pubresp(b, v5, ReasonSet::PubRelComp)?),
+        7 => Packet::PubComp(decode_pubresp(b, v5, ReasonSet::PubRelComp)?),
         8 => Packet::Subscribe(decode_subscribe(b, v5)?),
         9 => Packet::SubAck(decode_suback(b, v5)?),
         10 => Packet::Unsubscribe(decode_unsubscribe(b, v5)?),
@@ -229,7 +229,7 @@ fn decode_connack(b: &mut Bytes, v5: bool) -> Result<ConnAck, DecodeError> {
     }
     let code = read_u8(b)?;
     let reason = if v5 {
-        ReasonCode(code)
+        check_reason(code, ReasonSet::ConnAck)?
     } else {
         ReasonCode::from_connack_v311(code).ok_or(DecodeError::malformed("CONNACK return code"))?
     };
@@ -262,10 +262,10 @@ fn decode_publish(b: &mut Bytes, flags: u8, v5: bool) -> Result<Publish, DecodeE
     Ok(Publish { dup, qos, retain, topic, packet_id, props, payload })
 }
 
-fn decode_pubresp(b: &mut Bytes, v5: bool) -> Result<PubResp, DecodeError> {
+fn decode_pubresp(b: &mut Bytes, v5: bool, set: ReasonSet) -> Result<PubResp, DecodeError> {
     let packet_id = read_pid(b)?;
     let (reason, props) = if v5 && b.has_remaining() {
-        let reason = ReasonCode(read_u8(b)?);
+        let reason = check_reason(read_u8(b)?, set)?;
         let props =
             if b.has_remaining() { Properties::decode(b, PropCtx::PubResp)? } else { Properties::default() };
         (reason, props)
@@ -320,7 +320,7 @@ fn decode_suback(b: &mut Bytes, v5: bool) -> Result<SubAck, DecodeError> {
     if !v5 && b.iter().any(|c| !matches!(c, 0 | 1 | 2 | 0x80)) {
         return Err(DecodeError::malformed("3.1.1 SUBACK return code")); // [MQTT-3.9.3-2]
     }
-    let reasons = b.iter().map(|c| ReasonCode(*c)).collect();
+    let reasons = b.iter().map(|c| check_reason(*c, ReasonSet::SubAck)).collect::<Result<_, _>>()?;
     b.advance(b.remaining());
     Ok(SubAck { packet_id, props, reasons })
 }
@@ -351,7 +351,7 @@ fn decode_unsuback(b: &mut Bytes, v5: bool) -> Result<UnsubAck, DecodeError> {
         return Ok(UnsubAck { packet_id, props: Properties::default(), reasons: Vec::new() });
     }
     let props = Properties::decode(b, PropCtx::UnsubAck)?;
-    let reasons = b.iter().map(|c| ReasonCode(*c)).collect();
+    let reasons = b.iter().map(|c| check_reason(*c, ReasonSet::UnsubAck)).collect::<Result<_, _>>()?;
     b.advance(b.remaining());
     Ok(UnsubAck { packet_id, props, reasons })
 }
@@ -360,7 +360,7 @@ fn decode_disconnect(b: &mut Bytes, v5: bool) -> Result<Disconnect, DecodeError>
     if !v5 || !b.has_remaining() {
         return Ok(Disconnect::default());
     }
-    let reason = ReasonCode(read_u8(b)?);
+    let reason = check_reason(read_u8(b)?, ReasonSet::Disconnect)?;
     let props =
         if b.has_remaining() { Properties::decode(b, PropCtx::Disconnect)? } else { Properties::default() };
     Ok(Disconnect { reason, props })
@@ -376,6 +376,39 @@ fn decode_auth(b: &mut Bytes) -> Result<Auth, DecodeError> {
     }
     let props = if b.has_remaining() { Properties::decode(b, PropCtx::Auth)? } else { Properties::default() };
     Ok(Auth { reason, props })
+}
+
+/// Which reason codes each packet may carry (MQTT 5.0 §2.4, table 2-6).
+#[derive(Clone, Copy)]
+enum ReasonSet {
+    ConnAck,
+    PubAckRec,
+    PubRelComp,
+    SubAck,
+    UnsubAck,
+    Disconnect,
+}
+
+fn check_reason(code: u8, set: ReasonSet) -> Result<ReasonCode, DecodeError> {
+    let ok = match set {
+        ReasonSet::ConnAck => {
+            matches!(code, 0x00 | 0x80..=0x8A | 0x8C | 0x90 | 0x95 | 0x97 | 0x99..=0x9D | 0x9F)
+        }
+        ReasonSet::PubAckRec => matches!(code, 0x00 | 0x10 | 0x80 | 0x83 | 0x87 | 0x90 | 0x91 | 0x97 | 0x99),
+        ReasonSet::PubRelComp => matches!(code, 0x00 | 0x92),
+        ReasonSet::SubAck => {
+            matches!(code, 0x00..=0x02 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91 | 0x97 | 0x9E | 0xA1 | 0xA2)
+        }
+        ReasonSet::UnsubAck => matches!(code, 0x00 | 0x11 | 0x80 | 0x83 | 0x87 | 0x8F | 0x91),
+        ReasonSet::Disconnect => {
+            matches!(code, 0x00 | 0x04 | 0x80..=0x83 | 0x87 | 0x89 | 0x8B | 0x8D..=0xA2)
+        }
+    };
+    if ok {
+        Ok(ReasonCode(code))
+    } else {
+        Err(DecodeError::malformed("reason code not valid for this packet"))
+    }
 }
 
 // ---- primitive readers (shared with props.rs) ----

@@ -68,21 +68,24 @@ fn arb_packet(v5: bool) -> impl Strategy<Value = Packet> {
                     payload: Bytes::from(payload),
                 })
             });
-    let resp = (arb_pid(), 0usize..4, prop_oneof![Just(0u8), Just(0x10), Just(0x80), Just(0x92)]).prop_map(
-        move |(pid, kind, reason)| {
-            let r = PubResp {
-                packet_id: pid,
-                reason: ReasonCode(if v5 { reason } else { 0 }),
-                props: Properties::default(),
-            };
-            match kind {
-                0 => Packet::PubAck(r),
-                1 => Packet::PubRec(r),
-                2 => Packet::PubRel(r),
-                _ => Packet::PubComp(r),
-            }
-        },
-    );
+    let resp = (arb_pid(), 0usize..4, 0usize..3).prop_map(move |(pid, kind, r)| {
+        // Reason codes valid for each type (MQTT 5.0 table 2-6).
+        let reason = match kind {
+            0 | 1 => [0x00, 0x10, 0x87][r],
+            _ => [0x00, 0x92, 0x00][r],
+        };
+        let r = PubResp {
+            packet_id: pid,
+            reason: ReasonCode(if v5 { reason } else { 0 }),
+            props: Properties::default(),
+        };
+        match kind {
+            0 => Packet::PubAck(r),
+            1 => Packet::PubRec(r),
+            2 => Packet::PubRel(r),
+            _ => Packet::PubComp(r),
+        }
+    });
     let sub = (
         arb_pid(),
         proptest::collection::vec((arb_topic(), arb_qos(), any::<bool>(), any::<bool>(), 0u8..3), 1..4),
@@ -252,6 +255,9 @@ fn malformed_table() {
         ("client id with U+0000", None, b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01\x00", 0x85),
         ("client id not UTF-8", None, b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x3c\x00\x01\xff", 0x85),
         ("truncated CONNECT", None, b"\x10\x08\x00\x04MQTT\x04\x02", M),
+        ("CONNACK v5 reason 0x40", Some(V5), b"\x20\x03\x01\x40\x00", M),
+        ("PUBCOMP v5 reason 0x10", Some(V5), b"\x70\x03\x00\x01\x10", M),
+        ("DISCONNECT v5 reason 0x10", Some(V5), b"\xe0\x01\x10", M),
         ("SUBACK 3.1.1 bad return code", Some(V311), b"\x90\x03\x00\x01\x81", M),
         ("UNSUBACK 3.1.1 with a payload", Some(V311), b"\xb0\x04\x00\x01\x00\x00", M),
         (
