@@ -386,6 +386,18 @@ impl ShardCore {
         true
     }
 
+    /// Whether the mesh receivers may hand this shard more messages: not while a local
+    /// subscriber has output pressure, so backpressure reaches publishers on other shards
+    /// (their backlog fills and their readers pause). Registers `waker` if not.
+    pub fn can_take_mesh(&mut self, now_ms: u64, waker: &Waker) -> bool {
+        self.expire_pressure(now_ms);
+        if self.pressure.is_empty() {
+            return true;
+        }
+        self.paused_readers.push(waker.clone());
+        false
+    }
+
     /// Declares connections that held output pressure for too long stalled.
     fn expire_pressure(&mut self, now_ms: u64) {
         let mut i = 0;

@@ -134,7 +134,17 @@ async fn shard_main(
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
-            while let Some(m) = rx.recv().await {
+            loop {
+                // Under output pressure, leave messages in the bounded queue (backpressure).
+                futures_lite::future::poll_fn(|cx| {
+                    if shard.core.borrow_mut().can_take_mesh(now_ms(), cx.waker()) {
+                        std::task::Poll::Ready(())
+                    } else {
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+                let Some(m) = rx.recv().await else { break };
                 shard.core.borrow_mut().handle_mesh(now_ms(), m);
                 // Drain what else is already queued before flushing once.
                 shard.flush_mesh();

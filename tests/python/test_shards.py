@@ -113,3 +113,25 @@ def test_will_crosses_shards(broker2):
     a = Client(p0, "a", V311, will={"topic": "lw/a", "payload": "gone", "qos": 1})
     a.kill()
     assert w.expect(1)[0].payload == b"gone"
+
+
+def test_backpressure_crosses_shards_lossless_qos0(broker2):
+    """A fast publisher on shard 0, a slower (paho) subscriber on shard 1: the publisher is
+    slowed down through the mesh instead of QoS 0 messages being dropped."""
+    from conftest import Raw, enc_len, raw_connect, s16
+    p0, p1 = broker2.ports
+    sub = Client(p1, "slow-sub", V311)
+    sub.subscribe("bp/x", 0)
+    r = Raw(p0)
+    r.send(raw_connect(level=4, client_id=b"blaster"))
+    assert r.read_packet()[0] == 0x20
+    n = 100_000
+    body = s16(b"bp/x") + b"y" * 100
+    one = b"\x30" + enc_len(len(body)) + body
+    batch = one * 1000
+    for _ in range(n // 1000):
+        r.send(batch)
+    r.send(b"\xc0\x00")  # PINGREQ: answered once everything before it was read
+    assert r.read_packet(timeout=60) == (0xD0, b"")
+    sub.wait(lambda: len(sub.messages) >= n, timeout=60, what=f"{n} messages (got {len(sub.messages)})")
+    assert len(sub.messages) == n
