@@ -113,7 +113,6 @@ class Client:
         if protocol == V311:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        self.c.enable_logger(None)
         self.messages = []
         self.lock = threading.Condition()
         self.connack = None
