@@ -22,6 +22,12 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Certificate tools.
+    Certs {
+        /// What to generate.
+        #[command(subcommand)]
+        action: CertsAction,
+    },
     /// Configuration tools.
     Config {
         /// What to do with the configuration.
@@ -37,5 +43,17 @@ pub enum ConfigAction {
     Check {
         /// The file.
         file: PathBuf,
+    },
+}
+
+/// `coremq certs ...`.
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Write a development CA, a server certificate for localhost/127.0.0.1 (ECDSA P-256) and a
+    /// client certificate into DIR: ca.pem, ca.key, server.pem, server.key, client.pem,
+    /// client.key. For trials, not production.
+    Dev {
+        /// Output directory (created if missing).
+        dir: PathBuf,
     },
 }

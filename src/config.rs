@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::identity::valid_org_id;
 use crate::limits;
+use crate::transport::tls::{ClientAuth, TlsSettings};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +27,38 @@ pub struct Config {
     pub max_packet_size: u32,
 }
 
-/// Listener kinds available in this build.
+/// Listener kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenerKind {
     /// Plain MQTT over TCP.
     Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl ListenerKind {
+    /// The transport name used in logs and audit events.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "tcp",
+            ListenerKind::Tls => "tls",
+            ListenerKind::Ws => "ws",
+            ListenerKind::Wss => "wss",
+        }
+    }
+
+    fn default_bind(self) -> &'static str {
+        match self {
+            ListenerKind::Tcp => "127.0.0.1:1883",
+            ListenerKind::Tls => "127.0.0.1:8883",
+            ListenerKind::Ws => "127.0.0.1:8083",
+            ListenerKind::Wss => "127.0.0.1:8084",
+        }
+    }
 }
 
 /// One listener.
@@ -45,6 +73,12 @@ pub struct Listener {
     /// Shards that bind this listener (`None`: all). Pins a port to chosen cores, e.g. to
     /// keep a latency-critical port on its own core, or to test cross-shard behaviour.
     pub shards: Option<Vec<usize>>,
+    /// TLS settings (`tls`, `wss`).
+    pub tls: Option<TlsSettings>,
+    /// HTTP path of the WebSocket endpoint (`ws`, `wss`).
+    pub path: String,
+    /// Expect a PROXY protocol v2 header before anything else.
+    pub proxy_protocol: bool,
 }
 
 /// A configuration error, naming the key.
@@ -97,6 +131,14 @@ struct RawListener {
     #[serde(default)]
     danger_allow_anonymous_non_loopback: bool,
     shards: Option<Vec<i64>>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    min_tls: Option<String>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<String>,
+    path: Option<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +158,9 @@ impl Config {
                 bind: "127.0.0.1:1883".parse().expect("literal address"),
                 anonymous_org: Some("local".into()),
                 shards: None,
+                tls: None,
+                path: "/mqtt".into(),
+                proxy_protocol: false,
             }],
             orgs: vec!["local".into()],
             sys_interval_ms: 10_000,
@@ -179,19 +224,88 @@ impl Config {
         for (i, l) in raw.listener.iter().enumerate() {
             let kind = match l.kind.as_str() {
                 "tcp" => ListenerKind::Tcp,
-                "tls" | "ws" | "wss" => {
-                    return Err(ConfigError(format!(
-                        "listener[{i}].kind: \"{}\" is not available in this build yet (only \"tcp\")",
-                        l.kind
-                    )))
-                }
+                "tls" => ListenerKind::Tls,
+                "ws" => ListenerKind::Ws,
+                "wss" => ListenerKind::Wss,
                 other => {
                     return Err(ConfigError(format!(
                         "listener[{i}].kind: expected tcp, tls, ws or wss, got \"{other}\""
                     )))
                 }
             };
-            let bind = l.bind.as_deref().unwrap_or("127.0.0.1:1883");
+            let secure = matches!(kind, ListenerKind::Tls | ListenerKind::Wss);
+            let web = matches!(kind, ListenerKind::Ws | ListenerKind::Wss);
+            let tls = if secure {
+                let need = |v: &Option<PathBuf>, key: &str| -> Result<PathBuf, ConfigError> {
+                    let p = v.as_ref().ok_or_else(|| {
+                        ConfigError(format!("listener[{i}].{key}: required for kind = \"{}\"", l.kind))
+                    })?;
+                    let p = base.join(p);
+                    if !p.is_file() {
+                        return Err(ConfigError(format!(
+                            "listener[{i}].{key}: {} is not a readable file",
+                            p.display()
+                        )));
+                    }
+                    Ok(p)
+                };
+                let cert = need(&l.cert, "cert")?;
+                let key = need(&l.key, "key")?;
+                // SPEC §6: TLS 1.2+ on `tls`, TLS 1.3 by default on `wss`.
+                let default_min = if kind == ListenerKind::Wss { "1.3" } else { "1.2" };
+                let min_tls_13 = match l.min_tls.as_deref().unwrap_or(default_min) {
+                    "1.2" => false,
+                    "1.3" => true,
+                    other => {
+                        return Err(ConfigError(format!(
+                            "listener[{i}].min_tls: expected \"1.2\" or \"1.3\", got \"{other}\""
+                        )))
+                    }
+                };
+                let client_ca = match &l.client_ca {
+                    None => None,
+                    Some(_) => Some(need(&l.client_ca, "client_ca")?),
+                };
+                let client_auth = match (l.client_auth.as_deref(), &client_ca) {
+                    (None, None) | (Some("none"), _) => ClientAuth::None,
+                    (None, Some(_)) | (Some("required"), Some(_)) => ClientAuth::Required,
+                    (Some("optional"), Some(_)) => ClientAuth::Optional,
+                    (Some("required" | "optional"), None) => {
+                        return Err(ConfigError(format!("listener[{i}].client_auth: needs listener[{i}].client_ca")))
+                    }
+                    (Some(other), _) => {
+                        return Err(ConfigError(format!(
+                            "listener[{i}].client_auth: expected \"none\", \"optional\" or \"required\", got \"{other}\""
+                        )))
+                    }
+                };
+                let alpn = if web { vec![b"http/1.1".to_vec()] } else { vec![b"mqtt".to_vec()] };
+                Some(TlsSettings { cert, key, min_tls_13, client_ca, client_auth, alpn })
+            } else {
+                for (name, set) in [
+                    ("cert", l.cert.is_some()),
+                    ("key", l.key.is_some()),
+                    ("min_tls", l.min_tls.is_some()),
+                    ("client_ca", l.client_ca.is_some()),
+                    ("client_auth", l.client_auth.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError(format!("listener[{i}].{name}: only for kind tls or wss")));
+                    }
+                }
+                None
+            };
+            let path = match (&l.path, web) {
+                (Some(p), true) if p.starts_with('/') => p.clone(),
+                (Some(p), true) => {
+                    return Err(ConfigError(format!("listener[{i}].path: must start with /, got \"{p}\"")))
+                }
+                (Some(_), false) => {
+                    return Err(ConfigError(format!("listener[{i}].path: only for kind ws or wss")))
+                }
+                (None, _) => "/mqtt".to_string(),
+            };
+            let bind = l.bind.as_deref().unwrap_or(kind.default_bind());
             let bind: SocketAddr = bind.parse().map_err(|_| {
                 ConfigError(format!("listener[{i}].bind: \"{bind}\" is not an IP:port address"))
             })?;
@@ -230,7 +344,15 @@ impl Config {
                     Some(v)
                 }
             };
-            listeners.push(Listener { kind, bind, anonymous_org: l.anonymous_org.clone(), shards: only });
+            listeners.push(Listener {
+                kind,
+                bind,
+                anonymous_org: l.anonymous_org.clone(),
+                shards: only,
+                tls,
+                path,
+                proxy_protocol: l.proxy_protocol,
+            });
         }
         if listeners.is_empty() {
             return Err(ConfigError("listener: at least one [[listener]] is required".into()));
@@ -304,6 +426,19 @@ mod tests {
             .0
             .contains("durability"));
         assert!(parse("[[listener]]\nkind=\"quic\"\n").unwrap_err().0.contains("listener[0].kind"));
+        assert!(parse("[[listener]]\nkind=\"tls\"\n").unwrap_err().0.contains("listener[0].cert: required"));
+        assert!(parse("[[listener]]\nkind=\"tls\"\ncert=\"/nope.pem\"\nkey=\"/nope.key\"\n")
+            .unwrap_err()
+            .0
+            .contains("not a readable file"));
+        assert!(parse("[[listener]]\nkind=\"tcp\"\npath=\"/mqtt\"\n")
+            .unwrap_err()
+            .0
+            .contains("listener[0].path"));
+        assert!(parse("[[listener]]\nkind=\"tcp\"\ncert=\"x\"\n")
+            .unwrap_err()
+            .0
+            .contains("only for kind tls"));
         assert!(parse("[[listener]]\nkind=\"tcp\"\nbind=\"nope\"\n")
             .unwrap_err()
             .0

@@ -21,6 +21,7 @@
 //!    [`broker::mesh::MeshMsg`]. The ownership table is in `docs/architecture.md`.
 
 pub mod broker;
+pub mod certs;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -28,3 +29,4 @@ pub mod identity;
 pub mod limits;
 pub mod router;
 pub mod shard;
+pub mod transport;

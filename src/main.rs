@@ -1,7 +1,7 @@
 //! The `coremq` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use coremq::cli::{Cli, Command, ConfigAction};
+use coremq::cli::{CertsAction, Cli, Command, ConfigAction};
 use coremq::config::Config;
 
 #[global_allocator]
@@ -36,22 +36,36 @@ fn main() {
                 },
             }
         }
-        Command::Config { action: ConfigAction::Check { file } } => match Config::load(&file) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} shard(s), {} listener(s), orgs: {})",
-                    file.display(),
-                    c.shards,
-                    c.listeners.len(),
-                    c.orgs.join(", ")
-                );
+        Command::Certs { action: CertsAction::Dev { dir } } => match coremq::certs::write_dev_certs(&dir) {
+            Ok(()) => {
+                println!("wrote {} into {}", coremq::certs::DEV_FILES.join(", "), dir.display());
                 0
             }
             Err(e) => {
                 eprintln!("coremq: {e}");
-                2
+                1
             }
         },
+        Command::Config { action: ConfigAction::Check { file } } => {
+            match Config::load(&file).map_err(|e| e.to_string()).and_then(|c| {
+                coremq::shard::build_listeners(&c).map(|_| c).map_err(|e| format!("{}: {e}", file.display()))
+            }) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} shard(s), {} listener(s), orgs: {})",
+                        file.display(),
+                        c.shards,
+                        c.listeners.len(),
+                        c.orgs.join(", ")
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("coremq: {e}");
+                    2
+                }
+            }
+        }
     };
     std::process::exit(code);
 }

@@ -34,6 +34,7 @@ use crate::codec::{
 };
 use crate::limits;
 use crate::router::{Matches, Router, SessionRef, Sub};
+use crate::transport::PeerInfo;
 use claims::{peek_connect_level, pubresp, wake};
 use mesh::{MeshMsg, SessionKey};
 use msg::{Expiry, Msg};
@@ -153,6 +154,8 @@ struct Conn {
     phase: Phase,
     listener: Arc<ListenerCtx>,
     remote: Arc<str>,
+    /// Common name of the verified TLS client certificate (for `{cert_cn}` in ACL v2).
+    client_cn: Option<Arc<str>>,
     protocol: Option<Protocol>,
     /// Encoded output waiting for the writer; bounded by `CONN_OUTPUT_BYTES_MAX` for QoS 0.
     out: BytesMut,
@@ -287,7 +290,7 @@ impl ShardCore {
     // ------------------------------------------------------------------ connection lifecycle
 
     /// Registers a new transport connection.
-    pub fn open_conn(&mut self, now_ms: u64, listener: Arc<ListenerCtx>, remote: &str) -> ConnId {
+    pub fn open_conn(&mut self, now_ms: u64, listener: Arc<ListenerCtx>, peer: &PeerInfo) -> ConnId {
         let idx = match self.conn_free.pop() {
             Some(i) => i,
             None => {
@@ -302,7 +305,8 @@ impl ShardCore {
             gen,
             phase: Phase::AwaitConnect { deadline_ms: now_ms + limits::CONNECT_TIMEOUT_SECS * 1000 },
             listener,
-            remote: remote.into(),
+            remote: peer.remote.as_str().into(),
+            client_cn: peer.tls.as_ref().and_then(|t| t.client_cn.as_deref()).map(Arc::from),
             protocol: None,
             out: BytesMut::new(),
             writer: None,
@@ -354,7 +358,7 @@ impl ShardCore {
         self.detach(id, now_ms, true);
         self.clear_pressure(id);
         let c = self.conns[id.idx as usize].take().expect("checked above");
-        tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, "connection closed");
+        tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, client_cn = ?c.client_cn, "connection closed");
         if let Some(k) = &c.key {
             let e = self.closed_rx.entry(k.org.clone()).or_default();
             e.0 += c.rx_msgs;

@@ -64,7 +64,8 @@ impl Cluster {
 
     /// Opens a raw connection on `shard`.
     pub fn open(&mut self, shard: usize, protocol: Protocol) -> Client {
-        let conn = self.shards[shard].open_conn(self.now_ms, self.listener.clone(), "127.0.0.1:1");
+        let peer = crate::transport::PeerInfo { remote: "127.0.0.1:1".into(), transport: "test", tls: None };
+        let conn = self.shards[shard].open_conn(self.now_ms, self.listener.clone(), &peer);
         Client { shard, conn, protocol }
     }
 

@@ -1,6 +1,7 @@
 //! One connection: a reader loop feeding the core and a writer task draining its output.
 //! Output written during one read batch is coalesced and flushed once.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
@@ -8,12 +9,80 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::future::{poll_fn, FutureExt};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::{now_ms, Shard};
+use super::{now_ms, ListenerRt, Shard};
 use crate::broker::{ListenerCtx, OutputPoll, ReadVerdict};
+use crate::config::ListenerKind;
 use crate::limits;
+use crate::transport::{proxy, tls, ws, PeerInfo};
+
+/// Runs `f` under the pre-MQTT deadline (PROXY header, TLS handshake, WebSocket upgrade), so a
+/// stalled handshake (slowloris) holds its slot for a bounded time.
+async fn with_deadline<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    f.or(async {
+        glommio::timer::sleep(Duration::from_secs(limits::CONNECT_TIMEOUT_SECS)).await;
+        Err("handshake did not complete in time".to_string())
+    })
+    .await
+}
+
+/// Sets up one accepted socket according to its listener, then serves MQTT over it.
+pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<ListenerRt>) {
+    // Latency must never depend on Nagle: output is coalesced per loop turn instead.
+    let _ = tcp.set_nodelay(true);
+    let mut peer = PeerInfo {
+        remote: tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
+        transport: rt.cfg.kind.name(),
+        tls: None,
+    };
+    if rt.cfg.proxy_protocol {
+        match with_deadline(proxy::read_v2(&mut tcp)).await {
+            Ok(Some(addr)) => peer.remote = addr,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(remote = %peer.remote, error = %e, "PROXY header refused");
+                return;
+            }
+        }
+    }
+    let ctx = rt.ctx.clone();
+    let outcome: Result<(), String> = async {
+        match rt.cfg.kind {
+            ListenerKind::Tcp => serve(shard, tcp, ctx, peer).await,
+            ListenerKind::Ws => {
+                let s = with_deadline(async {
+                    ws::accept(tcp, &rt.cfg.path, rt.max_packet).await.map_err(|e| e.0)
+                })
+                .await?;
+                serve(shard, s, ctx, peer).await
+            }
+            ListenerKind::Tls | ListenerKind::Wss => {
+                let cfg = rt.tls.clone().expect("tls listeners have a TLS config");
+                let s = with_deadline(async {
+                    futures_rustls::TlsAcceptor::from(cfg).accept(tcp).await.map_err(|e| format!("TLS: {e}"))
+                })
+                .await?;
+                peer.tls = Some(tls::info(s.get_ref().1));
+                if rt.cfg.kind == ListenerKind::Tls {
+                    serve(shard, s, ctx, peer).await
+                } else {
+                    let s = with_deadline(async {
+                        ws::accept(s, &rt.cfg.path, rt.max_packet).await.map_err(|e| e.0)
+                    })
+                    .await?;
+                    serve(shard, s, ctx, peer).await
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        tracing::debug!(transport = rt.cfg.kind.name(), error = %e, "connection refused before MQTT");
+    }
+}
 
 /// Initial read buffer: small, so idle connections stay cheap; grows to the packet in flight.
 const READ_BUF_INITIAL: usize = 2048;
@@ -23,12 +92,12 @@ enum Woke {
     Closing,
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, ctx: Arc<ListenerCtx>) {
-    // Latency must never depend on Nagle: output is coalesced per loop turn instead.
-    let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let id = shard.core.borrow_mut().open_conn(now_ms(), ctx, &remote);
+/// Serves MQTT over one byte stream until it closes.
+async fn serve<S>(shard: Rc<Shard>, stream: S, ctx: Arc<ListenerCtx>, peer: PeerInfo)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let id = shard.core.borrow_mut().open_conn(now_ms(), ctx, &peer);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let writer_shard = shard.clone();
     let writer = glommio::spawn_local(async move {
@@ -42,7 +111,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, ctx: Arc<Listener
                 .await;
             match r {
                 OutputPoll::Data => {
-                    if wr.write_all(&spare).await.is_err() {
+                    if wr.write_all(&spare).await.is_err() || wr.flush().await.is_err() {
                         writer_shard.core.borrow_mut().close_conn(id, None, now_ms());
                         writer_shard.flush_mesh();
                         return;

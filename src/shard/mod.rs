@@ -20,13 +20,60 @@ use crate::broker::mesh::MeshMsg;
 use crate::broker::sys::SysBoard;
 use crate::broker::{CoreConfig, ListenerCtx, ShardCore};
 use crate::codec::ReasonCode;
-use crate::config::{Config, ListenerKind};
+use crate::config::{Config, Listener};
 use crate::limits;
+use crate::transport::tls::{self, ReloadingCert};
 
 /// Milliseconds on the broker's monotonic clock (the only clock the shell reads).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// A listener with what its connections need at accept time, shared by all shards.
+pub(crate) struct ListenerRt {
+    pub(crate) cfg: Listener,
+    pub(crate) ctx: Arc<ListenerCtx>,
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    pub(crate) cert: Option<Arc<ReloadingCert>>,
+    pub(crate) max_packet: u32,
+}
+
+/// Builds the runtime form of each listener (TLS configurations loaded and checked).
+pub fn build_listeners(cfg: &Config) -> Result<Vec<ListenerRtHandle>, String> {
+    tls::install_provider();
+    let mut out = Vec::new();
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let (tls, cert) = match &l.tls {
+            None => (None, None),
+            Some(s) => {
+                let (c, r) = tls::server_config(s).map_err(|e| format!("listener[{i}]: {e}"))?;
+                (Some(c), Some(r))
+            }
+        };
+        let ctx = Arc::new(ListenerCtx {
+            anonymous_org: l.anonymous_org.as_deref().map(Arc::from),
+            transport: l.kind.name(),
+        });
+        out.push(ListenerRtHandle(Arc::new(ListenerRt {
+            cfg: l.clone(),
+            ctx,
+            tls,
+            cert,
+            max_packet: cfg.max_packet_size,
+        })));
+    }
+    Ok(out)
+}
+
+/// An opaque, validated listener (see [`build_listeners`]).
+#[derive(Clone)]
+pub struct ListenerRtHandle(Arc<ListenerRt>);
+
+impl std::fmt::Debug for ListenerRtHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} listener on {}", self.0.cfg.kind.name(), self.0.cfg.bind)
+    }
 }
 
 /// One shard's shell state, shared by its tasks (single-threaded).
@@ -66,10 +113,13 @@ impl Shard {
 /// Runs the broker until SIGTERM/SIGINT. Returns when every shard has stopped.
 pub fn run(cfg: Config) -> std::io::Result<()> {
     let nr = cfg.shards;
+    let rts = build_listeners(&cfg).map_err(std::io::Error::other)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let orgs: Vec<Arc<str>> = cfg.orgs.iter().map(|o| Arc::from(o.as_str())).collect();
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
@@ -84,9 +134,10 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let cpus = CpuSet::online().ok();
     let ncpu = cpus.as_ref().map_or(1, |c| c.len());
     let placement = if nr <= ncpu { PoolPlacement::MaxSpread(nr, cpus) } else { PoolPlacement::Unbound(nr) };
-    let listeners = Arc::new(cfg.listeners.clone());
+    let listeners: Arc<Vec<Arc<ListenerRt>>> = Arc::new(rts.into_iter().map(|h| h.0).collect());
     for l in listeners.iter() {
-        tracing::info!(kind = ?l.kind, bind = %l.bind, anonymous_org = ?l.anonymous_org, "listener");
+        let l = &l.cfg;
+        tracing::info!(kind = l.kind.name(), bind = %l.bind, anonymous_org = ?l.anonymous_org, path = %l.path, proxy_protocol = l.proxy_protocol, "listener");
     }
     tracing::info!(shards = nr, "coremq {} starting", env!("CARGO_PKG_VERSION"));
     let handles = LocalExecutorPoolBuilder::new(placement)
@@ -96,7 +147,8 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
             let core_cfg = core_cfg.clone();
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
-            async move { shard_main(mesh, core_cfg, listeners, shutdown).await }
+            let reload = reload.clone();
+            async move { shard_main(mesh, core_cfg, listeners, shutdown, reload).await }
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut failed = None;
@@ -119,8 +171,9 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
 async fn shard_main(
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     core_cfg: CoreConfig,
-    listeners: Arc<Vec<crate::config::Listener>>,
+    listeners: Arc<Vec<Arc<ListenerRt>>>,
     shutdown: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let (senders, mut receivers) =
         mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
@@ -154,24 +207,18 @@ async fn shard_main(
     }
     // Listeners: every shard binds each address with SO_REUSEPORT; the kernel spreads accepts.
     let mut accept_tasks = Vec::new();
-    for l in listeners.iter() {
-        let ListenerKind::Tcp = l.kind;
-        if l.shards.as_ref().is_some_and(|only| !only.contains(&(id as usize))) {
+    for rt in listeners.iter() {
+        if rt.cfg.shards.as_ref().is_some_and(|only| !only.contains(&(id as usize))) {
             continue;
         }
-        let listener = TcpListener::bind(l.bind)?;
-        let ctx = Arc::new(ListenerCtx {
-            anonymous_org: l.anonymous_org.as_deref().map(Arc::from),
-            transport: "tcp",
-        });
+        let listener = TcpListener::bind(rt.cfg.bind)?;
         let shard = shard.clone();
+        let rt = rt.clone();
         accept_tasks.push(glommio::spawn_local(async move {
             loop {
                 match listener.accept().await {
                     Ok(stream) => {
-                        let shard = shard.clone();
-                        let ctx = ctx.clone();
-                        glommio::spawn_local(conn::serve(shard, stream, ctx)).detach();
+                        glommio::spawn_local(conn::accept(shard.clone(), stream, rt.clone())).detach();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -195,6 +242,19 @@ async fn shard_main(
         if ticks % 4 == 0 {
             shard.core.borrow_mut().handle_timeout(now_ms());
             shard.flush_mesh();
+        }
+        if id == 0 && reload.swap(false, Ordering::Relaxed) {
+            // SIGHUP: certificates are shared by all shards, so one reload serves them all.
+            for rt in listeners.iter() {
+                if let Some(c) = &rt.cert {
+                    match c.reload() {
+                        Ok(()) => tracing::info!(bind = %rt.cfg.bind, "certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(bind = %rt.cfg.bind, error = %e, "certificate reload failed; keeping the old one")
+                        }
+                    }
+                }
+            }
         }
         if shutdown.load(Ordering::Relaxed) {
             break;
