@@ -29,8 +29,10 @@ def free_port():
 class Broker:
     """A running coremq. `ports[i]` is the listener pinned to shard i when pinned=True."""
 
-    def __init__(self, shards=1, pinned=False, extra=""):
+    def __init__(self, shards=1, pinned=False, extra="", listeners="", env=None, setup=None):
         self.dir = tempfile.mkdtemp(prefix="coremq-test-")
+        if setup:
+            setup(self)
         self.port = free_port()
         self.ports = []
         lines = [f'data_dir = "data"', f"shards = {shards}", 'sys_interval = "1s"', extra]
@@ -43,11 +45,12 @@ class Broker:
                           'anonymous_org = "local"', f"shards = [{i}]"]
         self.config = os.path.join(self.dir, "coremq.toml")
         with open(self.config, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("\n".join(lines) + "\n" + listeners)
         self.log = open(os.path.join(self.dir, "broker.log"), "w+")
-        self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         deadline = time.time() + 10
-        for p in [self.port] + self.ports:
+        for p in [self.port] + self.ports + getattr(self, "extra_ports", []):
             while True:
                 try:
                     socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
