@@ -342,3 +342,30 @@ def test_certificate_reload_on_sighup(tb):
         with pytest.raises(ssl.SSLCertVerificationError):
             ctx_old.wrap_socket(raw, server_hostname="localhost")
     assert tb.alive()
+
+
+BROWSER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "browser")
+
+
+@pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
+def test_mqttjs_in_headless_chromium_over_wss(tb, version):
+    """A page served on 127.0.0.1 runs MQTT.js in headless Chromium against the wss listener;
+    paho on plain TCP sees what the page publishes and the page sees what paho publishes."""
+    import json
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        pytest.fail("run `npm ci` in tests/browser (tests/run does this)", pytrace=False)
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert os.path.exists(chromium), "apt-get install chromium (tests/run does this)"
+    watcher = Client(tb.port, f"watch-{version}", V5)
+    watcher.subscribe("browser/from-page", 1)
+    node = subprocess.Popen(["node", os.path.join(BROWSER_DIR, "wss.mjs"), str(tb.p["wss"]), str(version)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = node.stdout.readline()
+    assert line.strip() == "READY", line + node.stderr.read()
+    assert watcher.expect(1, timeout=10)[0].payload == b"hello from chromium"
+    Client(tb.port, f"paho-pub-{version}", V311).publish("browser/from-paho", "hello from paho", qos=1)
+    out, err = node.communicate(timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ok"], (result, err)
+    assert "browser/from-paho hello from paho" in result["log"]
+    assert "browser/from-page hello from chromium" in result["log"], "the page receives its own publish"
