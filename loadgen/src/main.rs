@@ -7,8 +7,6 @@
 //! and our own, and flags runs where the load generator, not the broker, was the bottleneck.
 //! The client side uses the `mqttbytes` codec: an implementation independent of the broker's.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +16,9 @@ use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use mqttbytes::v4::{self, Packet};
 use mqttbytes::QoS;
+
+mod transport;
+use transport::{Conn, Kind};
 
 #[derive(Parser, Debug)]
 #[command(name = "coremq-loadgen", version, about)]
@@ -30,6 +31,32 @@ struct Cli {
 enum Scenario {
     /// Publisher -> subscriber pairs on distinct topics.
     P2p(P2p),
+    /// Full TLS handshakes per second (no session resumption), optionally with MQTT CONNECT.
+    Handshake(Handshake),
+}
+
+#[derive(Parser, Debug, Clone)]
+struct Handshake {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8883)]
+    port: u16,
+    /// CA that signed the broker's certificate.
+    #[arg(long)]
+    cafile: String,
+    /// Seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Client threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+    /// Also send CONNECT and wait for CONNACK on each connection.
+    #[arg(long)]
+    mqtt: bool,
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -62,6 +89,12 @@ struct P2p {
     /// A label for the JSON line (e.g. the broker's name).
     #[arg(long, default_value = "")]
     label: String,
+    /// Transport.
+    #[arg(long, value_enum, default_value_t = Kind::Tcp)]
+    transport: Kind,
+    /// CA certificate (PEM) for tls and wss.
+    #[arg(long)]
+    cafile: Option<String>,
 }
 
 fn main() {
@@ -69,6 +102,12 @@ fn main() {
     match cli.scenario {
         Scenario::P2p(a) => {
             if let Err(e) = p2p(a) {
+                eprintln!("coremq-loadgen: {e}");
+                std::process::exit(1);
+            }
+        }
+        Scenario::Handshake(a) => {
+            if let Err(e) = handshake(a) {
                 eprintln!("coremq-loadgen: {e}");
                 std::process::exit(1);
             }
@@ -87,9 +126,17 @@ fn cpu_secs(pid: &str) -> f64 {
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 
-fn connect(a: &P2p, id: &str) -> Res<TcpStream> {
-    let mut s = TcpStream::connect((a.host.as_str(), a.port)).map_err(|e| format!("connect: {e}"))?;
-    s.set_nodelay(true).map_err(|e| e.to_string())?;
+fn connect(a: &P2p, id: &str) -> Res<Conn> {
+    let tls = match (a.transport, &a.cafile) {
+        (Kind::Tls | Kind::Wss, Some(ca)) => Some(transport::tls_config(ca)?),
+        (Kind::Tls | Kind::Wss, None) => return Err("--cafile is required for tls and wss".into()),
+        _ => None,
+    };
+    let s = Conn::connect(&a.host, a.port, a.transport, tls.as_ref())?;
+    mqtt_connect(s, id)
+}
+
+fn mqtt_connect(mut s: Conn, id: &str) -> Res<Conn> {
     let mut buf = BytesMut::new();
     let mut c = v4::Connect::new(id);
     c.keep_alive = 60;
@@ -102,7 +149,7 @@ fn connect(a: &P2p, id: &str) -> Res<TcpStream> {
     }
 }
 
-fn read_packet(s: &mut TcpStream, rb: &mut BytesMut) -> Res<Packet> {
+fn read_packet(s: &mut Conn, rb: &mut BytesMut) -> Res<Packet> {
     let mut chunk = [0u8; 65536];
     loop {
         match v4::read(rb, 1 << 24) {
@@ -135,6 +182,9 @@ fn p2p(a: P2p) -> Res<()> {
         1 => QoS::AtLeastOnce,
         _ => return Err("--qos must be 0 or 1".into()),
     };
+    if qos == QoS::AtLeastOnce && a.transport != Kind::Tcp {
+        return Err("QoS 1 runs use --transport tcp (the ack reader needs a cloned socket)".into());
+    }
     let epoch = Instant::now();
     let stop_pub = Arc::new(AtomicBool::new(false));
     let stop_sub = Arc::new(AtomicBool::new(false));
@@ -241,7 +291,7 @@ fn p2p(a: P2p) -> Res<()> {
 }
 
 fn publisher(
-    mut s: TcpStream,
+    mut s: Conn,
     i: usize,
     a: P2p,
     qos: QoS,
@@ -261,7 +311,7 @@ fn publisher(
     let pid_at = payload_at - 2;
     let acked = Arc::new(AtomicU64::new(0));
     let reader = if qos == QoS::AtLeastOnce {
-        let mut r = s.try_clone().map_err(|e| e.to_string())?;
+        let mut r = s.try_clone_tcp()?;
         let acked = acked.clone();
         let stop = stop.clone();
         Some(std::thread::spawn(move || {
@@ -325,20 +375,20 @@ fn publisher(
     }
     if let Some(r) = reader {
         std::thread::sleep(Duration::from_millis(300));
-        let _ = s.shutdown(std::net::Shutdown::Both);
+        s.shutdown();
         let _ = r.join();
     }
     Ok(())
 }
 
 fn subscriber(
-    mut s: TcpStream,
+    mut s: Conn,
     mut rb: BytesMut,
     epoch: Instant,
     stop: Arc<AtomicBool>,
     results: Arc<Mutex<Vec<SubStats>>>,
 ) {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+    s.set_read_timeout(Some(Duration::from_millis(100)));
     let mut st = SubStats {
         received: 0,
         lost: 0,
@@ -397,4 +447,85 @@ fn subscriber(
     if let Ok(mut r) = results.lock() {
         r.push(st);
     }
+}
+
+fn handshake(a: Handshake) -> Res<()> {
+    let cfg = transport::tls_config(&a.cafile)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new(3).map_err(|e| e.to_string())?));
+    let broker_cpu0 = a.broker_pid.map(|p| cpu_secs(&p.to_string()));
+    let self_cpu0 = cpu_secs("self");
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for t in 0..a.threads {
+        let (a, cfg, stop, ok, failed, hist) =
+            (a.clone(), cfg.clone(), stop.clone(), ok.clone(), failed.clone(), hist.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut local = Histogram::<u64>::new(3).expect("valid precision");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = Conn::connect(&a.host, a.port, Kind::Tls, Some(&cfg)).and_then(|c| {
+                    if a.mqtt {
+                        mqtt_connect(c, &format!("hs-{t}-{n}")).map(|_| ())
+                    } else {
+                        Ok(())
+                    }
+                });
+                n += 1;
+                match r {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        let _ = local.record(t0.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(a.duration));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let broker_cpu = a.broker_pid.map(|p| cpu_secs(&p.to_string()) - broker_cpu0.unwrap_or(0.0));
+    let self_cpu = cpu_secs("self") - self_cpu0;
+    let ok = ok.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    let h = hist.lock().map_err(|_| "poisoned")?;
+    let rate = ok as f64 / elapsed;
+    let per_cpu = broker_cpu.filter(|c| *c > 0.0).map(|c| ok as f64 / c);
+    let loadgen_bound = self_cpu / elapsed > 0.9;
+    println!("scenario handshake  threads {}  mqtt {}  duration {elapsed:.1} s", a.threads, a.mqtt);
+    println!(
+        "handshakes {ok}  failed {failed}  rate {rate:.0}/s  per broker CPU-second {}",
+        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}"))
+    );
+    println!(
+        "handshake latency us  p50 {}  p99 {}  max {}",
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.99),
+        h.max()
+    );
+    println!(
+        "cpu s  broker {}  loadgen {self_cpu:.2}{}",
+        broker_cpu.map_or("n/a".into(), |c| format!("{c:.2}")),
+        if loadgen_bound { "  (loadgen-bound)" } else { "" }
+    );
+    let json = serde_json::json!({
+        "label": a.label, "scenario": "handshake", "mqtt": a.mqtt, "threads": a.threads, "elapsed_s": elapsed,
+        "handshakes": ok, "failed": failed, "per_s": rate, "per_broker_cpu_s": per_cpu,
+        "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+        "broker_cpu_s": broker_cpu, "loadgen_cpu_s": self_cpu, "loadgen_bound": loadgen_bound,
+    });
+    println!("{json}");
+    Ok(())
 }
