@@ -60,8 +60,6 @@ class TClient(Client):
     def __init__(self, port, client_id, protocol, transport="tcp", ca=None, cert=None, key=None, **kw):
         self._transport, self._ca, self._cert, self._key = transport, ca, cert, key
         super().__init__(port, client_id, protocol, connect=False, **kw)
-        if transport == "websockets" or transport == "wss":
-            pass
         self.connect()
 
     def connect(self, expect_rc=0):
@@ -369,3 +367,72 @@ def test_mqttjs_in_headless_chromium_over_wss(tb, version):
     assert result["ok"], (result, err)
     assert "browser/from-paho hello from paho" in result["log"]
     assert "browser/from-page hello from chromium" in result["log"], "the page receives its own publish"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def rsa_chain(d):
+    """An RSA root CA -> intermediate -> leaf (localhost) chain written with openssl."""
+    os.makedirs(d, exist_ok=True)
+    ext = os.path.join(d, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("[ca]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n"
+                "[leaf]\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "root.key", "-out", "root.pem",
+            "-subj", "/CN=test root", "-days", "2", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=keyCertSign,cRLSign", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "int.key", "-out", "int.csr", "-subj", "/CN=test intermediate", cwd=d)
+    openssl("x509", "-req", "-in", "int.csr", "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial",
+            "-out", "int.pem", "-days", "2", "-extfile", ext, "-extensions", "ca", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "leaf.key", "-out", "leaf.csr", "-subj", "/CN=localhost", cwd=d)
+    openssl("x509", "-req", "-in", "leaf.csr", "-CA", "int.pem", "-CAkey", "int.key", "-CAcreateserial",
+            "-out", "leaf.pem", "-days", "2", "-extfile", ext, "-extensions", "leaf", cwd=d)
+    with open(os.path.join(d, "chain.pem"), "w") as out:
+        for f in ("leaf.pem", "int.pem"):
+            out.write(open(os.path.join(d, f)).read())
+
+
+def test_rsa_certificate_chain_optional_client_auth_and_alpn():
+    p_chain, p_opt = free_port(), free_port()
+
+    def setup(b):
+        rsa_chain(os.path.join(b.dir, "rsa"))
+        make_certs(os.path.join(b.dir, "certs"))
+
+    lst = (f'[[listener]]\nkind = "tls"\nbind = "127.0.0.1:{p_chain}"\nanonymous_org = "local"\n'
+           'cert = "rsa/chain.pem"\nkey = "rsa/leaf.key"\n'
+           f'[[listener]]\nkind = "tls"\nbind = "127.0.0.1:{p_opt}"\nanonymous_org = "local"\n'
+           'cert = "certs/server.pem"\nkey = "certs/server.key"\nclient_ca = "certs/ca.pem"\nclient_auth = "optional"\n')
+    b = Broker(shards=1, listeners=lst, setup=setup)
+    b.extra_ports = [p_chain, p_opt]
+    try:
+        # RSA leaf served with its intermediate; the client trusts only the root.
+        ctx = ssl.create_default_context(cafile=os.path.join(b.dir, "rsa", "root.pem"))
+        ctx.set_alpn_protocols(["mqtt"])
+        with socket.create_connection(("127.0.0.1", p_chain)) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as t:
+                assert t.selected_alpn_protocol() == "mqtt", "ALPN mqtt accepted"
+                t.sendall(raw_connect(level=4, client_id=b"rsa"))
+                assert t.recv(4) == b"\x20\x02\x00\x00"
+        c = TClient(p_chain, "rsa-paho", V5, "tls", ca=os.path.join(b.dir, "rsa", "root.pem"))
+        c.subscribe("r", 0)
+        # Optional client auth: admitted without a certificate, and with one.
+        ca = os.path.join(b.dir, "certs", "ca.pem")
+        TClient(p_opt, "no-cert", V311, "tls", ca=ca)
+        TClient(p_opt, "with-cert", V311, "tls", ca=ca, cert=os.path.join(b.dir, "certs", "client.pem"),
+                key=os.path.join(b.dir, "certs", "client.key"))
+    finally:
+        assert b.stop() == 0, b.logs()
+
+
+def test_ws_ping_pong_and_close(tb):
+    s = ws_open(tb.p["ws"])
+    s.sendall(frame(0x2, raw_connect(level=5, client_id=b"pinger")))
+    assert s.recv(100)[0] == 0x82
+    s.sendall(frame(0x9, b"are you there"))
+    d = s.recv(100)
+    assert d[0] == 0x8A and d[2:] == b"are you there", d  # pong echoes the ping payload
+    s.sendall(frame(0x8, b"\x03\xe8"))  # close 1000
+    assert ws_closed(s)
