@@ -41,8 +41,8 @@ struct Handshake {
     host: String,
     #[arg(long, default_value_t = 8883)]
     port: u16,
-    /// CA that signed the broker's certificate.
-    #[arg(long)]
+    /// CA that signed the broker's certificate (tls, wss).
+    #[arg(long, default_value = "")]
     cafile: String,
     /// Seconds.
     #[arg(long, default_value_t = 10)]
@@ -53,6 +53,9 @@ struct Handshake {
     /// Also send CONNECT and wait for CONNACK on each connection.
     #[arg(long)]
     mqtt: bool,
+    /// Transport (tcp gives the per-connection baseline without TLS).
+    #[arg(long, value_enum, default_value_t = Kind::Tls)]
+    transport: Kind,
     #[arg(long)]
     broker_pid: Option<u32>,
     #[arg(long, default_value = "")]
@@ -450,7 +453,16 @@ fn subscriber(
 }
 
 fn handshake(a: Handshake) -> Res<()> {
-    let cfg = transport::tls_config(&a.cafile)?;
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cfg = if matches!(a.transport, Kind::Tls | Kind::Wss) {
+        transport::tls_config(&a.cafile)?
+    } else {
+        Arc::new(
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -467,7 +479,7 @@ fn handshake(a: Handshake) -> Res<()> {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let r = Conn::connect(&a.host, a.port, Kind::Tls, Some(&cfg)).and_then(|c| {
+                let r = Conn::connect(&a.host, a.port, a.transport, Some(&cfg)).and_then(|c| {
                     if a.mqtt {
                         mqtt_connect(c, &format!("hs-{t}-{n}")).map(|_| ())
                     } else {
@@ -504,7 +516,10 @@ fn handshake(a: Handshake) -> Res<()> {
     let rate = ok as f64 / elapsed;
     let per_cpu = broker_cpu.filter(|c| *c > 0.0).map(|c| ok as f64 / c);
     let loadgen_bound = self_cpu / elapsed > 0.9;
-    println!("scenario handshake  threads {}  mqtt {}  duration {elapsed:.1} s", a.threads, a.mqtt);
+    println!(
+        "scenario handshake  transport {:?}  threads {}  mqtt {}  duration {elapsed:.1} s",
+        a.transport, a.threads, a.mqtt
+    );
     println!(
         "handshakes {ok}  failed {failed}  rate {rate:.0}/s  per broker CPU-second {}",
         per_cpu.map_or("n/a".into(), |v| format!("{v:.0}"))
@@ -521,7 +536,7 @@ fn handshake(a: Handshake) -> Res<()> {
         if loadgen_bound { "  (loadgen-bound)" } else { "" }
     );
     let json = serde_json::json!({
-        "label": a.label, "scenario": "handshake", "mqtt": a.mqtt, "threads": a.threads, "elapsed_s": elapsed,
+        "label": a.label, "scenario": "handshake", "transport": format!("{:?}", a.transport), "mqtt": a.mqtt, "threads": a.threads, "elapsed_s": elapsed,
         "handshakes": ok, "failed": failed, "per_s": rate, "per_broker_cpu_s": per_cpu,
         "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
         "broker_cpu_s": broker_cpu, "loadgen_cpu_s": self_cpu, "loadgen_bound": loadgen_bound,
