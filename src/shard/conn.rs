@@ -12,7 +12,7 @@ use futures_lite::future::{poll_fn, FutureExt};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::{now_ms, ListenerRt, Shard};
+use super::{now_ms, Deadline, ListenerRt, Shard};
 use crate::broker::{ListenerCtx, OutputPoll, ReadVerdict};
 use crate::config::ListenerKind;
 use crate::limits;
@@ -20,9 +20,13 @@ use crate::transport::{proxy, tls, ws, PeerInfo};
 
 /// Runs `f` under the pre-MQTT deadline (PROXY header, TLS handshake, WebSocket upgrade), so a
 /// stalled handshake (slowloris) holds its slot for a bounded time.
-async fn with_deadline<T>(f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+async fn with_deadline<T>(
+    shard: &Rc<Shard>,
+    f: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let deadline = Deadline::after(shard, limits::CONNECT_TIMEOUT_SECS * 1000);
     f.or(async {
-        glommio::timer::sleep(Duration::from_secs(limits::CONNECT_TIMEOUT_SECS)).await;
+        deadline.await;
         Err("handshake did not complete in time".to_string())
     })
     .await
@@ -38,7 +42,7 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
         tls: None,
     };
     if rt.cfg.proxy_protocol {
-        match with_deadline(proxy::read_v2(&mut tcp)).await {
+        match with_deadline(&shard, proxy::read_v2(&mut tcp)).await {
             Ok(Some(addr)) => peer.remote = addr,
             Ok(None) => {}
             Err(e) => {
@@ -52,7 +56,7 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
         match rt.cfg.kind {
             ListenerKind::Tcp => serve(shard, tcp, ctx, peer).await,
             ListenerKind::Ws => {
-                let s = with_deadline(async {
+                let s = with_deadline(&shard, async {
                     ws::accept(tcp, &rt.cfg.path, rt.max_packet).await.map_err(|e| e.0)
                 })
                 .await?;
@@ -60,7 +64,7 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
             }
             ListenerKind::Tls | ListenerKind::Wss => {
                 let cfg = rt.tls.clone().expect("tls listeners have a TLS config");
-                let s = with_deadline(async {
+                let s = with_deadline(&shard, async {
                     futures_rustls::TlsAcceptor::from(cfg).accept(tcp).await.map_err(|e| format!("TLS: {e}"))
                 })
                 .await?;
@@ -68,7 +72,7 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
                 if rt.cfg.kind == ListenerKind::Tls {
                     serve(shard, s, ctx, peer).await
                 } else {
-                    let s = with_deadline(async {
+                    let s = with_deadline(&shard, async {
                         ws::accept(s, &rt.cfg.path, rt.max_packet).await.map_err(|e| e.0)
                     })
                     .await?;

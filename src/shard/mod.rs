@@ -82,6 +82,55 @@ pub(crate) struct Shard {
     senders: Senders<MeshMsg>,
     /// Woken when a peer queue was full, to retry sending.
     mesh_blocked: RefCell<bool>,
+    /// Coarse per-connection deadlines (handshakes, close flushes), woken by the shard's tick:
+    /// no io_uring timer per connection. Min-heap by time; bounded by live connections × 2.
+    deadlines: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>>,
+    deadline_wakers: RefCell<std::collections::HashMap<u64, std::task::Waker>>,
+    next_deadline_id: std::cell::Cell<u64>,
+}
+
+/// A future that completes at `at_ms` (shard clock), with tick resolution (50 ms).
+pub(crate) struct Deadline {
+    shard: Rc<Shard>,
+    at_ms: u64,
+    id: Option<u64>,
+}
+
+impl Deadline {
+    /// Completes `ms` from now.
+    pub(crate) fn after(shard: &Rc<Shard>, ms: u64) -> Deadline {
+        Deadline { shard: shard.clone(), at_ms: now_ms() + ms, id: None }
+    }
+}
+
+impl std::future::Future for Deadline {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if now_ms() >= self.at_ms {
+            return std::task::Poll::Ready(());
+        }
+        let id = match self.id {
+            Some(id) => id,
+            None => {
+                let id = self.shard.next_deadline_id.get() + 1;
+                self.shard.next_deadline_id.set(id);
+                self.shard.deadlines.borrow_mut().push(std::cmp::Reverse((self.at_ms, id)));
+                self.id = Some(id);
+                id
+            }
+        };
+        self.shard.deadline_wakers.borrow_mut().insert(id, cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            // The heap entry stays until its time; only the waker is released now.
+            self.shard.deadline_wakers.borrow_mut().remove(&id);
+        }
+    }
 }
 
 impl Shard {
@@ -182,6 +231,9 @@ async fn shard_main(
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
         senders,
         mesh_blocked: RefCell::new(false),
+        deadlines: RefCell::new(std::collections::BinaryHeap::new()),
+        deadline_wakers: RefCell::new(std::collections::HashMap::new()),
+        next_deadline_id: std::cell::Cell::new(0),
     });
     // Mesh receivers: one task per peer, each draining its queue into the core.
     for (_peer, rx) in receivers.streams() {
@@ -236,6 +288,18 @@ async fn shard_main(
     loop {
         glommio::timer::sleep(Duration::from_millis(50)).await;
         ticks += 1;
+        let now = now_ms();
+        loop {
+            let due = match shard.deadlines.borrow().peek() {
+                Some(std::cmp::Reverse((at, id))) if *at <= now => *id,
+                _ => break,
+            };
+            shard.deadlines.borrow_mut().pop();
+            let w = shard.deadline_wakers.borrow_mut().remove(&due);
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
         if std::mem::take(&mut *shard.mesh_blocked.borrow_mut()) {
             shard.flush_mesh();
         }
