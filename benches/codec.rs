@@ -41,18 +41,7 @@ fn bench(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new(format!("encode/{v:?}"), size), &p, |b, p| {
                 b.iter(|| {
                     out.clear();
-                    let po = PublishOut {
-                        dup: false,
-                        qos: p.qos,
-                        retain: false,
-                        topic: p.topic.as_bytes(),
-                        packet_id: p.packet_id,
-                        props: Some(&p.props),
-                        sub_ids: &[],
-                        topic_alias: None,
-                        expiry_left: None,
-                        payload: &p.payload,
-                    };
+                    let po = PublishOut::from_publish(p);
                     encode_publish(&mut out, v, &po);
                     out.len()
                 })

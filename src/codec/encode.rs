@@ -76,7 +76,23 @@ pub struct PublishOut<'a> {
     pub payload: &'a [u8],
 }
 
-impl PublishOut<'_> {
+impl<'a> PublishOut<'a> {
+    /// The fields of a decoded or built [`Publish`], with no per-subscriber additions.
+    pub fn from_publish(p: &'a Publish) -> PublishOut<'a> {
+        PublishOut {
+            dup: p.dup,
+            qos: p.qos,
+            retain: p.retain,
+            topic: p.topic.as_bytes(),
+            packet_id: p.packet_id,
+            props: Some(&p.props),
+            sub_ids: &[],
+            topic_alias: None,
+            expiry_left: None,
+            payload: &p.payload,
+        }
+    }
+
     fn props_body_len(&self) -> usize {
         let mut len = 0;
         if let Some(p) = self.props {
@@ -197,21 +213,7 @@ pub fn encode_packet(out: &mut BytesMut, v: Protocol, packet: &Packet) {
                 a.props.encode(out);
             }
         }
-        Packet::Publish(p) => {
-            let po = PublishOut {
-                dup: p.dup,
-                qos: p.qos,
-                retain: p.retain,
-                topic: p.topic.as_bytes(),
-                packet_id: p.packet_id,
-                props: Some(&p.props),
-                sub_ids: &[],
-                topic_alias: None,
-                expiry_left: None,
-                payload: &p.payload,
-            };
-            encode_publish(out, v, &po);
-        }
+        Packet::Publish(p) => encode_publish(out, v, &PublishOut::from_publish(p)),
         Packet::PubAck(r) => pubresp(out, 0x40, v5, r),
         Packet::PubRec(r) => pubresp(out, 0x50, v5, r),
         Packet::PubRel(r) => pubresp(out, 0x62, v5, r),
