@@ -40,10 +40,11 @@ pub const CONN_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// instead of its QoS 0 messages being read and then dropped.
 pub const OUTPUT_PRESSURE_BYTES: usize = 1024 * 1024;
 
-/// How long a connection may hold output pressure before it is declared stalled (a client that
-/// does not read) and stops slowing everyone else; its QoS 0 messages are then dropped at
+/// How long a connection under output pressure may go without its socket taking a single byte
+/// before it is declared stalled (a client that stopped reading) and stops slowing everyone
+/// else; a slow but live reader is never declared stalled. its QoS 0 messages are then dropped at
 /// `CONN_OUTPUT_BYTES_MAX` and QoS 1/2 ones wait in its bounded session queue.
-pub const OUTPUT_STALL_MS: u64 = 1000;
+pub const OUTPUT_STALL_MS: u64 = 2000;
 
 /// Topic aliases we accept from a client (5.0 Topic Alias Maximum in CONNACK).
 pub const TOPIC_ALIAS_MAX: u16 = 64;

@@ -182,9 +182,11 @@ struct Conn {
     rx_msgs: u64,
     tx_msgs: u64,
     dropped: u64,
-    /// In the shard's pressure list since this time (ms).
+    /// In the shard's pressure list since this time (ms), or since its writer last made
+    /// progress, whichever is later: the stall clock.
     pressure_since: Option<u64>,
-    /// Held output pressure too long: no longer slows other readers until its output drains.
+    /// Made no write progress for `OUTPUT_STALL_MS` under pressure: no longer slows other
+    /// readers until its output drains.
     stalled: bool,
 }
 
@@ -488,6 +490,17 @@ impl ShardCore {
             c.writer = Some(waker.clone());
         }
         OutputPoll::Pending
+    }
+
+    /// The writer of `id` wrote some bytes to its socket: the client is reading, however
+    /// slowly, so the stall clock restarts (a slow reader keeps slowing publishers down
+    /// instead of losing QoS 0 messages; only one that stops reading is declared stalled).
+    pub fn handle_output_progress(&mut self, id: ConnId, now_ms: u64) {
+        if let Some(c) = self.conn_mut(id) {
+            if let Some(t) = c.pressure_since.as_mut() {
+                *t = now_ms;
+            }
+        }
     }
 
     /// The writer of `id` finished writing a batch: more queued messages may now fit.

@@ -197,6 +197,39 @@ fn output_for_a_slow_subscriber_is_bounded() {
 }
 
 #[test]
+fn a_slow_reader_keeps_slowing_publishers_one_that_stops_is_declared_stalled() {
+    use std::task::Waker;
+    let mut cl = Cluster::new(1);
+    let (sub, _) = cl.connect(0, Protocol::V311, "sub", true, Properties::default());
+    subscribe(&mut cl, sub, "t", QoS::AtMostOnce);
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    let pk = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: s("t"),
+        packet_id: None,
+        props: Properties::default(),
+        payload: Bytes::from("x".repeat(10_000)),
+    });
+    let one = to_bytes(Protocol::V311, &pk);
+    // Fill the subscriber's output past the pressure mark; nothing drains it.
+    while cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()) {
+        cl.send_raw_held(p, &one);
+    }
+    // Its writer keeps making (slow) progress: publishers stay paused, nothing is dropped.
+    for _ in 0..10 {
+        cl.advance(crate::limits::OUTPUT_STALL_MS / 2);
+        cl.shards[0].handle_output_progress(sub.conn, cl.now_ms);
+        assert!(!cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()), "slow reader: still paused");
+    }
+    assert_eq!(cl.shards[0].stats.dropped_slow, 0);
+    // It stops reading: after the stall time it no longer holds anyone back.
+    cl.advance(crate::limits::OUTPUT_STALL_MS);
+    assert!(cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()), "stalled reader released");
+}
+
+#[test]
 fn interest_is_acknowledged_before_suback() {
     let mut cl = Cluster::new(2);
     let (c, _) = cl.connect(1, Protocol::V311, "s", true, Properties::default());

@@ -13,6 +13,7 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::{now_ms, Deadline, ListenerRt, Shard};
+use crate::broker::ConnId;
 use crate::broker::{ListenerCtx, OutputPoll, ReadVerdict};
 use crate::config::ListenerKind;
 use crate::limits;
@@ -96,6 +97,27 @@ enum Woke {
     Closing,
 }
 
+/// Writes all of `data`, telling the core after each partial write that the client is still
+/// reading (its stall clock restarts).
+async fn write_reporting<W: AsyncWrite + Unpin>(
+    shard: &Shard,
+    id: ConnId,
+    wr: &mut W,
+    mut data: &[u8],
+) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let n = wr.write(data).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        data = &data[n..];
+        if !data.is_empty() {
+            shard.core.borrow_mut().handle_output_progress(id, now_ms());
+        }
+    }
+    Ok(())
+}
+
 /// Serves MQTT over one byte stream until it closes.
 async fn serve<S>(shard: Rc<Shard>, stream: S, ctx: Arc<ListenerCtx>, peer: PeerInfo)
 where
@@ -115,7 +137,9 @@ where
                 .await;
             match r {
                 OutputPoll::Data => {
-                    if wr.write_all(&spare).await.is_err() || wr.flush().await.is_err() {
+                    if write_reporting(&writer_shard, id, &mut wr, &spare).await.is_err()
+                        || wr.flush().await.is_err()
+                    {
                         writer_shard.core.borrow_mut().close_conn(id, None, now_ms());
                         writer_shard.flush_mesh();
                         return;
