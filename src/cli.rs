@@ -1,4 +1,5 @@
-//! The command line (SPEC §9): `coremq serve`, `coremq config check`.
+//! The command line (SPEC §9): `coremq serve`, `coremq config check`, `coremq passwd`,
+//! `coremq certs dev`, and the admin API clients `coremq org|user|apikey|token|session|audit`.
 
 use std::path::PathBuf;
 
@@ -33,6 +34,202 @@ pub enum Command {
         /// What to do with the configuration.
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Read one password line from standard input (no echo on a terminal) and print its
+    /// Argon2id PHC string, for `password_hash` in the config.
+    Passwd,
+    /// Organizations (admin API; operator key).
+    Org {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: OrgAction,
+    },
+    /// Permanent users (admin API).
+    User {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// API keys (admin API).
+    Apikey {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
+    /// Temporary tokens (admin API).
+    Token {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Live sessions (admin API).
+    Session {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        action: SessionAction,
+    },
+    /// The audit log (admin API).
+    Audit {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this event type (auth_failure, connect, admin, …).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+/// Where the admin API is and which key to use.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// Admin API base URL.
+    #[arg(long, env = "COREMQ_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Bearer key: the operator key or an org API key.
+    #[arg(long, env = "COREMQ_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The org to act on (operator key only; an org key acts on its own org).
+    #[arg(long)]
+    pub org: Option<String>,
+}
+
+/// `coremq org ...`.
+#[derive(Debug, Subcommand)]
+pub enum OrgAction {
+    /// Create an org; prints its id and first API key.
+    Create {
+        /// Org id (generated when absent).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List orgs.
+    List,
+    /// Delete an org with everything it owns.
+    Delete {
+        /// Org id.
+        id: String,
+    },
+}
+
+/// `coremq user ...`.
+#[derive(Debug, Subcommand)]
+pub enum UserAction {
+    /// Create a user; the password is read from standard input.
+    Create {
+        /// User name (local part).
+        name: String,
+        /// Role (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Publish rule (repeatable).
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Subscribe rule (repeatable).
+        #[arg(long)]
+        subscribe: Vec<String>,
+    },
+    /// List users.
+    List,
+    /// Set a user's password (read from standard input); closes its live sessions.
+    Passwd {
+        /// User name.
+        name: String,
+    },
+    /// Disable or enable a user.
+    Disable {
+        /// User name.
+        name: String,
+        /// Enable instead.
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Delete a user; closes its live sessions.
+    Delete {
+        /// User name.
+        name: String,
+    },
+}
+
+/// `coremq apikey ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyAction {
+    /// Mint an API key (shown once).
+    Create,
+    /// List API key ids.
+    List,
+    /// Revoke an API key by id.
+    Delete {
+        /// Key id (`key_…`).
+        id: String,
+    },
+}
+
+/// `coremq token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenAction {
+    /// Mint a temporary token.
+    Create {
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// `{user_id}`.
+        #[arg(long)]
+        user_id: Option<String>,
+        /// `{email}`.
+        #[arg(long)]
+        email: Option<String>,
+        /// `{agent_id}`.
+        #[arg(long)]
+        agent_id: Option<String>,
+        /// `{role}`.
+        #[arg(long)]
+        role: Option<String>,
+        /// `{session_id}`.
+        #[arg(long)]
+        session_id: Option<String>,
+        /// Extra claim NAME=VALUE (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+    },
+    /// List live tokens.
+    List,
+    /// Revoke a token (`tok_…@org`); closes its live sessions.
+    Revoke {
+        /// Token user name.
+        username: String,
+    },
+}
+
+/// `coremq session ...`.
+#[derive(Debug, Subcommand)]
+pub enum SessionAction {
+    /// List live connections.
+    List,
+    /// Disconnect a client id.
+    Disconnect {
+        /// Client id.
+        client_id: String,
     },
 }
 

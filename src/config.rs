@@ -19,12 +19,68 @@ pub struct Config {
     pub shards: usize,
     /// Listeners.
     pub listeners: Vec<Listener>,
-    /// Declared organizations (anonymous orgs included).
-    pub orgs: Vec<String>,
+    /// Declared organizations (anonymous orgs included), applied at start-up.
+    pub orgs: Vec<OrgConfig>,
+    /// The admin HTTP API, if configured (`[admin]`).
+    pub admin: Option<AdminConfig>,
+    /// How long audit events are kept.
+    pub audit_retention_ms: u64,
     /// `$SYS` interval in ms (0 disables).
     pub sys_interval_ms: u64,
     /// Largest packet accepted.
     pub max_packet_size: u32,
+}
+
+/// `[admin]`: the admin HTTP API (SPEC §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the HTTP listener.
+    pub bind: SocketAddr,
+    /// Environment variable holding the operator key (`None`: no operator key).
+    pub operator_key_env: Option<String>,
+}
+
+/// A declared organization (`[[org]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrgConfig {
+    /// Organization id.
+    pub id: String,
+    /// Default lifetime of temporary tokens, seconds.
+    pub token_ttl_secs: u64,
+    /// Longest lifetime a token may ask for, seconds.
+    pub token_ttl_max_secs: u64,
+    /// Environment variable holding this org's API key.
+    pub api_key_env: Option<String>,
+    /// Permanent users declared here.
+    pub users: Vec<UserConfig>,
+}
+
+impl OrgConfig {
+    /// An org with defaults and no users (anonymous orgs).
+    pub fn new(id: &str) -> OrgConfig {
+        OrgConfig {
+            id: id.to_string(),
+            token_ttl_secs: limits::TOKEN_TTL_DEFAULT_SECS,
+            token_ttl_max_secs: limits::TOKEN_TTL_MAX_SECS,
+            api_key_env: None,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// A permanent user declared in the config (`[[org.user]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    /// Local part of the user name.
+    pub name: String,
+    /// Argon2id PHC string (from `coremq passwd`).
+    pub password_hash: String,
+    /// Per-user publish rules.
+    pub publish: Vec<String>,
+    /// Per-user subscribe rules.
+    pub subscribe: Vec<String>,
+    /// Roles.
+    pub roles: Vec<String>,
 }
 
 /// Listener kinds.
@@ -105,6 +161,15 @@ struct RawConfig {
     listener: Vec<RawListener>,
     #[serde(default)]
     org: Vec<RawOrg>,
+    admin: Option<RawAdmin>,
+    audit_retention: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    bind: Option<String>,
+    operator_key_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +210,28 @@ struct RawListener {
 #[serde(deny_unknown_fields)]
 struct RawOrg {
     id: String,
+    policy: Option<PathBuf>,
+    token_ttl: Option<RawDuration>,
+    token_ttl_max: Option<RawDuration>,
+    api_key_env: Option<String>,
+    #[serde(default)]
+    user: Vec<RawUser>,
+    quotas: Option<toml::Value>,
+    #[serde(default)]
+    jwt: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: String,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
 }
 
 impl Config {
@@ -162,7 +249,9 @@ impl Config {
                 path: "/mqtt".into(),
                 proxy_protocol: false,
             }],
-            orgs: vec!["local".into()],
+            orgs: vec![OrgConfig::new("local")],
+            admin: None,
+            audit_retention_ms: limits::AUDIT_RETENTION_DEFAULT_MS,
             sys_interval_ms: 10_000,
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
         }
@@ -210,15 +299,9 @@ impl Config {
                 limits::PACKET_BYTES_MAX_CEILING
             )));
         }
-        let mut orgs = Vec::new();
+        let mut orgs: Vec<OrgConfig> = Vec::new();
         for (i, o) in raw.org.iter().enumerate() {
-            if !valid_org_id(&o.id) {
-                return Err(ConfigError(format!("org[{i}].id: \"{}\" is not [a-z0-9_-]{{1,64}}", o.id)));
-            }
-            if orgs.contains(&o.id) {
-                return Err(ConfigError(format!("org[{i}].id: \"{}\" declared twice", o.id)));
-            }
-            orgs.push(o.id.clone());
+            orgs.push(parse_org(i, o, &orgs)?);
         }
         let mut listeners = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
@@ -322,8 +405,8 @@ impl Config {
                          danger_allow_anonymous_non_loopback = true"
                     )));
                 }
-                if !orgs.contains(org) {
-                    orgs.push(org.clone()); // SPEC §2: an undeclared anonymous org is created
+                if !orgs.iter().any(|o| &o.id == org) {
+                    orgs.push(OrgConfig::new(org)); // SPEC §2: an undeclared anonymous org is created
                 }
             }
             let only = match &l.shards {
@@ -357,8 +440,112 @@ impl Config {
         if listeners.is_empty() {
             return Err(ConfigError("listener: at least one [[listener]] is required".into()));
         }
-        Ok(Config { data_dir, shards, listeners, orgs, sys_interval_ms, max_packet_size })
+        let admin = match &raw.admin {
+            None => None,
+            Some(a) => {
+                let bind = a.bind.as_deref().unwrap_or("127.0.0.1:8080");
+                let bind: SocketAddr = bind
+                    .parse()
+                    .map_err(|_| ConfigError(format!("admin.bind: \"{bind}\" is not an IP:port address")))?;
+                if let Some(e) = &a.operator_key_env {
+                    check_env_name("admin.operator_key_env", e)?;
+                }
+                Some(AdminConfig { bind, operator_key_env: a.operator_key_env.clone() })
+            }
+        };
+        let audit_retention_ms = match &raw.audit_retention {
+            None => limits::AUDIT_RETENTION_DEFAULT_MS,
+            Some(d) => parse_duration_ms(d).map_err(|e| ConfigError(format!("audit_retention: {e}")))?,
+        };
+        Ok(Config {
+            data_dir,
+            shards,
+            listeners,
+            orgs,
+            admin,
+            audit_retention_ms,
+            sys_interval_ms,
+            max_packet_size,
+        })
     }
+
+    /// The declared org `id`.
+    pub fn org(&self, id: &str) -> Option<&OrgConfig> {
+        self.orgs.iter().find(|o| o.id == id)
+    }
+}
+
+fn check_env_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ConfigError(format!("{key}: \"{name}\" is not an environment variable name")));
+    }
+    Ok(())
+}
+
+fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig]) -> Result<OrgConfig, ConfigError> {
+    if !valid_org_id(&o.id) {
+        return Err(ConfigError(format!("org[{i}].id: \"{}\" is not [a-z0-9_-]{{1,64}}", o.id)));
+    }
+    if seen.iter().any(|s| s.id == o.id) {
+        return Err(ConfigError(format!("org[{i}].id: \"{}\" declared twice", o.id)));
+    }
+    // Keys of SPEC §12 whose features are not built yet are refused rather than ignored: a
+    // policy or quota that silently did nothing would be worse than a clear error.
+    if o.policy.is_some() {
+        return Err(ConfigError(format!("org[{i}].policy: ACL v2 policies are not available yet")));
+    }
+    if o.quotas.is_some() {
+        return Err(ConfigError(format!("org[{i}].quotas: per-org quotas are not available yet")));
+    }
+    if !o.jwt.is_empty() {
+        return Err(ConfigError(format!("org[{i}].jwt: IdP JWT verification is not available yet")));
+    }
+    let mut org = OrgConfig::new(&o.id);
+    if let Some(d) = &o.token_ttl_max {
+        org.token_ttl_max_secs =
+            parse_duration_ms(d).map_err(|e| ConfigError(format!("org[{i}].token_ttl_max: {e}")))? / 1000;
+        if org.token_ttl_max_secs == 0 {
+            return Err(ConfigError(format!("org[{i}].token_ttl_max: must be at least 1s")));
+        }
+    }
+    if let Some(d) = &o.token_ttl {
+        org.token_ttl_secs =
+            parse_duration_ms(d).map_err(|e| ConfigError(format!("org[{i}].token_ttl: {e}")))? / 1000;
+        if org.token_ttl_secs == 0 || org.token_ttl_secs > org.token_ttl_max_secs {
+            return Err(ConfigError(format!(
+                "org[{i}].token_ttl: must be 1s..={}s (token_ttl_max)",
+                org.token_ttl_max_secs
+            )));
+        }
+    }
+    if let Some(e) = &o.api_key_env {
+        check_env_name(&format!("org[{i}].api_key_env"), e)?;
+        org.api_key_env = Some(e.clone());
+    }
+    for (j, u) in o.user.iter().enumerate() {
+        let key = format!("org[{i}].user[{j}]");
+        if crate::identity::parse_username(&format!("{}@{}", u.name, o.id)).is_err()
+            || u.name.starts_with("tok_")
+        {
+            return Err(ConfigError(format!(
+                "{key}.name: \"{}\" is not a valid user name (1-128 bytes, no @ + # / or control characters, not tok_…)",
+                u.name
+            )));
+        }
+        if org.users.iter().any(|x| x.name == u.name) {
+            return Err(ConfigError(format!("{key}.name: \"{}\" declared twice", u.name)));
+        }
+        crate::auth::password::check_phc(&u.password_hash)
+            .map_err(|e| ConfigError(format!("{key}.password_hash: {e}")))?;
+        org.users.push(UserConfig {
+            name: u.name.clone(),
+            password_hash: u.password_hash.clone(),
+            publish: u.publish.clone(),
+            subscribe: u.subscribe.clone(),
+            roles: u.roles.clone(),
+        });
+    }
+    Ok(org)
 }
 
 /// One shard per online CPU.
@@ -402,7 +589,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.shards, 1);
         assert_eq!(c.data_dir, PathBuf::from("/etc/coremq/./d"));
-        assert_eq!(c.orgs, vec!["local".to_string()]);
+        assert_eq!(c.orgs, vec![OrgConfig::new("local")]);
     }
 
     #[test]

@@ -20,11 +20,15 @@
 //! 2. Every piece of state has exactly one owning shard; other shards reach it only through
 //!    [`broker::mesh::MeshMsg`]. The ownership table is in `docs/architecture.md`.
 
+pub mod admin_client;
+pub mod audit;
+pub mod auth;
 pub mod broker;
 pub mod certs;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod limits;
 pub mod router;

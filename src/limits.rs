@@ -67,6 +67,22 @@ pub const MESH_QUEUE_CAPACITY: usize = 4096;
 /// publishers pauses (backpressure), so the backlog is bounded by one read batch per connection.
 pub const MESH_BACKLOG_PAUSE: usize = 16_384;
 
+/// Password verifications queued for the hashing pool (all shards) before CONNECTs needing
+/// one are answered "server busy": bounds the CPU and memory a wrong-password storm costs.
+pub const HASH_QUEUE_MAX: usize = 256;
+
+/// Default lifetime of a temporary token (SPEC §2: 60 minutes).
+pub const TOKEN_TTL_DEFAULT_SECS: u64 = 3600;
+
+/// Default longest lifetime a temporary token may ask for (an org may lower or raise it).
+pub const TOKEN_TTL_MAX_SECS: u64 = 24 * 3600;
+
+/// Default retention of audit events (30 days).
+pub const AUDIT_RETENTION_DEFAULT_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Audit events one shard holds for the control plane before dropping (and counting) more.
+pub const AUDIT_BACKLOG_MAX: usize = 65_536;
+
 /// Retained messages per org (the quota issue makes this configurable per org).
 pub const RETAINED_PER_ORG_MAX: usize = 100_000;
 

@@ -1,17 +1,33 @@
 //! The `coremq` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
+use coremq::admin_client;
 use coremq::cli::{CertsAction, Cli, Command, ConfigAction};
 use coremq::config::Config;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+fn print_api(r: Result<serde_json::Value, admin_client::ClientError>) -> i32 {
+    match r {
+        Ok(serde_json::Value::Null) => 0,
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).expect("JSON prints"));
+            0
+        }
+        Err(e) => {
+            eprintln!("coremq: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("COREMQ_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("COREMQ_LOG")
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -56,7 +72,7 @@ fn main() {
                         file.display(),
                         c.shards,
                         c.listeners.len(),
-                        c.orgs.join(", ")
+                        c.orgs.iter().map(|o| o.id.as_str()).collect::<Vec<_>>().join(", ")
                     );
                     0
                 }
@@ -65,6 +81,24 @@ fn main() {
                     2
                 }
             }
+        }
+        Command::Passwd => match admin_client::read_password() {
+            Ok(p) => {
+                println!("{}", coremq::auth::password::hash_password(p.as_bytes()));
+                0
+            }
+            Err(e) => {
+                eprintln!("coremq: {e}");
+                2
+            }
+        },
+        Command::Org { api, action } => print_api(admin_client::org(&api, &action)),
+        Command::User { api, action } => print_api(admin_client::user(&api, &action)),
+        Command::Apikey { api, action } => print_api(admin_client::apikey(&api, &action)),
+        Command::Token { api, action } => print_api(admin_client::token(&api, &action)),
+        Command::Session { api, action } => print_api(admin_client::session(&api, &action)),
+        Command::Audit { api, kind, since, limit } => {
+            print_api(admin_client::audit(&api, kind.as_deref(), since.as_deref(), limit))
         }
     };
     std::process::exit(code);

@@ -293,6 +293,25 @@ impl ShardCore {
         }
         let ack = Packet::ConnAck(ConnAck { session_present: present, reason: ReasonCode::SUCCESS, props });
         self.write(id, &ack);
+        let c = self.conn(id).expect("alive");
+        if let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) {
+            let detail = [
+                ("transport", c.listener.transport.into()),
+                ("remote", (*c.remote).into()),
+                ("protocol", c.protocol.map_or(0, |p| p.level()).into()),
+                ("session_present", present.into()),
+            ];
+            let who = (ident.method != crate::auth::directory::Method::Anonymous)
+                .then(|| format!("{}@{}", ident.name, ident.org));
+            self.audit(
+                now_ms,
+                key.org.clone(),
+                AuditKind::Connect,
+                Some(&key.client_id),
+                who.as_deref(),
+                &detail,
+            );
+        }
         wake(&mut self.conn_mut(id).expect("alive").reader);
         // Resend what was in flight [MQTT-4.4.0-1], then drain the queue.
         let resend: Vec<(u16, InFlight)> = self
@@ -350,10 +369,21 @@ impl ShardCore {
                 Phase::Active if c.keep_alive_ms > 0 && now_ms > c.last_rx_ms + c.keep_alive_ms * 3 / 2 => {
                     expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
                 }
+                // The token or JWT it authenticated with has expired (SPEC §2).
+                Phase::Active | Phase::AwaitSession if c.auth_deadline_ms.is_some_and(|t| now_ms >= t) => {
+                    expired_conns.push((id, Some(ReasonCode::MAXIMUM_CONNECT_TIME)));
+                }
                 _ => {}
             }
         }
         for (id, reason) in expired_conns {
+            if let Some(c) = self.conn_mut(id) {
+                c.close_reason = Some(match reason {
+                    None => "connect_timeout",
+                    Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
+                    Some(_) => "credential_expired",
+                });
+            }
             self.close_conn(id, reason, now_ms);
         }
         let mut ended = Vec::new();
@@ -386,7 +416,7 @@ impl ShardCore {
 
     fn publish_sys(&mut self, now_ms: u64) {
         let mut figures: HashMap<Arc<str>, sys::OrgFigures, RandomState> = HashMap::default();
-        for o in self.cfg.orgs.iter() {
+        for o in self.cfg.auth.directory.load().orgs.keys() {
             figures.entry(o.clone()).or_default();
         }
         for c in self.conns.iter().flatten() {

@@ -485,6 +485,7 @@ impl ShardCore {
         if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
             c.will = None; // a normal DISCONNECT discards the will [MQTT-3.1.2-10]
         }
+        c.close_reason = Some("client_disconnect");
         self.close_conn(id, None, now_ms);
     }
 }

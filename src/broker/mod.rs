@@ -26,6 +26,10 @@ use ahash::RandomState;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::audit::{AuditKind, AuditRecord};
+use crate::auth::directory::{Directory, Identity};
+use crate::auth::secret::Pepper;
+use crate::auth::{AuthShared, Authenticator, Denied, Verdict, VerifyTicket};
 use crate::codec::encode::{encode_publish, PublishOut};
 use crate::codec::topic::{classify, valid_filter, FilterKind};
 use crate::codec::{
@@ -72,8 +76,11 @@ pub struct CoreConfig {
     pub sys_interval_ms: u64,
     /// Retained messages per org.
     pub retained_max: usize,
-    /// Organizations that exist (SPEC §2: usernames naming other orgs are refused).
-    pub orgs: Arc<Vec<Arc<str>>>,
+    /// Credentials and organizations, published by the control plane (SPEC §2).
+    pub auth: Arc<AuthShared>,
+    /// Unix time (ms) at `now_ms == 0`: converts the core's monotonic clock to wall time for
+    /// credential expiry.
+    pub unix_epoch_ms: u64,
     /// Global order of retained writes (one counter for all shards).
     pub retain_seq: Arc<AtomicU64>,
     /// Per-shard figures behind `$SYS`.
@@ -93,7 +100,8 @@ impl CoreConfig {
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
             sys_interval_ms: 10_000,
             retained_max: limits::RETAINED_PER_ORG_MAX,
-            orgs: Arc::new(vec![Arc::from("local")]),
+            auth: Arc::new(AuthShared::new(Directory::with_orgs(["local"]), Pepper::new(b"test"))),
+            unix_epoch_ms: 1_700_000_000_000,
             retain_seq: Arc::new(AtomicU64::new(1)),
             sys: Arc::new(SysBoard::new(n as usize)),
         }
@@ -125,7 +133,11 @@ pub enum OutputPoll {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
-    AwaitConnect { deadline_ms: u64 },
+    AwaitConnect {
+        deadline_ms: u64,
+    },
+    /// CONNECT read; its password is being verified by the hashing pool.
+    AwaitAuth,
     AwaitSession,
     Active,
 }
@@ -188,6 +200,36 @@ struct Conn {
     /// Made no write progress for `OUTPUT_STALL_MS` under pressure: no longer slows other
     /// readers until its output drains.
     stalled: bool,
+    /// Who it authenticated as (set from CONNECT on).
+    identity: Option<Arc<Identity>>,
+    /// A CONNECT waiting for its password check.
+    pending_auth: Option<Box<PendingAuth>>,
+    /// When its credential expires (core clock, ms): closed then with 0xA0.
+    auth_deadline_ms: Option<u64>,
+    /// Why it is closing, for the audit log.
+    close_reason: Option<&'static str>,
+    /// The reason code it was closed with, if any.
+    close_code: Option<u8>,
+}
+
+/// A CONNECT held while its password is verified off the reactor.
+#[derive(Debug)]
+struct PendingAuth {
+    ticket: VerifyTicket,
+    connect: Connect,
+    client_id: MqStr,
+}
+
+/// A password verification the shell must run on the hashing pool, then answer with
+/// [`ShardCore::handle_auth_result`].
+#[derive(Debug)]
+pub struct AuthJob {
+    /// The waiting connection.
+    pub conn: ConnId,
+    /// The stored Argon2id hash.
+    pub phc: Arc<str>,
+    /// The password sent.
+    pub password: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +250,8 @@ pub struct ShardStats {
     pub dropped_slow: u64,
     /// Connections closed for protocol errors.
     pub protocol_errors: u64,
+    /// Audit events dropped because the control plane fell behind.
+    pub audit_dropped: u64,
 }
 
 /// One shard's broker state. See the module docs.
@@ -239,6 +283,9 @@ pub struct ShardCore {
     start_ms: u64,
     last_sys_ms: u64,
     closed_rx: HashMap<Arc<str>, (u64, u64), RandomState>,
+    auth: Authenticator,
+    auth_jobs: Vec<AuthJob>,
+    audit_out: Vec<AuditRecord>,
     /// Counters.
     pub stats: ShardStats,
 }
@@ -265,7 +312,6 @@ impl ShardCore {
             shard,
             router: Router::new(shard),
             mesh_out: (0..peers).map(|_| VecDeque::new()).collect(),
-            cfg,
             conns: Vec::new(),
             conn_free: Vec::new(),
             conn_gens: Vec::new(),
@@ -285,7 +331,11 @@ impl ShardCore {
             start_ms: now_ms,
             last_sys_ms: now_ms,
             closed_rx: HashMap::default(),
+            auth: Authenticator::new(cfg.auth.clone()),
+            auth_jobs: Vec::new(),
+            audit_out: Vec::new(),
             stats: ShardStats::default(),
+            cfg,
         }
     }
 
@@ -335,6 +385,11 @@ impl ShardCore {
             dropped: 0,
             pressure_since: None,
             stalled: false,
+            identity: None,
+            pending_auth: None,
+            auth_deadline_ms: None,
+            close_reason: None,
+            close_code: None,
         });
         ConnId { idx, gen }
     }
@@ -359,7 +414,32 @@ impl ShardCore {
         }
         self.detach(id, now_ms, true);
         self.clear_pressure(id);
+        if let Some(p) = self.conn_mut(id).and_then(|c| c.pending_auth.take()) {
+            self.auth.verified(p.ticket, None);
+        }
         let c = self.conns[id.idx as usize].take().expect("checked above");
+        if let (Some(ident), Some(key)) = (&c.identity, &c.key) {
+            let reason =
+                c.close_reason.unwrap_or(if c.closing { "server_closed" } else { "connection_lost" });
+            let mut detail = vec![
+                ("reason", reason.into()),
+                ("transport", c.listener.transport.into()),
+                ("remote", (*c.remote).into()),
+            ];
+            if let Some(code) = c.close_code {
+                detail.push(("reason_code", code.into()));
+            }
+            let who = (ident.method != crate::auth::directory::Method::Anonymous)
+                .then(|| format!("{}@{}", ident.name, ident.org));
+            self.audit(
+                now_ms,
+                key.org.clone(),
+                AuditKind::Disconnect,
+                Some(&key.client_id),
+                who.as_deref(),
+                &detail,
+            );
+        }
         tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, client_cn = ?c.client_cn, "connection closed");
         if let Some(k) = &c.key {
             let e = self.closed_rx.entry(k.org.clone()).or_default();
@@ -381,7 +461,7 @@ impl ShardCore {
         if c.closing {
             return true;
         }
-        if c.phase == Phase::AwaitSession {
+        if matches!(c.phase, Phase::AwaitSession | Phase::AwaitAuth) {
             c.reader = Some(waker.clone());
             return false;
         }
@@ -526,8 +606,14 @@ impl ShardCore {
             encode_packet(&mut c.out, Protocol::V5, &d);
         }
         c.closing = true;
+        if c.close_code.is_none() {
+            c.close_code = reason.map(|r| r.0);
+        }
         wake(&mut c.writer);
         wake(&mut c.reader);
+        if let Some(p) = c.pending_auth.take() {
+            self.auth.verified(p.ticket, None); // releases its in-flight slot
+        }
         // A normal DISCONNECT has already discarded the will; every other close publishes it.
         self.detach(id, now_ms, true);
         self.drain_self(now_ms);
@@ -587,7 +673,7 @@ impl ShardCore {
             if c.closing {
                 return ReadVerdict::Close;
             }
-            if c.phase == Phase::AwaitSession {
+            if matches!(c.phase, Phase::AwaitSession | Phase::AwaitAuth) {
                 return ReadVerdict::Wait;
             }
             let protocol = c.protocol;
@@ -706,16 +792,171 @@ impl ShardCore {
         if c.props.authentication_method.is_some() {
             return self.refuse(id, v, ReasonCode::BAD_AUTHENTICATION_METHOD);
         }
-        let org = match self.resolve_org(id, &c) {
-            Ok(org) => org,
-            Err(r) => return self.refuse(id, v, r),
+        let anonymous_org = self.conn(id).expect("caller checked").listener.anonymous_org.clone();
+        let verdict = self.auth.check(
+            c.username.as_ref().map(|u| u.as_str()),
+            c.password.as_deref(),
+            anonymous_org.as_ref(),
+            self.unix_ms(now_ms),
+        );
+        match verdict {
+            Verdict::Allow(identity) => self.admit(id, now_ms, c, client_id, identity),
+            Verdict::Deny(why, org) => self.deny_auth(id, now_ms, v, why, org, &c, &client_id),
+            Verdict::Verify(ticket) => {
+                self.auth_jobs.push(AuthJob {
+                    conn: id,
+                    phc: ticket.phc.clone(),
+                    password: ticket.password.clone(),
+                });
+                let conn = self.conn_mut(id).expect("caller checked");
+                conn.phase = Phase::AwaitAuth;
+                conn.pending_auth = Some(Box::new(PendingAuth { ticket, connect: c, client_id }));
+            }
+        }
+    }
+
+    /// Password checks the shell must hand to the hashing pool.
+    pub fn take_auth_jobs(&mut self) -> Vec<AuthJob> {
+        std::mem::take(&mut self.auth_jobs)
+    }
+
+    /// Whether password checks are waiting for the shell.
+    pub fn has_auth_jobs(&self) -> bool {
+        !self.auth_jobs.is_empty()
+    }
+
+    /// The hashing pool's verdict for the CONNECT of `id` (`None`: the pool was full).
+    pub fn handle_auth_result(&mut self, id: ConnId, now_ms: u64, ok: Option<bool>) {
+        let Some(c) = self.conn_mut(id) else { return };
+        let Some(p) = c.pending_auth.take() else { return };
+        let PendingAuth { ticket, connect, client_id } = *p;
+        if c.closing {
+            self.auth.verified(ticket, None);
+            return;
+        }
+        let v = connect.protocol;
+        match self.auth.verified(ticket, ok) {
+            Verdict::Allow(identity) => self.admit(id, now_ms, connect, client_id, identity),
+            Verdict::Deny(why, org) => self.deny_auth(id, now_ms, v, why, org, &connect, &client_id),
+            Verdict::Verify(_) => unreachable!("verified() never asks again"),
+        }
+        if let Some(c) = self.conn_mut(id) {
+            wake(&mut c.reader);
+        }
+        self.drain_self(now_ms);
+    }
+
+    /// Audit events raised since the last call, for the control plane.
+    pub fn take_audit(&mut self) -> Vec<AuditRecord> {
+        std::mem::take(&mut self.audit_out)
+    }
+
+    /// Whether audit events are waiting.
+    pub fn has_audit(&self) -> bool {
+        !self.audit_out.is_empty()
+    }
+
+    fn unix_ms(&self, now_ms: u64) -> u64 {
+        self.cfg.unix_epoch_ms + now_ms
+    }
+
+    fn audit(
+        &mut self,
+        now_ms: u64,
+        org: Arc<str>,
+        kind: AuditKind,
+        client_id: Option<&MqStr>,
+        username: Option<&str>,
+        detail: &[(&str, serde_json::Value)],
+    ) {
+        if self.audit_out.len() >= limits::AUDIT_BACKLOG_MAX {
+            self.stats.audit_dropped += 1;
+            return;
+        }
+        self.audit_out.push(AuditRecord {
+            org,
+            kind,
+            client_id: client_id.map(|c| c.as_str().to_string()),
+            username: username.map(str::to_string),
+            detail: detail.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect(),
+            unix_ms: self.unix_ms(now_ms),
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deny_auth(
+        &mut self,
+        id: ConnId,
+        now_ms: u64,
+        v: Protocol,
+        why: Denied,
+        org: Option<Arc<str>>,
+        c: &Connect,
+        client_id: &MqStr,
+    ) {
+        let reason = match why {
+            Denied::AnonymousRefused => ReasonCode::NOT_AUTHORIZED,
+            Denied::Busy => ReasonCode::SERVER_BUSY,
+            _ => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
         };
+        if let Some(org) = org {
+            let (transport, remote) = {
+                let conn = self.conn(id).expect("caller checked");
+                (conn.listener.transport, conn.remote.clone())
+            };
+            let method = if c.username.as_ref().is_some_and(|u| u.as_str().starts_with("tok_")) {
+                "token"
+            } else {
+                "password"
+            };
+            self.audit(
+                now_ms,
+                org,
+                AuditKind::AuthFailure,
+                Some(client_id),
+                c.username.as_ref().map(|u| u.as_str()),
+                &[
+                    ("method", method.into()),
+                    ("reason", why.as_str().into()),
+                    ("transport", transport.into()),
+                    ("remote", (*remote).into()),
+                ],
+            );
+        }
+        self.refuse(id, v, reason);
+    }
+
+    /// Authenticated: set the connection up and claim its session at the session's home.
+    fn admit(&mut self, id: ConnId, now_ms: u64, c: Connect, client_id: MqStr, identity: Identity) {
+        let v = c.protocol;
+        let v5 = v == Protocol::V5;
+        let org = identity.org.clone();
         if let Some(w) = &c.will {
             if w.topic.as_str().starts_with("$SYS") {
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
             }
         }
+        let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
+        let (transport, remote) = {
+            let conn = self.conn(id).expect("caller checked");
+            (conn.listener.transport, conn.remote.clone())
+        };
+        self.audit(
+            now_ms,
+            org.clone(),
+            AuditKind::AuthSuccess,
+            Some(&client_id),
+            c.username.as_ref().map(|u| u.as_str()),
+            &[
+                ("method", identity.method.as_str().into()),
+                ("identity", (*identity.name).into()),
+                ("transport", transport.into()),
+                ("remote", (*remote).into()),
+            ],
+        );
         let conn = self.conn_mut(id).expect("caller checked");
+        conn.identity = Some(Arc::new(identity));
+        conn.auth_deadline_ms = deadline;
         conn.keep_alive_ms = c.keep_alive as u64 * 1000;
         conn.clean_start = c.clean_start;
         conn.expiry_req = if v5 {
@@ -745,28 +986,87 @@ impl ShardCore {
         conn.key = Some(key.clone());
         conn.phase = Phase::AwaitSession;
         let home = home_shard(&key, self.cfg.nr_shards);
+        let shard = self.shard;
         self.send(home, MeshMsg::Claim { key, shard, conn: id, clean_start: c.clean_start });
     }
 
-    /// Maps the CONNECT's user name to an organization (SPEC §2). Password and token
-    /// authentication arrive with the identity issue; until then only anonymous clients on a
-    /// listener with `anonymous_org` are admitted, and any user name is refused as bad
-    /// credentials.
-    fn resolve_org(&self, id: ConnId, c: &Connect) -> Result<Arc<str>, ReasonCode> {
-        let conn = self.conn(id).expect("caller checked");
-        match &c.username {
-            None => conn.listener.anonymous_org.clone().ok_or(ReasonCode::NOT_AUTHORIZED),
-            Some(u) => {
-                let org = crate::identity::parse_username(u.as_str())
-                    .map_err(|_| ReasonCode::BAD_USER_NAME_OR_PASSWORD)?
-                    .org;
-                if !self.cfg.orgs.iter().any(|o| &**o == org) {
-                    return Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+    /// Live, authenticated connections of `org` on this shard.
+    pub fn live_sessions(&self, org: &str) -> Vec<crate::control::SessionInfo> {
+        self.conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.closing && c.phase == Phase::Active)
+            .filter_map(|c| {
+                let ident = c.identity.as_ref()?;
+                let key = c.key.as_ref()?;
+                (&*key.org == org).then(|| crate::control::SessionInfo {
+                    client_id: key.client_id.as_str().to_string(),
+                    identity: ident.name.to_string(),
+                    method: ident.method.as_str().to_string(),
+                    transport: c.listener.transport.to_string(),
+                    remote: c.remote.to_string(),
+                    protocol: c.protocol.map_or(0, |p| p.level()),
+                    shard: self.shard,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes `org`'s connections matching `target`; how many.
+    pub fn kick_target(&mut self, now_ms: u64, org: &str, target: &crate::control::KickTarget) -> usize {
+        use crate::auth::directory::Method;
+        use crate::control::KickTarget;
+        match target {
+            KickTarget::All => self.kick(now_ms, org, |_| true),
+            KickTarget::User(u) => self.kick(now_ms, org, |i| i.method == Method::Password && &*i.name == u),
+            KickTarget::Token(t) => self.kick(now_ms, org, |i| i.method == Method::Token && &*i.name == t),
+            KickTarget::ClientId(cid) => {
+                let ids: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| {
+                        let c = c.as_ref()?;
+                        let k = c.key.as_ref()?;
+                        (!c.closing
+                            && c.phase == Phase::Active
+                            && &*k.org == org
+                            && k.client_id.as_str() == cid)
+                            .then_some(ConnId { idx: i as u32, gen: c.gen })
+                    })
+                    .collect();
+                for id in &ids {
+                    if let Some(c) = self.conn_mut(*id) {
+                        c.close_reason = Some("administrative_action");
+                    }
+                    self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
                 }
-                // No credential store yet: no user can authenticate.
-                Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD)
+                ids.len()
             }
         }
+    }
+
+    /// Closes every live connection of `org` whose identity `matches` (a deleted or changed
+    /// user, a revoked token), with 0x98 administrative action on 5.0.
+    pub fn kick(&mut self, now_ms: u64, org: &str, matches: impl Fn(&Identity) -> bool) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                let ident = c.identity.as_ref()?;
+                (!c.closing && &*ident.org == org && matches(ident))
+                    .then_some(ConnId { idx: i as u32, gen: c.gen })
+            })
+            .collect();
+        for id in &ids {
+            if let Some(c) = self.conn_mut(*id) {
+                c.close_reason = Some("administrative_action");
+            }
+            self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
+        }
+        ids.len()
     }
 
     // ------------------------------------------------------------------ session claims

@@ -16,11 +16,14 @@ use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
+use crate::audit::AuditRecord;
+use crate::auth::password::{HashJob, HashPool};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::sys::SysBoard;
-use crate::broker::{CoreConfig, ListenerCtx, ShardCore};
+use crate::broker::{ConnId, CoreConfig, ListenerCtx, ShardCore};
 use crate::codec::ReasonCode;
 use crate::config::{Config, Listener};
+use crate::control::ShardCommand;
 use crate::limits;
 use crate::transport::tls::{self, ReloadingCert};
 
@@ -87,6 +90,18 @@ pub(crate) struct Shard {
     deadlines: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>>,
     deadline_wakers: RefCell<std::collections::HashMap<u64, std::task::Waker>>,
     next_deadline_id: std::cell::Cell<u64>,
+    pool: HashPool,
+    /// Where the hashing pool answers this shard.
+    auth_tx: flume::Sender<(ConnId, bool)>,
+    audit_tx: flume::Sender<AuditRecord>,
+}
+
+/// What each shard gets from the control plane.
+#[derive(Clone)]
+struct ShardLinks {
+    pool: HashPool,
+    audit_tx: flume::Sender<AuditRecord>,
+    commands: Arc<Vec<flume::Receiver<ShardCommand>>>,
 }
 
 /// A future that completes at `at_ms` (shard clock), with tick resolution (50 ms).
@@ -136,6 +151,7 @@ impl Drop for Deadline {
 impl Shard {
     /// Pushes the core's outgoing mesh messages into the peer queues without blocking.
     pub(crate) fn flush_mesh(&self) {
+        self.flush_side();
         let mut core = self.core.borrow_mut();
         let n = self.senders.nr_consumers();
         for peer in 0..n {
@@ -159,6 +175,43 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Hands password checks to the hashing pool and audit events to the control plane.
+    fn flush_side(&self) {
+        loop {
+            let jobs = {
+                let mut core = self.core.borrow_mut();
+                if core.has_audit() {
+                    for r in core.take_audit() {
+                        if self.audit_tx.try_send(r).is_err() {
+                            core.stats.audit_dropped += 1;
+                        }
+                    }
+                }
+                if !core.has_auth_jobs() {
+                    return;
+                }
+                core.take_auth_jobs()
+            };
+            for job in jobs {
+                let tx = self.auth_tx.clone();
+                let conn = job.conn;
+                let hj = HashJob {
+                    phc: job.phc,
+                    password: job.password,
+                    reply: Box::new(move |ok| {
+                        let _ = tx.send((conn, ok));
+                    }),
+                };
+                if self.pool.submit(hj).is_err() {
+                    // Full: answered at once as "server busy"; this may queue more work.
+                    self.core.borrow_mut().handle_auth_result(conn, now_ms(), None);
+                }
+            }
+        }
+    }
+}
+
 /// Runs the broker until SIGTERM/SIGINT. Returns when every shard has stopped.
 pub fn run(cfg: Config) -> std::io::Result<()> {
     let nr = cfg.shards;
@@ -169,15 +222,21 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     }
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
-    let orgs: Vec<Arc<str>> = cfg.orgs.iter().map(|o| Arc::from(o.as_str())).collect();
+    let cp = crate::control::start(&cfg).map_err(std::io::Error::other)?;
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
         max_packet_size: cfg.max_packet_size,
         sys_interval_ms: cfg.sys_interval_ms,
         retained_max: limits::RETAINED_PER_ORG_MAX,
-        orgs: Arc::new(orgs),
+        auth: cp.auth.clone(),
+        unix_epoch_ms: crate::control::unix_now_ms().saturating_sub(now_ms()),
         retain_seq: Arc::new(AtomicU64::new(1)),
         sys: Arc::new(SysBoard::new(nr)),
+    };
+    let links = ShardLinks {
+        pool: cp.pool.clone(),
+        audit_tx: cp.audit_tx.clone(),
+        commands: Arc::new(cp.shard_commands),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
     let cpus = CpuSet::online().ok();
@@ -197,7 +256,8 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
             let listeners = listeners.clone();
             let shutdown = shutdown.clone();
             let reload = reload.clone();
-            async move { shard_main(mesh, core_cfg, listeners, shutdown, reload).await }
+            let links = links.clone();
+            async move { shard_main(mesh, core_cfg, listeners, shutdown, reload, links).await }
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut failed = None;
@@ -223,10 +283,12 @@ async fn shard_main(
     listeners: Arc<Vec<Arc<ListenerRt>>>,
     shutdown: Arc<AtomicBool>,
     reload: Arc<AtomicBool>,
+    links: ShardLinks,
 ) -> std::io::Result<()> {
     let (senders, mut receivers) =
         mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
     let id = senders.peer_id() as u8;
+    let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
     let shard = Rc::new(Shard {
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
         senders,
@@ -234,7 +296,44 @@ async fn shard_main(
         deadlines: RefCell::new(std::collections::BinaryHeap::new()),
         deadline_wakers: RefCell::new(std::collections::HashMap::new()),
         next_deadline_id: std::cell::Cell::new(0),
+        pool: links.pool.clone(),
+        auth_tx,
+        audit_tx: links.audit_tx.clone(),
     });
+    // Password verdicts from the hashing pool.
+    {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Ok((conn, ok)) = auth_rx.recv_async().await {
+                shard.core.borrow_mut().handle_auth_result(conn, now_ms(), Some(ok));
+                shard.flush_mesh();
+            }
+        })
+        .detach();
+    }
+    // Commands from the control plane.
+    {
+        let shard = shard.clone();
+        let rx = links.commands[id as usize].clone();
+        glommio::spawn_local(async move {
+            while let Ok(cmd) = rx.recv_async().await {
+                match cmd {
+                    ShardCommand::Kick { org, target, reply } => {
+                        let n = shard.core.borrow_mut().kick_target(now_ms(), &org, &target);
+                        shard.flush_mesh();
+                        if let Some(r) = reply {
+                            let _ = r.try_send(n);
+                        }
+                    }
+                    ShardCommand::Sessions { org, reply } => {
+                        let v = shard.core.borrow().live_sessions(&org);
+                        let _ = reply.try_send(v);
+                    }
+                }
+            }
+        })
+        .detach();
+    }
     // Mesh receivers: one task per peer, each draining its queue into the core.
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();

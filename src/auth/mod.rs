@@ -1,0 +1,268 @@
+//! Authentication of CONNECT (SPEC §2), shard side: parse `local@org`, then anonymous,
+//! temporary token or permanent user. Tokens are checked inline (an HMAC); passwords go to the
+//! [`password::HashPool`] unless this shard's verified-credential cache already knows the
+//! answer, so a reconnect storm does not become a hashing storm.
+//!
+//! Sans-IO like the broker core: [`Authenticator::check`] either decides or asks for an
+//! Argon2id verification, whose verdict comes back through [`Authenticator::verified`].
+
+pub mod directory;
+pub mod password;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ahash::RandomState;
+use arc_swap::ArcSwap;
+
+use crate::identity::parse_username;
+use directory::{Directory, Identity, Method, UserDir};
+use secret::{Mac, Pepper};
+
+/// MAC domain of token secrets.
+pub const TOKEN_DOMAIN: &str = "token";
+/// MAC domain of API keys.
+pub const API_KEY_DOMAIN: &str = "api_key";
+const CACHE_DOMAIN: &str = "credential_cache";
+
+/// Verified credentials each shard remembers (good and bad), before it forgets them all.
+const CACHE_MAX: usize = 16_384;
+/// Argon2id checks one user may have in flight on one shard; more are refused as busy.
+const PER_USER_INFLIGHT_MAX: u8 = 4;
+
+/// What shards share: the published directory and the pepper for token MACs.
+#[derive(Debug)]
+pub struct AuthShared {
+    /// The current directory; replaced whole by the control plane.
+    pub directory: ArcSwap<Directory>,
+    /// Key of token and API-key MACs.
+    pub pepper: Pepper,
+    /// A PHC string checked for unknown users, so they take as long as known ones.
+    pub decoy_phc: Arc<str>,
+}
+
+impl AuthShared {
+    /// Shared state over `directory`.
+    pub fn new(directory: Directory, pepper: Pepper) -> AuthShared {
+        AuthShared {
+            directory: ArcSwap::from_pointee(directory),
+            pepper,
+            decoy_phc: password::hash_password(&secret::random_bytes::<16>()).into(),
+        }
+    }
+}
+
+/// Why a CONNECT was refused (audit detail; never a secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No user name and the listener has no `anonymous_org`.
+    AnonymousRefused,
+    /// The user name is not `local@org` (SPEC §2).
+    BadUsername,
+    /// No such organization.
+    UnknownOrg,
+    /// No such user or token.
+    UnknownUser,
+    /// Wrong password or token secret, or none.
+    BadPassword,
+    /// The user is disabled.
+    Disabled,
+    /// The token has expired.
+    Expired,
+    /// Too many password checks are queued.
+    Busy,
+}
+
+impl Denied {
+    /// Name in audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denied::AnonymousRefused => "anonymous_refused",
+            Denied::BadUsername => "bad_username",
+            Denied::UnknownOrg => "unknown_org",
+            Denied::UnknownUser => "unknown_user",
+            Denied::BadPassword => "bad_password",
+            Denied::Disabled => "disabled",
+            Denied::Expired => "expired",
+            Denied::Busy => "busy",
+        }
+    }
+}
+
+/// The outcome of [`Authenticator::check`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// Authenticated.
+    Allow(Identity),
+    /// Refused; `org` is set when the user name named an existing org (for its audit log).
+    Deny(Denied, Option<Arc<str>>),
+    /// An Argon2id check is needed: hand `phc` and the password to the hashing pool, then call
+    /// [`Authenticator::verified`] with this ticket and the result.
+    Verify(VerifyTicket),
+}
+
+/// A pending password check.
+#[derive(Debug)]
+pub struct VerifyTicket {
+    /// The stored hash to check against.
+    pub phc: Arc<str>,
+    /// The password sent.
+    pub password: Vec<u8>,
+    org: Arc<str>,
+    local: Arc<str>,
+    /// `None` for an unknown user (the decoy check): always refused.
+    user: Option<Arc<UserDir>>,
+    fingerprint: Mac,
+}
+
+impl VerifyTicket {
+    /// The org the user name named.
+    pub fn org(&self) -> &Arc<str> {
+        &self.org
+    }
+}
+
+/// One shard's authenticator: the shared directory plus this shard's caches.
+#[derive(Debug)]
+pub struct Authenticator {
+    shared: Arc<AuthShared>,
+    /// Fingerprints of credentials already verified: `true` = good, `false` = bad.
+    cache: HashMap<Mac, bool, RandomState>,
+    inflight: HashMap<(Arc<str>, Arc<str>), u8, RandomState>,
+}
+
+impl Authenticator {
+    /// An authenticator reading `shared`.
+    pub fn new(shared: Arc<AuthShared>) -> Authenticator {
+        Authenticator { shared, cache: HashMap::default(), inflight: HashMap::default() }
+    }
+
+    /// Authenticates a CONNECT's user name and password at Unix time `now_unix_ms`.
+    pub fn check(
+        &mut self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+        anonymous_org: Option<&Arc<str>>,
+        now_unix_ms: u64,
+    ) -> Verdict {
+        let Some(username) = username else {
+            return match anonymous_org {
+                Some(org) => Verdict::Allow(Identity::anonymous(org.clone())),
+                None => Verdict::Deny(Denied::AnonymousRefused, None),
+            };
+        };
+        let Ok(u) = parse_username(username) else { return Verdict::Deny(Denied::BadUsername, None) };
+        let dir = self.shared.directory.load();
+        let Some((org, od)) = dir.orgs.get_key_value(u.org) else {
+            return Verdict::Deny(Denied::UnknownOrg, None);
+        };
+        let deny = |d| Verdict::Deny(d, Some(org.clone()));
+        if u.local.starts_with("tok_") {
+            let Some(t) = od.tokens.get(u.local) else { return deny(Denied::UnknownUser) };
+            let Some(secret) = password else { return deny(Denied::BadPassword) };
+            if !self.shared.pepper.verify(TOKEN_DOMAIN, secret, &t.mac) {
+                return deny(Denied::BadPassword);
+            }
+            if t.expires_unix_ms <= now_unix_ms {
+                return deny(Denied::Expired);
+            }
+            return Verdict::Allow(Identity {
+                org: org.clone(),
+                method: Method::Token,
+                name: u.local.into(),
+                attrs: t.attrs.clone(),
+                roles: Arc::new([]),
+                expires_unix_ms: Some(t.expires_unix_ms),
+            });
+        }
+        let Some(password) = password else { return deny(Denied::BadPassword) };
+        let user = od.users.get(u.local).cloned();
+        let (phc, version) = match &user {
+            Some(user) if user.disabled => return deny(Denied::Disabled),
+            Some(user) => (user.phc.clone(), user.version),
+            None => (self.shared.decoy_phc.clone(), 0),
+        };
+        let mut ctx = Vec::with_capacity(org.len() + u.local.len() + password.len() + 10);
+        ctx.extend_from_slice(org.as_bytes());
+        ctx.push(0);
+        ctx.extend_from_slice(u.local.as_bytes());
+        ctx.push(0);
+        ctx.extend_from_slice(&version.to_le_bytes());
+        ctx.extend_from_slice(password);
+        let fingerprint = self.shared.pepper.mac(CACHE_DOMAIN, &ctx);
+        match (self.cache.get(&fingerprint), &user) {
+            (Some(true), Some(user)) => return Verdict::Allow(user_identity(org, user)),
+            (Some(_), _) => {
+                return deny(if user.is_some() { Denied::BadPassword } else { Denied::UnknownUser })
+            }
+            (None, _) => {}
+        }
+        let local: Arc<str> = u.local.into();
+        let n = self.inflight.entry((org.clone(), local.clone())).or_insert(0);
+        if *n >= PER_USER_INFLIGHT_MAX {
+            return deny(Denied::Busy);
+        }
+        *n += 1;
+        Verdict::Verify(VerifyTicket {
+            phc,
+            password: password.to_vec(),
+            org: org.clone(),
+            local,
+            user,
+            fingerprint,
+        })
+    }
+
+    /// The hashing pool's answer for `ticket` (`None`: it could not be queued).
+    pub fn verified(&mut self, ticket: VerifyTicket, ok: Option<bool>) -> Verdict {
+        let key = (ticket.org.clone(), ticket.local.clone());
+        if let Some(n) = self.inflight.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.inflight.remove(&key);
+            }
+        }
+        let deny = |d| Verdict::Deny(d, Some(ticket.org.clone()));
+        let Some(ok) = ok else { return deny(Denied::Busy) };
+        if self.cache.len() >= CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(ticket.fingerprint, ok && ticket.user.is_some());
+        match (&ticket.user, ok) {
+            (None, _) => deny(Denied::UnknownUser),
+            (Some(_), false) => deny(Denied::BadPassword),
+            (Some(user), true) => {
+                // The user may have changed while the hash was checked.
+                let dir = self.shared.directory.load();
+                let current = dir.orgs.get(&ticket.org).and_then(|o| o.users.get(&*user.name));
+                match current {
+                    Some(cur) if cur.version == user.version && !cur.disabled => {
+                        Verdict::Allow(user_identity(&ticket.org, cur))
+                    }
+                    _ => deny(Denied::BadPassword),
+                }
+            }
+        }
+    }
+
+    /// Forgets every cached verdict (after a password change, say; versions already make
+    /// stale entries unreachable, this frees their memory).
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
+}
+
+fn user_identity(org: &Arc<str>, user: &UserDir) -> Identity {
+    Identity {
+        org: org.clone(),
+        method: Method::Password,
+        name: user.name.clone(),
+        attrs: Arc::default(),
+        roles: user.roles.clone(),
+        expires_unix_ms: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,971 @@
+//! The admin HTTP API (SPEC §8, §13) on axum: bearer keys (operator or org), JSON errors
+//! `{ "error": { "code", "message" } }`, and the OpenAPI document at `/v2/openapi.json`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::{OpenApi, ToSchema};
+
+use super::store::{OrgRecord, TokenRecord, UserRecord};
+use super::{rfc3339, unix_now_ms, Ctl, KickTarget, SessionInfo, ShardCommand};
+use crate::auth::directory::Attrs;
+use crate::auth::secret;
+use crate::auth::{API_KEY_DOMAIN, TOKEN_DOMAIN};
+use crate::identity::{parse_username, valid_org_id};
+use crate::limits;
+
+/// Largest request body accepted.
+const BODY_MAX: usize = 64 * 1024;
+/// Longest identity attribute or claim value.
+const ATTR_MAX: usize = 256;
+/// Most extra claims on a token.
+const CLAIMS_MAX: usize = 32;
+
+/// An API error: status, stable code, human message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+}
+
+impl From<super::store::StoreError> for ApiError {
+    fn from(e: super::store::StoreError) -> Self {
+        tracing::error!(error = %e, "admin API store error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "storage error; see the broker log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": { "code": self.code, "message": self.message } })))
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+enum Caller {
+    Operator,
+    Org { org: String, key_id: String },
+}
+
+impl Caller {
+    fn actor(&self) -> String {
+        match self {
+            Caller::Operator => "operator".into(),
+            Caller::Org { key_id, .. } => format!("api_key:{key_id}"),
+        }
+    }
+}
+
+fn caller(ctl: &Ctl, headers: &HeaderMap) -> ApiResult<Caller> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
+    let h = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("missing Authorization: Bearer <key>"))?;
+    let key = h
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| unauthorized("Authorization must be \"Bearer <key>\""))?;
+    if let Some(op) = &ctl.operator_key {
+        if aws_lc_rs::constant_time::verify_slices_are_equal(op.as_bytes(), key.as_bytes()).is_ok() {
+            return Ok(Caller::Operator);
+        }
+    }
+    let mac = secret::hex(&ctl.auth.pepper.mac(API_KEY_DOMAIN, key.as_bytes()));
+    match ctl.store.api_key(&mac)? {
+        Some(k) => Ok(Caller::Org { org: k.org, key_id: k.id }),
+        None => Err(unauthorized("unknown key")),
+    }
+}
+
+fn operator(ctl: &Ctl, headers: &HeaderMap) -> ApiResult<Caller> {
+    match caller(ctl, headers)? {
+        Caller::Operator => Ok(Caller::Operator),
+        Caller::Org { .. } => Err(ApiError::forbidden("this needs the operator key")),
+    }
+}
+
+/// `?org=` for operator calls to org-scoped endpoints.
+#[derive(Debug, Deserialize, Default)]
+struct OrgQuery {
+    org: Option<String>,
+}
+
+/// The org an org-scoped call acts on: the key's org, or `?org=` for the operator.
+fn scope(ctl: &Ctl, headers: &HeaderMap, q: &OrgQuery) -> ApiResult<(Caller, String)> {
+    let c = caller(ctl, headers)?;
+    let org = match (&c, &q.org) {
+        (Caller::Org { org, .. }, Some(o)) if o != org => {
+            return Err(ApiError::forbidden("an org API key acts only on its own org"))
+        }
+        (Caller::Org { org, .. }, _) => org.clone(),
+        (Caller::Operator, Some(o)) => o.clone(),
+        (Caller::Operator, None) => return Err(ApiError::bad("the operator key needs ?org=<id> here")),
+    };
+    if ctl.store.org(&org)?.is_none() {
+        return Err(ApiError::not_found(format!("org \"{org}\" does not exist")));
+    }
+    Ok((c, org))
+}
+
+fn body<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, empty_ok: bool) -> ApiResult<T> {
+    let b = b.map_err(|e| match e {
+        BytesRejection::FailedToBufferBody(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body over {BODY_MAX} bytes"),
+        ),
+        other => ApiError::bad(other.body_text()),
+    })?;
+    let b: &[u8] = if b.is_empty() && empty_ok { b"{}" } else { &b };
+    serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("body: {e}")))
+}
+
+// ------------------------------------------------------------------------ router
+
+/// The admin API's routes over `ctl`.
+pub fn router(ctl: Arc<Ctl>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v2/openapi.json", get(openapi))
+        .route("/v2/orgs", post(create_org).get(list_orgs))
+        .route("/v2/orgs/{id}", get(get_org).delete(delete_org))
+        .route("/v2/api-keys", post(create_api_key).get(list_api_keys))
+        .route("/v2/api-keys/{id}", delete(delete_api_key))
+        .route("/v2/users", post(create_user).get(list_users))
+        .route("/v2/users/{name}", get(get_user).patch(update_user).delete(delete_user))
+        .route("/v2/tokens", post(create_token).get(list_tokens))
+        .route("/v2/tokens/{username}", delete(revoke_token))
+        .route("/v2/sessions", get(list_sessions))
+        .route("/v2/sessions/{client_id}", delete(disconnect_session))
+        .route("/v2/audit", get(audit))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
+        .with_state(ctl)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "coremq admin API", description = "Organizations, users, API keys, tokens, sessions and audit (SPEC §8)."),
+    paths(
+        healthz, create_org, list_orgs, get_org, delete_org, create_api_key, list_api_keys, delete_api_key,
+        create_user, list_users, get_user, update_user, delete_user, create_token, list_tokens, revoke_token,
+        list_sessions, disconnect_session, audit
+    ),
+    components(schemas(
+        CreateOrg, CreatedOrg, OrgView, CreateApiKey, CreatedApiKey, ApiKeyView, CreateUser, CreatedUser, UpdateUser,
+        UserView, CreateToken, CreatedToken, TokenView, AuditPage, ErrorBody
+    )),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        openapi.security =
+            Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+/// `{ "error": { "code", "message" } }`.
+#[derive(Serialize, ToSchema)]
+struct ErrorBody {
+    error: serde_json::Value,
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")), security(()))]
+async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn metrics(State(ctl): State<Arc<Ctl>>) -> impl IntoResponse {
+    let dropped = ctl.audit_dropped.load(std::sync::atomic::Ordering::Relaxed);
+    let body = format!(
+        "# HELP coremq_audit_events_dropped_total Audit events dropped because the writer fell behind.\n\
+         # TYPE coremq_audit_events_dropped_total counter\ncoremq_audit_events_dropped_total {dropped}\n"
+    );
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+// ------------------------------------------------------------------------ orgs
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateOrg {
+    /// `[a-z0-9_-]{1,64}`; generated when absent.
+    id: Option<String>,
+    /// Default token lifetime, seconds.
+    token_ttl: Option<u64>,
+    /// Longest token lifetime, seconds.
+    token_ttl_max: Option<u64>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct CreatedOrg {
+    id: String,
+    /// The org's first API key; shown once.
+    api_key: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct OrgView {
+    id: String,
+    created_at: String,
+    token_ttl: u64,
+    token_ttl_max: u64,
+    source: String,
+}
+
+fn org_view(o: OrgRecord) -> OrgView {
+    OrgView {
+        id: o.id,
+        created_at: rfc3339(o.created_unix_ms),
+        token_ttl: o.token_ttl_secs,
+        token_ttl_max: o.token_ttl_max_secs,
+        source: o.source,
+    }
+}
+
+/// Creates an organization and its first API key (operator key).
+#[utoipa::path(post, path = "/v2/orgs", request_body = CreateOrg,
+    responses((status = 201, body = CreatedOrg), (status = 409, body = ErrorBody)))]
+async fn create_org(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let who = operator(&ctl, &headers)?;
+    let req: CreateOrg = body(b, true)?;
+    let id = match req.id {
+        Some(id) if !valid_org_id(&id) => {
+            return Err(ApiError::bad(format!("id: \"{id}\" is not [a-z0-9_-]{{1,64}}")))
+        }
+        Some(id) => id,
+        None => secret::new_org_id(),
+    };
+    let ttl_max = req.token_ttl_max.unwrap_or(limits::TOKEN_TTL_MAX_SECS);
+    let ttl = req.token_ttl.unwrap_or(limits::TOKEN_TTL_DEFAULT_SECS.min(ttl_max));
+    if ttl_max == 0 || ttl == 0 || ttl > ttl_max {
+        return Err(ApiError::bad("token_ttl must be 1..=token_ttl_max seconds"));
+    }
+    let key = {
+        let _w = ctl.write.lock().expect("write lock");
+        if ctl.store.org(&id)?.is_some() {
+            return Err(ApiError::conflict(format!("org \"{id}\" exists")));
+        }
+        ctl.store.put_org(&OrgRecord {
+            id: id.clone(),
+            created_unix_ms: unix_now_ms(),
+            token_ttl_secs: ttl,
+            token_ttl_max_secs: ttl_max,
+            source: "api".into(),
+        })?;
+        let (key, _) = ctl.mint_api_key(&id, "api")?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+        key
+    };
+    ctl.audit_admin(&id, &who.actor(), "org.create", &id);
+    Ok((StatusCode::CREATED, Json(CreatedOrg { id, api_key: key })))
+}
+
+/// Lists organizations (operator key).
+#[utoipa::path(get, path = "/v2/orgs", responses((status = 200, body = [OrgView])))]
+async fn list_orgs(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    operator(&ctl, &headers)?;
+    Ok(Json(ctl.store.orgs()?.into_iter().map(org_view).collect::<Vec<_>>()))
+}
+
+/// One organization (operator key, or that org's key).
+#[utoipa::path(get, path = "/v2/orgs/{id}", responses((status = 200, body = OrgView), (status = 404, body = ErrorBody)))]
+async fn get_org(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &OrgQuery { org: Some(id) })?;
+    let o = ctl.store.org(&org)?.ok_or_else(|| ApiError::not_found("no such org"))?;
+    Ok(Json(org_view(o)))
+}
+
+/// Deletes an organization with everything it owns and closes its connections (operator key).
+#[utoipa::path(delete, path = "/v2/orgs/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_org(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    operator(&ctl, &headers)?;
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        match ctl.store.org(&id)? {
+            None => return Err(ApiError::not_found(format!("org \"{id}\" does not exist"))),
+            Some(o) if o.source == "config" => {
+                return Err(ApiError::conflict(format!(
+                    "org \"{id}\" is declared in the config file; remove it there"
+                )))
+            }
+            Some(_) => {}
+        }
+        ctl.store.delete_org(&id)?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.kick(&id, KickTarget::All).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------ API keys
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateApiKey {
+    /// The org (operator key); an org key mints for its own org.
+    org: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct CreatedApiKey {
+    /// Shown once.
+    api_key: String,
+    id: String,
+    org: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct ApiKeyView {
+    id: String,
+    org: String,
+    created_at: String,
+    source: String,
+}
+
+/// Mints an API key for an org.
+#[utoipa::path(post, path = "/v2/api-keys", request_body = CreateApiKey, responses((status = 201, body = CreatedApiKey)))]
+async fn create_api_key(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let req: CreateApiKey = body(b, true)?;
+    let (who, org) = scope(&ctl, &headers, &OrgQuery { org: req.org })?;
+    let (key, id) = {
+        let _w = ctl.write.lock().expect("write lock");
+        let r = ctl.mint_api_key(&org, "api")?;
+        ctl.store.sync()?;
+        r
+    };
+    ctl.audit_admin(&org, &who.actor(), "api_key.create", &id);
+    Ok((StatusCode::CREATED, Json(CreatedApiKey { api_key: key, id, org })))
+}
+
+/// Lists an org's API keys (ids only; keys are never shown again).
+#[utoipa::path(get, path = "/v2/api-keys", responses((status = 200, body = [ApiKeyView])))]
+async fn list_api_keys(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let keys = ctl.store.api_keys_of(&org)?;
+    Ok(Json(
+        keys.into_iter()
+            .map(|(_, k)| ApiKeyView {
+                id: k.id,
+                org: k.org,
+                created_at: rfc3339(k.created_unix_ms),
+                source: k.source,
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Revokes an API key by id.
+#[utoipa::path(delete, path = "/v2/api-keys/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_api_key(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<StatusCode> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        let Some((mac, _)) = ctl.store.api_keys_of(&org)?.into_iter().find(|(_, k)| k.id == id) else {
+            return Err(ApiError::not_found(format!("no API key {id} in org {org}")));
+        };
+        ctl.store.delete_api_key(&mac)?;
+        ctl.store.sync()?;
+    }
+    ctl.audit_admin(&org, &who.actor(), "api_key.delete", &id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------ users
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateUser {
+    name: String,
+    password: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct CreatedUser {
+    /// `name@org`.
+    username: String,
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateUser {
+    /// A new password: the user's live sessions are closed.
+    password: Option<String>,
+    roles: Option<Vec<String>>,
+    publish: Option<Vec<String>>,
+    subscribe: Option<Vec<String>>,
+    /// Disabling closes the user's live sessions.
+    disabled: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct UserView {
+    username: String,
+    name: String,
+    roles: Vec<String>,
+    publish: Vec<String>,
+    subscribe: Vec<String>,
+    disabled: bool,
+    source: String,
+}
+
+fn user_view(org: &str, u: UserRecord) -> UserView {
+    UserView {
+        username: format!("{}@{org}", u.name),
+        name: u.name,
+        roles: u.roles,
+        publish: u.publish,
+        subscribe: u.subscribe,
+        disabled: u.disabled,
+        source: u.source,
+    }
+}
+
+fn check_password(p: &str) -> ApiResult<()> {
+    if p.is_empty() || p.len() > 1024 {
+        return Err(ApiError::bad("password: 1 to 1024 bytes"));
+    }
+    Ok(())
+}
+
+fn check_rules(field: &str, rules: &[String]) -> ApiResult<()> {
+    for r in rules {
+        if !crate::codec::topic::valid_filter(r) {
+            return Err(ApiError::bad(format!("{field}: \"{r}\" is not a valid topic filter")));
+        }
+    }
+    Ok(())
+}
+
+/// Hashes off the runtime thread (Argon2id takes tens of ms).
+async fn hash(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || crate::auth::password::hash_password(password.as_bytes()))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))
+}
+
+/// Creates a permanent user.
+#[utoipa::path(post, path = "/v2/users", request_body = CreateUser,
+    responses((status = 201, body = CreatedUser), (status = 409, body = ErrorBody)))]
+async fn create_user(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let req: CreateUser = body(b, false)?;
+    if parse_username(&format!("{}@{org}", req.name)).is_err() || req.name.starts_with("tok_") {
+        return Err(ApiError::bad(format!(
+            "name: \"{}\" is not a valid user name (1-128 bytes, no @ + # / or control characters, not tok_…)",
+            req.name
+        )));
+    }
+    check_password(&req.password)?;
+    check_rules("publish", &req.publish)?;
+    check_rules("subscribe", &req.subscribe)?;
+    let phc = hash(req.password).await?;
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        if ctl.store.user(&org, &req.name)?.is_some() {
+            return Err(ApiError::conflict(format!("user \"{}\" exists in org {org}", req.name)));
+        }
+        ctl.store.put_user(
+            &org,
+            &UserRecord {
+                name: req.name.clone(),
+                phc,
+                roles: req.roles,
+                publish: req.publish,
+                subscribe: req.subscribe,
+                disabled: false,
+                version: 1,
+                source: "api".into(),
+            },
+        )?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.audit_admin(&org, &who.actor(), "user.create", &req.name);
+    Ok((StatusCode::CREATED, Json(CreatedUser { username: format!("{}@{org}", req.name) })))
+}
+
+/// Lists an org's users (never their hashes).
+#[utoipa::path(get, path = "/v2/users", responses((status = 200, body = [UserView])))]
+async fn list_users(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    Ok(Json(ctl.store.users(&org)?.into_iter().map(|u| user_view(&org, u)).collect::<Vec<_>>()))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/v2/users/{name}", responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+async fn get_user(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let u = ctl.store.user(&org, &name)?.ok_or_else(|| ApiError::not_found(format!("no user \"{name}\"")))?;
+    Ok(Json(user_view(&org, u)))
+}
+
+/// Changes a user's password, rules, roles or state; a password change or disable closes
+/// the user's live sessions.
+#[utoipa::path(patch, path = "/v2/users/{name}", request_body = UpdateUser,
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+async fn update_user(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let req: UpdateUser = body(b, false)?;
+    if let Some(p) = &req.password {
+        check_password(p)?;
+    }
+    if let Some(r) = &req.publish {
+        check_rules("publish", r)?;
+    }
+    if let Some(r) = &req.subscribe {
+        check_rules("subscribe", r)?;
+    }
+    let phc = match req.password {
+        Some(p) => Some(hash(p).await?),
+        None => None,
+    };
+    let kick = phc.is_some() || req.disabled == Some(true);
+    let u = {
+        let _w = ctl.write.lock().expect("write lock");
+        let mut u =
+            ctl.store.user(&org, &name)?.ok_or_else(|| ApiError::not_found(format!("no user \"{name}\"")))?;
+        if let Some(p) = phc {
+            u.phc = p;
+        }
+        if let Some(r) = req.roles {
+            u.roles = r;
+        }
+        if let Some(r) = req.publish {
+            u.publish = r;
+        }
+        if let Some(r) = req.subscribe {
+            u.subscribe = r;
+        }
+        if let Some(d) = req.disabled {
+            u.disabled = d;
+        }
+        u.version += 1;
+        ctl.store.put_user(&org, &u)?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+        u
+    };
+    if kick {
+        ctl.kick(&org, KickTarget::User(name.clone())).await;
+    }
+    ctl.audit_admin(&org, &who.actor(), "user.update", &name);
+    Ok(Json(user_view(&org, u)))
+}
+
+/// Deletes a user and closes its live sessions.
+#[utoipa::path(delete, path = "/v2/users/{name}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn delete_user(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<StatusCode> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        if !ctl.store.delete_user(&org, &name)? {
+            return Err(ApiError::not_found(format!("no user \"{name}\"")));
+        }
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.kick(&org, KickTarget::User(name.clone())).await;
+    ctl.audit_admin(&org, &who.actor(), "user.delete", &name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------ tokens
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    /// Lifetime, seconds (default: the org's token_ttl).
+    ttl: Option<u64>,
+    user_id: Option<String>,
+    email: Option<String>,
+    agent_id: Option<String>,
+    role: Option<String>,
+    session_id: Option<String>,
+    /// Extra string claims for ACL variables.
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct CreatedToken {
+    /// `tok_…@org`.
+    username: String,
+    /// `tkn_…`; shown once.
+    password: String,
+    expires_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+struct TokenView {
+    username: String,
+    created_at: String,
+    expires_at: String,
+    #[schema(value_type = Object)]
+    attrs: Attrs,
+}
+
+/// Mints a temporary token.
+#[utoipa::path(post, path = "/v2/tokens", request_body = CreateToken, responses((status = 201, body = CreatedToken)))]
+async fn create_token(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let req: CreateToken = body(b, true)?;
+    let o = ctl.store.org(&org)?.ok_or_else(|| ApiError::not_found("no such org"))?;
+    let ttl = req.ttl.unwrap_or(o.token_ttl_secs);
+    if ttl == 0 || ttl > o.token_ttl_max_secs {
+        return Err(ApiError::bad(format!(
+            "ttl: must be 1..={} seconds for org {org}",
+            o.token_ttl_max_secs
+        )));
+    }
+    for (k, v) in [
+        ("user_id", &req.user_id),
+        ("email", &req.email),
+        ("agent_id", &req.agent_id),
+        ("role", &req.role),
+        ("session_id", &req.session_id),
+    ] {
+        if v.as_ref().is_some_and(|v| v.is_empty() || v.len() > ATTR_MAX || v.contains(['+', '#', '/', '\0']))
+        {
+            return Err(ApiError::bad(format!("{k}: 1-{ATTR_MAX} bytes without + # / or NUL")));
+        }
+    }
+    if req.claims.len() > CLAIMS_MAX {
+        return Err(ApiError::bad(format!("claims: at most {CLAIMS_MAX}")));
+    }
+    for (k, v) in &req.claims {
+        if k.is_empty() || k.len() > 64 || v.len() > ATTR_MAX || v.contains(['+', '#', '/', '\0']) {
+            return Err(ApiError::bad(format!(
+                "claims.{k}: names 1-64 bytes, values up to {ATTR_MAX} without + # / or NUL"
+            )));
+        }
+    }
+    let id = format!("tok_{}", secret::random_b32(16));
+    let password = format!("tkn_{}", secret::random_b32(40));
+    let now = unix_now_ms();
+    let expires = now + ttl * 1000;
+    let rec = TokenRecord {
+        id: id.clone(),
+        mac: secret::hex(&ctl.auth.pepper.mac(TOKEN_DOMAIN, password.as_bytes())),
+        created_unix_ms: now,
+        expires_unix_ms: expires,
+        attrs: Attrs {
+            user_id: req.user_id,
+            email: req.email,
+            agent_id: req.agent_id,
+            role: req.role,
+            session_id: req.session_id,
+            claims: req.claims,
+        },
+    };
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        ctl.store.put_token(&org, &rec)?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.audit_admin(&org, &who.actor(), "token.create", &id);
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken { username: format!("{id}@{org}"), password, expires_at: rfc3339(expires) }),
+    ))
+}
+
+/// Lists an org's live tokens (never their secrets).
+#[utoipa::path(get, path = "/v2/tokens", responses((status = 200, body = [TokenView])))]
+async fn list_tokens(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let now = unix_now_ms();
+    Ok(Json(
+        ctl.store
+            .tokens(&org)?
+            .into_iter()
+            .filter(|t| t.expires_unix_ms > now)
+            .map(|t| TokenView {
+                username: format!("{}@{org}", t.id),
+                created_at: rfc3339(t.created_unix_ms),
+                expires_at: rfc3339(t.expires_unix_ms),
+                attrs: t.attrs,
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Revokes a token and closes its live sessions.
+#[utoipa::path(delete, path = "/v2/tokens/{username}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn revoke_token(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<StatusCode> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let id = match username.split_once('@') {
+        Some((id, o)) if o == org => id.to_string(),
+        Some(_) => return Err(ApiError::forbidden("that token belongs to another org")),
+        None => username.clone(),
+    };
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        if !ctl.store.delete_token(&org, &id)? {
+            return Err(ApiError::not_found(format!("no token {id} in org {org}")));
+        }
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.kick(&org, KickTarget::Token(id.clone())).await;
+    ctl.audit_admin(&org, &who.actor(), "token.revoke", &id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------ sessions
+
+/// Lists the org's live connections, from every shard.
+#[utoipa::path(get, path = "/v2/sessions", responses((status = 200, description = "live connections")))]
+async fn list_sessions(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let org: Arc<str> = org.into();
+    let mut rxs = Vec::new();
+    for s in &ctl.shards {
+        let (tx, rx) = flume::bounded(1);
+        if s.try_send(ShardCommand::Sessions { org: org.clone(), reply: tx }).is_ok() {
+            rxs.push(rx);
+        }
+    }
+    let mut all: Vec<SessionInfo> = Vec::new();
+    for rx in rxs {
+        if let Ok(Ok(v)) = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv_async()).await {
+            all.extend(v);
+        }
+    }
+    all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    Ok(Json(json!({ "sessions": all })))
+}
+
+/// Disconnects the live connection with this client id (5.0: DISCONNECT 0x98).
+#[utoipa::path(delete, path = "/v2/sessions/{client_id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+async fn disconnect_session(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Path(client_id): Path<String>,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<StatusCode> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let n = ctl.kick(&org, KickTarget::ClientId(client_id.clone())).await;
+    if n == 0 {
+        return Err(ApiError::not_found(format!("no live connection with client id \"{client_id}\"")));
+    }
+    ctl.audit_admin(&org, &who.actor(), "session.disconnect", &client_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ------------------------------------------------------------------------ audit
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    org: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    client_id: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+struct AuditPage {
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<serde_json::Value>,
+    next: Option<String>,
+}
+
+fn parse_time(field: &str, s: &str) -> ApiResult<u64> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|_| ApiError::bad(format!("{field}: \"{s}\" is not an RFC 3339 time")))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// The org's audit log, oldest first, filtered and paged.
+#[utoipa::path(get, path = "/v2/audit", params(
+    ("type" = Option<String>, Query, description = "auth_success, auth_failure, connect, disconnect, acl_denied, quota_exceeded, admin"),
+    ("since" = Option<String>, Query, description = "RFC 3339"),
+    ("until" = Option<String>, Query, description = "RFC 3339"),
+    ("client_id" = Option<String>, Query, description = "only this client id"),
+    ("limit" = Option<usize>, Query, description = "1..=1000, default 100"),
+    ("cursor" = Option<String>, Query, description = "`next` of the previous page"),
+), responses((status = 200, body = AuditPage)))]
+async fn audit(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+    let (_, org) = scope(&ctl, &headers, &OrgQuery { org: q.org.clone() })?;
+    if let Some(k) = &q.kind {
+        if crate::audit::AuditKind::parse(k).is_none() {
+            return Err(ApiError::bad(format!("type: unknown event type \"{k}\"")));
+        }
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad("limit: 1..=1000"));
+    }
+    let since = q.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
+    let until = q.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
+    let start = match (&q.cursor, since) {
+        (Some(c), _) => unhex(c).ok_or_else(|| ApiError::bad("cursor: not a cursor from this API"))?,
+        (None, Some(t)) => t.to_be_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    };
+    // Aggregation has already flushed to the store (writes are visible before sync).
+    let (events, next) = ctl.store.audit_page(&org, &start, limit, |e| {
+        q.kind.as_ref().is_none_or(|k| &e.kind == k)
+            && q.client_id.as_ref().is_none_or(|c| e.client_id.as_ref() == Some(c))
+            && since.is_none_or(|s| e.last_unix_ms >= s)
+            && until.is_none_or(|u| e.unix_ms <= u)
+    })?;
+    let events = events
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": rfc3339(e.unix_ms),
+                "last_time": rfc3339(e.last_unix_ms),
+                "type": e.kind,
+                "client_id": e.client_id,
+                "username": e.username,
+                "detail": e.detail,
+                "count": e.count,
+            })
+        })
+        .collect();
+    Ok(Json(AuditPage { events, next: next.map(|n| secret::hex(&n)) }))
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 64 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}

@@ -1,0 +1,419 @@
+//! The control plane (ARCHITECTURE "Control plane"): one OS thread running a tokio
+//! current-thread runtime with the admin HTTP API, the org/user/key/token store, the audit
+//! writer and periodic purges. It publishes immutable credential snapshots to shards through
+//! `arc-swap` and sends them commands (disconnect a user, list sessions) over bounded
+//! channels. Shards never wait on it: a CONNECT reads the current snapshot.
+
+pub mod api;
+pub mod audit;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::audit::{AuditKind, AuditRecord};
+use crate::auth::directory::{Directory, OrgDir, TokenDir, UserDir};
+use crate::auth::password::HashPool;
+use crate::auth::secret::{self, Pepper};
+use crate::auth::{AuthShared, API_KEY_DOMAIN};
+use crate::config::Config;
+use store::{ApiKeyRecord, OrgRecord, Store, StoreError, UserRecord};
+
+/// Commands queued per shard before the control plane reports the shard as busy.
+const SHARD_COMMAND_QUEUE: usize = 1024;
+/// Audit events queued from all shards before they are dropped (and counted).
+const AUDIT_QUEUE: usize = 65_536;
+
+/// Whose connections to close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KickTarget {
+    /// A permanent user (deleted, disabled or its password changed).
+    User(String),
+    /// A temporary token (revoked).
+    Token(String),
+    /// Every connection of the org (org deleted).
+    All,
+    /// The connection with this client id (admin disconnect).
+    ClientId(String),
+}
+
+/// A live connection, for `GET /v2/sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionInfo {
+    /// Client id.
+    pub client_id: String,
+    /// Identity name (user, token id, `anonymous`).
+    pub identity: String,
+    /// `password`, `token` or `anonymous`.
+    pub method: String,
+    /// `tcp`, `tls`, `ws`, `wss`.
+    pub transport: String,
+    /// Client address.
+    pub remote: String,
+    /// MQTT protocol level (4 or 5).
+    pub protocol: u8,
+    /// Shard serving it.
+    pub shard: u8,
+}
+
+/// A command for one shard.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// Close matching connections of `org` (5.0: DISCONNECT 0x98); replies with the count.
+    Kick {
+        /// Organization.
+        org: Arc<str>,
+        /// Whose connections.
+        target: KickTarget,
+        /// Count of connections closed.
+        reply: Option<flume::Sender<usize>>,
+    },
+    /// List `org`'s live connections.
+    Sessions {
+        /// Organization.
+        org: Arc<str>,
+        /// The list.
+        reply: flume::Sender<Vec<SessionInfo>>,
+    },
+}
+
+/// What `serve` hands to the shards.
+#[derive(Debug)]
+pub struct ControlPlane {
+    /// Credentials snapshot and pepper.
+    pub auth: Arc<AuthShared>,
+    /// The Argon2id verification pool.
+    pub pool: HashPool,
+    /// Where shards send audit events.
+    pub audit_tx: flume::Sender<AuditRecord>,
+    /// Each shard's command queue (index = shard).
+    pub shard_commands: Vec<flume::Receiver<ShardCommand>>,
+    /// The admin API's bound address, if any.
+    pub admin_addr: Option<std::net::SocketAddr>,
+}
+
+/// State shared by the admin API handlers and the background tasks.
+pub struct Ctl {
+    pub(crate) store: Store,
+    pub(crate) auth: Arc<AuthShared>,
+    pub(crate) shards: Vec<flume::Sender<ShardCommand>>,
+    pub(crate) operator_key: Option<String>,
+    pub(crate) audit: Mutex<audit::AuditWriter>,
+    /// Serializes changes and snapshot publication.
+    pub(crate) write: Mutex<()>,
+    pub(crate) audit_dropped: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Ctl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctl").finish_non_exhaustive()
+    }
+}
+
+/// Unix time, ms.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 (UTC, seconds) of a Unix ms time.
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
+}
+
+impl Ctl {
+    /// Rebuilds the credential directory from the store and publishes it to shards.
+    pub(crate) fn publish(&self) -> Result<(), StoreError> {
+        let now = unix_now_ms();
+        let mut dir = Directory::default();
+        for o in self.store.orgs()? {
+            let mut od = OrgDir::default();
+            for u in self.store.users(&o.id)? {
+                od.users.insert(
+                    u.name.clone().into(),
+                    Arc::new(UserDir {
+                        name: u.name.into(),
+                        phc: u.phc.into(),
+                        version: u.version,
+                        disabled: u.disabled,
+                        roles: u.roles.into(),
+                        publish: u.publish.into(),
+                        subscribe: u.subscribe.into(),
+                    }),
+                );
+            }
+            for t in self.store.tokens(&o.id)? {
+                if t.expires_unix_ms <= now {
+                    continue;
+                }
+                let Some(mac) = unhex32(&t.mac) else { continue };
+                od.tokens.insert(
+                    t.id.into(),
+                    Arc::new(TokenDir { mac, expires_unix_ms: t.expires_unix_ms, attrs: Arc::new(t.attrs) }),
+                );
+            }
+            dir.orgs.insert(o.id.into(), Arc::new(od));
+        }
+        self.auth.directory.store(Arc::new(dir));
+        Ok(())
+    }
+
+    /// Tells every shard to close `org`'s connections matching `target`; how many closed.
+    pub(crate) async fn kick(&self, org: &str, target: KickTarget) -> usize {
+        let org: Arc<str> = org.into();
+        let mut replies = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = flume::bounded(1);
+            let cmd = ShardCommand::Kick { org: org.clone(), target: target.clone(), reply: Some(tx) };
+            if s.try_send(cmd).is_ok() {
+                replies.push(rx);
+            }
+        }
+        let mut n = 0;
+        for rx in replies {
+            if let Ok(Ok(k)) = tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
+                n += k;
+            }
+        }
+        n
+    }
+
+    /// Records an audit event (admin changes).
+    pub(crate) fn audit(&self, r: AuditRecord) {
+        let mut w = self.audit.lock().expect("audit lock");
+        if let Err(e) = w.record(&self.store, r) {
+            tracing::error!(error = %e, "audit write failed");
+        }
+    }
+
+    /// An admin-change audit event.
+    pub(crate) fn audit_admin(&self, org: &str, actor: &str, action: &str, target: &str) {
+        let mut detail = serde_json::Map::new();
+        detail.insert("action".into(), action.into());
+        detail.insert("target".into(), target.into());
+        self.audit(AuditRecord {
+            org: org.into(),
+            kind: AuditKind::Admin,
+            client_id: None,
+            username: Some(actor.to_string()),
+            detail,
+            unix_ms: unix_now_ms(),
+        });
+    }
+
+    /// Mints a new API key for `org`: the key (shown once) and its public id.
+    pub(crate) fn mint_api_key(&self, org: &str, source: &str) -> Result<(String, String), StoreError> {
+        let key = format!("cmq_{}", secret::random_b32(40));
+        let id = format!("key_{}", secret::random_b32(8));
+        self.store_api_key(org, &key, &id, source)?;
+        Ok((key, id))
+    }
+
+    fn store_api_key(&self, org: &str, key: &str, id: &str, source: &str) -> Result<(), StoreError> {
+        let mac = secret::hex(&self.auth.pepper.mac(API_KEY_DOMAIN, key.as_bytes()));
+        let rec = ApiKeyRecord {
+            id: id.into(),
+            org: org.into(),
+            created_unix_ms: unix_now_ms(),
+            source: source.into(),
+        };
+        self.store.put_api_key(&mac, &rec)
+    }
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Applies the config's orgs, users and API keys to the store (declarative bootstrap):
+/// config-declared users that left the file are removed; API-created ones are kept.
+fn bootstrap(ctl: &Ctl, cfg: &Config) -> Result<(), String> {
+    let now = unix_now_ms();
+    let err = |e: StoreError| e.to_string();
+    for o in &cfg.orgs {
+        let created = ctl.store.org(&o.id).map_err(err)?.map_or(now, |r| r.created_unix_ms);
+        ctl.store
+            .put_org(&OrgRecord {
+                id: o.id.clone(),
+                created_unix_ms: created,
+                token_ttl_secs: o.token_ttl_secs,
+                token_ttl_max_secs: o.token_ttl_max_secs,
+                source: "config".into(),
+            })
+            .map_err(err)?;
+        let stored: HashMap<String, UserRecord> =
+            ctl.store.users(&o.id).map_err(err)?.into_iter().map(|u| (u.name.clone(), u)).collect();
+        for u in &o.users {
+            let prev = stored.get(&u.name);
+            let mut rec = UserRecord {
+                name: u.name.clone(),
+                phc: u.password_hash.clone(),
+                roles: u.roles.clone(),
+                publish: u.publish.clone(),
+                subscribe: u.subscribe.clone(),
+                disabled: false,
+                version: prev.map_or(1, |p| p.version),
+                source: "config".into(),
+            };
+            if prev != Some(&rec) {
+                rec.version = prev.map_or(1, |p| p.version + 1);
+                ctl.store.put_user(&o.id, &rec).map_err(err)?;
+            }
+        }
+        for (name, u) in &stored {
+            if u.source == "config" && !o.users.iter().any(|c| &c.name == name) {
+                ctl.store.delete_user(&o.id, name).map_err(err)?;
+            }
+        }
+        // The API key from the environment replaces any earlier config-sourced key.
+        for (mac, k) in ctl.store.api_keys_of(&o.id).map_err(err)? {
+            if k.source == "config" {
+                ctl.store.delete_api_key(&mac).map_err(err)?;
+            }
+        }
+        if let Some(var) = &o.api_key_env {
+            let key = std::env::var(var).map_err(|_| {
+                format!("org \"{}\": api_key_env: environment variable {var} is not set", o.id)
+            })?;
+            if key.len() < 16 {
+                return Err(format!("org \"{}\": api_key_env: {var} must hold at least 16 characters", o.id));
+            }
+            ctl.store_api_key(&o.id, &key, &format!("key_env_{}", o.id), "config").map_err(err)?;
+        }
+    }
+    ctl.store.sync().map_err(err)?;
+    Ok(())
+}
+
+/// Opens the store, applies the config, starts the control-plane thread (admin API, audit
+/// writer, purges) and returns what the shards need.
+pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
+    let store = Store::open(&cfg.data_dir.join("control")).map_err(|e| e.to_string())?;
+    let pepper = Pepper::new(&store.pepper().map_err(|e| e.to_string())?);
+    let auth = Arc::new(AuthShared::new(Directory::default(), pepper));
+    let operator_key = match cfg.admin.as_ref().and_then(|a| a.operator_key_env.as_ref()) {
+        None => None,
+        Some(var) => {
+            let k = std::env::var(var)
+                .map_err(|_| format!("admin.operator_key_env: environment variable {var} is not set"))?;
+            if k.len() < 16 {
+                return Err(format!("admin.operator_key_env: {var} must hold at least 16 characters"));
+            }
+            Some(k)
+        }
+    };
+    let mut shard_tx = Vec::new();
+    let mut shard_rx = Vec::new();
+    for _ in 0..cfg.shards {
+        let (tx, rx) = flume::bounded(SHARD_COMMAND_QUEUE);
+        shard_tx.push(tx);
+        shard_rx.push(rx);
+    }
+    let ctl = Arc::new(Ctl {
+        store,
+        auth: auth.clone(),
+        shards: shard_tx,
+        operator_key,
+        audit: Mutex::new(audit::AuditWriter::default()),
+        write: Mutex::new(()),
+        audit_dropped: Default::default(),
+    });
+    bootstrap(&ctl, cfg)?;
+    ctl.publish().map_err(|e| e.to_string())?;
+    let (audit_tx, audit_rx) = flume::bounded::<AuditRecord>(AUDIT_QUEUE);
+    // Bind the admin listener here so a bad address fails start-up with a clear message.
+    let admin = match &cfg.admin {
+        None => None,
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a.bind).map_err(|e| format!("admin.bind {}: {e}", a.bind))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Some(l)
+        }
+    };
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let retention = cfg.audit_retention_ms;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let pool = HashPool::start(threads, crate::limits::HASH_QUEUE_MAX);
+    let ctl2 = ctl.clone();
+    std::thread::Builder::new()
+        .name("coremq-control".into())
+        .spawn(move || {
+            let rt =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            rt.block_on(run(ctl2, admin, audit_rx, retention));
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(a) = admin_addr {
+        tracing::info!(bind = %a, operator_key = ctl.operator_key.is_some(), "admin API");
+    }
+    Ok(ControlPlane { auth, pool, audit_tx, shard_commands: shard_rx, admin_addr })
+}
+
+async fn run(
+    ctl: Arc<Ctl>,
+    admin: Option<std::net::TcpListener>,
+    audit_rx: flume::Receiver<AuditRecord>,
+    retention_ms: u64,
+) {
+    if let Some(l) = admin {
+        let app = api::router(ctl.clone());
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "admin API stopped");
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "admin API listener"),
+        }
+    }
+    // Audit events from shards.
+    let c = ctl.clone();
+    tokio::spawn(async move {
+        while let Ok(r) = audit_rx.recv_async().await {
+            c.audit(r);
+            while let Ok(r) = audit_rx.try_recv() {
+                c.audit(r);
+            }
+        }
+    });
+    // Periodic work: audit sync, token purge, audit retention.
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let dirty = std::mem::take(&mut ctl.audit.lock().expect("audit lock").dirty);
+        if dirty {
+            if let Err(e) = ctl.store.sync() {
+                tracing::error!(error = %e, "audit sync failed");
+            }
+        }
+        if n % 20 == 0 {
+            let now = unix_now_ms();
+            ctl.audit.lock().expect("audit lock").prune(now);
+            let _w = ctl.write.lock().expect("write lock");
+            match ctl.store.purge_tokens(now) {
+                Ok(0) => {}
+                Ok(k) => {
+                    tracing::debug!(tokens = k, "expired tokens purged");
+                    let _ = ctl.publish();
+                }
+                Err(e) => tracing::error!(error = %e, "token purge failed"),
+            }
+            if n % 7200 == 0 {
+                if let Err(e) = ctl.store.purge_audit(now.saturating_sub(retention_ms)) {
+                    tracing::error!(error = %e, "audit retention purge failed");
+                }
+            }
+        }
+    }
+}
