@@ -30,6 +30,10 @@ const CACHE_DOMAIN: &str = "credential_cache";
 const CACHE_MAX: usize = 16_384;
 /// Argon2id checks one user may have in flight on one shard; more are refused as busy.
 const PER_USER_INFLIGHT_MAX: u8 = 4;
+/// Decoy checks (unknown users) in flight on one shard; beyond this, unknown users are refused
+/// at once: a storm of random user names cannot occupy the hashing pool (the price is that,
+/// during such a storm only, an unknown user is answered faster than a known one).
+const DECOY_INFLIGHT_MAX: u16 = 8;
 
 /// What shards share: the published directory and the pepper for token MACs.
 #[derive(Debug)]
@@ -130,12 +134,13 @@ pub struct Authenticator {
     /// Fingerprints of credentials already verified: `true` = good, `false` = bad.
     cache: HashMap<Mac, bool, RandomState>,
     inflight: HashMap<(Arc<str>, Arc<str>), u8, RandomState>,
+    decoys: u16,
 }
 
 impl Authenticator {
     /// An authenticator reading `shared`.
     pub fn new(shared: Arc<AuthShared>) -> Authenticator {
-        Authenticator { shared, cache: HashMap::default(), inflight: HashMap::default() }
+        Authenticator { shared, cache: HashMap::default(), inflight: HashMap::default(), decoys: 0 }
     }
 
     /// Authenticates a CONNECT's user name and password at Unix time `now_unix_ms`.
@@ -198,9 +203,18 @@ impl Authenticator {
             }
             (None, _) => {}
         }
+        if user.is_none() {
+            if self.decoys >= DECOY_INFLIGHT_MAX {
+                return deny(Denied::UnknownUser);
+            }
+            self.decoys += 1;
+        }
         let local: Arc<str> = u.local.into();
         let n = self.inflight.entry((org.clone(), local.clone())).or_insert(0);
         if *n >= PER_USER_INFLIGHT_MAX {
+            if user.is_none() {
+                self.decoys -= 1;
+            }
             return deny(Denied::Busy);
         }
         *n += 1;
@@ -222,6 +236,9 @@ impl Authenticator {
             if *n == 0 {
                 self.inflight.remove(&key);
             }
+        }
+        if ticket.user.is_none() {
+            self.decoys = self.decoys.saturating_sub(1);
         }
         let deny = |d| Verdict::Deny(d, Some(ticket.org.clone()));
         let Some(ok) = ok else { return deny(Denied::Busy) };

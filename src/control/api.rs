@@ -622,6 +622,20 @@ async fn update_user(
         None => None,
     };
     let kick = phc.is_some() || req.disabled == Some(true);
+    let mut changed = serde_json::Map::new();
+    changed.insert("password_changed".into(), phc.is_some().into());
+    for (k, set) in [
+        ("roles", req.roles.is_some()),
+        ("publish", req.publish.is_some()),
+        ("subscribe", req.subscribe.is_some()),
+    ] {
+        if set {
+            changed.insert(format!("{k}_changed"), true.into());
+        }
+    }
+    if let Some(d) = req.disabled {
+        changed.insert("disabled".into(), d.into());
+    }
     let u = {
         let _w = ctl.write.lock().expect("write lock");
         let mut u =
@@ -650,7 +664,7 @@ async fn update_user(
     if kick {
         ctl.kick(&org, KickTarget::User(name.clone())).await;
     }
-    ctl.audit_admin(&org, &who.actor(), "user.update", &name);
+    ctl.audit_admin_with(&org, &who.actor(), "user.update", &name, changed);
     Ok(Json(user_view(&org, u)))
 }
 

@@ -188,7 +188,18 @@ impl Ctl {
 
     /// An admin-change audit event.
     pub(crate) fn audit_admin(&self, org: &str, actor: &str, action: &str, target: &str) {
-        let mut detail = serde_json::Map::new();
+        self.audit_admin_with(org, actor, action, target, serde_json::Map::new());
+    }
+
+    /// An admin-change audit event with more detail (what changed; never a secret).
+    pub(crate) fn audit_admin_with(
+        &self,
+        org: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        mut detail: serde_json::Map<String, serde_json::Value>,
+    ) {
         detail.insert("action".into(), action.into());
         detail.insert("target".into(), target.into());
         self.audit(AuditRecord {

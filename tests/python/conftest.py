@@ -47,8 +47,14 @@ class Broker:
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n" + listeners)
         self.log = open(os.path.join(self.dir, "broker.log"), "w+")
+        self.env = {**os.environ, **(env or {})}
+        self.start()
+
+    def start(self):
+        """Starts the process (again, after `stop`, on the same config and data) and waits
+        until every listener accepts."""
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 10
         for p in [self.port] + self.ports + getattr(self, "extra_ports", []):
             while True:
@@ -110,7 +116,7 @@ class Client:
     """A paho client that records what it receives, with blocking helpers."""
 
     def __init__(self, port, client_id="", protocol=V311, clean=True, props=None, will=None,
-                 keepalive=60, username=None, connect=True, expect_rc=0):
+                 keepalive=60, username=None, connect=True, expect_rc=0, password="pw"):
         self.protocol = protocol
         kwargs = {"client_id": client_id, "protocol": protocol}
         if protocol == V311:
@@ -130,7 +136,7 @@ class Client:
         if will:
             self.c.will_set(**will)
         if username:
-            self.c.username_pw_set(username, "pw")
+            self.c.username_pw_set(username, password)
         self.port = port
         self.clean = clean
         self.props = props

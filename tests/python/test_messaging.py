@@ -316,7 +316,7 @@ def test_empty_client_id_persistent_refused_v311(broker):
 
 
 @BOTH
-def test_usernames_are_refused_until_credentials_exist(broker, proto):
+def test_malformed_usernames_and_unknown_orgs_are_refused(broker, proto):
     # SPEC §2: malformed user names and unknown orgs are bad user name or password.
     # paho reports the 3.1.1 return code 4 as its 5.0 equivalent 0x86; byte check below.
     Client(broker.port, "u1", proto, username="no-at-sign", expect_rc=0x86)

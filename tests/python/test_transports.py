@@ -70,6 +70,8 @@ class TClient(Client):
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         for cb in ("on_message", "on_connect", "on_disconnect", "on_subscribe", "on_publish"):
             setattr(self.c, cb, getattr(old, cb))
+        if old._username:
+            self.c.username_pw_set(old._username.decode(), old._password.decode() if old._password else None)
         if self._transport in ("ws", "wss"):
             self.c.ws_set_options(path="/mqtt")
         if self._ca:
