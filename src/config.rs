@@ -53,6 +53,44 @@ pub struct OrgConfig {
     pub api_key_env: Option<String>,
     /// Permanent users declared here.
     pub users: Vec<UserConfig>,
+    /// IdP JWT providers (`[[org.jwt]]`).
+    pub jwt: Vec<JwtConfig>,
+}
+
+/// Where a JWT provider's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS URL, fetched and cached by the control plane.
+    Url(String),
+    /// OIDC discovery: `<issuer>/.well-known/openid-configuration` names the JWKS URL.
+    Discovery(String),
+    /// A JWKS file, read at start-up.
+    File(PathBuf),
+    /// An HS256 shared secret from this environment variable.
+    SecretEnv(String),
+}
+
+/// One IdP JWT provider of an org (`[[org.jwt]]`, SPEC §2.3, §12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// Name used by token exchange (`provider`); defaults to the preset.
+    pub name: String,
+    /// `supabase`, `firebase`, `auth0`, `clerk`, `oidc` or `custom`.
+    pub preset: String,
+    /// Exact `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audience: Vec<String>,
+    /// Where the keys come from.
+    pub keys: KeySource,
+    /// ACL variable ← claim path (`sub` → `user_id` unless mapped otherwise).
+    pub claims: Vec<(String, String)>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds.
+    pub leeway_secs: u64,
+    /// How long a key that left the JWKS is still honoured, seconds.
+    pub key_grace_secs: u64,
+    /// Least time between two fetches of the JWKS triggered by unknown `kid`s, seconds.
+    pub refresh_min_secs: u64,
 }
 
 impl OrgConfig {
@@ -64,6 +102,7 @@ impl OrgConfig {
             token_ttl_max_secs: limits::TOKEN_TTL_MAX_SECS,
             api_key_env: None,
             users: Vec::new(),
+            jwt: Vec::new(),
         }
     }
 }
@@ -218,7 +257,32 @@ struct RawOrg {
     user: Vec<RawUser>,
     quotas: Option<toml::Value>,
     #[serde(default)]
-    jwt: Vec<toml::Value>,
+    jwt: Vec<RawJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    preset: String,
+    name: Option<String>,
+    issuer: Option<String>,
+    audience: Option<RawStrings>,
+    project_id: Option<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    hs256_secret_env: Option<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, String>,
+    leeway: Option<RawDuration>,
+    key_grace: Option<RawDuration>,
+    refresh_min: Option<RawDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStrings {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -301,7 +365,7 @@ impl Config {
         }
         let mut orgs: Vec<OrgConfig> = Vec::new();
         for (i, o) in raw.org.iter().enumerate() {
-            orgs.push(parse_org(i, o, &orgs)?);
+            orgs.push(parse_org(i, o, &orgs, base)?);
         }
         let mut listeners = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
@@ -482,7 +546,130 @@ fn check_env_name(key: &str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig]) -> Result<OrgConfig, ConfigError> {
+/// Whether `url` may be fetched: `https://`, or `http://` to a loopback host (SPEC §12).
+fn fetchable_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host =
+        host.rsplit_once(':')
+            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    matches!(host, "localhost" | "[::1]") || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+}
+
+fn parse_jwt(key: &str, r: &RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
+    let err = |field: &str, m: String| ConfigError(format!("{key}.{field}: {m}"));
+    let preset = r.preset.as_str();
+    if !matches!(preset, "supabase" | "firebase" | "auth0" | "clerk" | "oidc" | "custom") {
+        return Err(err(
+            "preset",
+            format!("expected supabase, firebase, auth0, clerk, oidc or custom, got \"{preset}\""),
+        ));
+    }
+    let issuer = match (preset, &r.issuer, &r.project_id) {
+        ("firebase", None, Some(p)) => format!("https://securetoken.google.com/{p}"),
+        (_, Some(i), _) => i.clone(),
+        ("firebase", None, None) => {
+            return Err(err("project_id", "required for preset firebase (or set issuer)".into()))
+        }
+        (_, None, _) => return Err(err("issuer", format!("required for preset {preset}"))),
+    };
+    if preset == "auth0" && !issuer.ends_with('/') {
+        return Err(err("issuer", format!("Auth0 issuers end with \"/\" (tokens carry \"{issuer}/\")")));
+    }
+    let audience = match (&r.audience, preset, &r.project_id) {
+        (Some(RawStrings::One(a)), _, _) => vec![a.clone()],
+        (Some(RawStrings::Many(v)), _, _) if !v.is_empty() => v.clone(),
+        (None, "supabase", _) => vec!["authenticated".into()],
+        (None, "firebase", Some(p)) => vec![p.clone()],
+        _ => return Err(err("audience", format!("required for preset {preset} (aud is always checked)"))),
+    };
+    let trimmed = issuer.trim_end_matches('/');
+    let keys = match (&r.jwks_url, &r.jwks_file, &r.hs256_secret_env) {
+        (Some(u), None, None) => KeySource::Url(u.clone()),
+        (None, Some(f), None) => {
+            let p = base.join(f);
+            if !p.is_file() {
+                return Err(err("jwks_file", format!("{} is not a readable file", p.display())));
+            }
+            KeySource::File(p)
+        }
+        (None, None, Some(e)) => {
+            check_env_name(&format!("{key}.hs256_secret_env"), e)?;
+            KeySource::SecretEnv(e.clone())
+        }
+        (None, None, None) => match preset {
+            "firebase" => KeySource::Url(
+                "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com"
+                    .into(),
+            ),
+            "oidc" => KeySource::Discovery(format!("{trimmed}/.well-known/openid-configuration")),
+            "custom" => {
+                return Err(err(
+                    "jwks_url",
+                    "custom providers need jwks_url, jwks_file or hs256_secret_env".into(),
+                ))
+            }
+            _ => KeySource::Url(format!("{trimmed}/.well-known/jwks.json")),
+        },
+        _ => return Err(err("jwks_url", "set only one of jwks_url, jwks_file, hs256_secret_env".into())),
+    };
+    if let KeySource::Url(u) | KeySource::Discovery(u) = &keys {
+        if !fetchable_url(u) {
+            return Err(err(
+                "jwks_url",
+                format!("\"{u}\" must be https:// (http:// only to a loopback address)"),
+            ));
+        }
+    }
+    let mut claims: Vec<(String, String)> = vec![("user_id".into(), "sub".into())];
+    match preset {
+        "supabase" => {
+            claims.push(("email".into(), "email".into()));
+            claims.push(("role".into(), "role".into()));
+        }
+        "firebase" | "auth0" | "clerk" | "oidc" => claims.push(("email".into(), "email".into())),
+        _ => {}
+    }
+    for (var, path) in &r.claims {
+        if var.is_empty() || var.len() > 64 || path.is_empty() {
+            return Err(err(
+                &format!("claims.{var}"),
+                "variable names and claim paths must not be empty".into(),
+            ));
+        }
+        // Supabase: user_metadata is editable by the user; it must never feed authorization.
+        if preset == "supabase" && (path == "user_metadata" || path.starts_with("user_metadata.")) {
+            return Err(err(
+                &format!("claims.{var}"),
+                "Supabase user_metadata is writable by the end user and cannot feed authorization; use app_metadata".into(),
+            ));
+        }
+        claims.retain(|(v, _)| v != var);
+        claims.push((var.clone(), path.clone()));
+    }
+    let secs = |field: &str, d: &Option<RawDuration>, default: u64| -> Result<u64, ConfigError> {
+        match d {
+            None => Ok(default),
+            Some(d) => parse_duration_ms(d).map(|ms| ms / 1000).map_err(|e| err(field, e)),
+        }
+    };
+    Ok(JwtConfig {
+        name: r.name.clone().unwrap_or_else(|| preset.to_string()),
+        preset: preset.to_string(),
+        issuer,
+        audience,
+        keys,
+        claims,
+        leeway_secs: secs("leeway", &r.leeway, 30)?,
+        key_grace_secs: secs("key_grace", &r.key_grace, 3600)?,
+        refresh_min_secs: secs("refresh_min", &r.refresh_min, 10)?,
+    })
+}
+
+fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<OrgConfig, ConfigError> {
     if !valid_org_id(&o.id) {
         return Err(ConfigError(format!("org[{i}].id: \"{}\" is not [a-z0-9_-]{{1,64}}", o.id)));
     }
@@ -497,10 +684,17 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig]) -> Result<OrgConfig, Conf
     if o.quotas.is_some() {
         return Err(ConfigError(format!("org[{i}].quotas: per-org quotas are not available yet")));
     }
-    if !o.jwt.is_empty() {
-        return Err(ConfigError(format!("org[{i}].jwt: IdP JWT verification is not available yet")));
-    }
     let mut org = OrgConfig::new(&o.id);
+    for (j, raw) in o.jwt.iter().enumerate() {
+        let p = parse_jwt(&format!("org[{i}].jwt[{j}]"), raw, base)?;
+        if org.jwt.iter().any(|q: &JwtConfig| q.name == p.name || q.issuer == p.issuer) {
+            return Err(ConfigError(format!(
+                "org[{i}].jwt[{j}]: two providers with name \"{}\" or issuer \"{}\" (set `name`)",
+                p.name, p.issuer
+            )));
+        }
+        org.jwt.push(p);
+    }
     if let Some(d) = &o.token_ttl_max {
         org.token_ttl_max_secs =
             parse_duration_ms(d).map_err(|e| ConfigError(format!("org[{i}].token_ttl_max: {e}")))? / 1000;

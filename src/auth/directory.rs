@@ -19,6 +19,8 @@ pub enum Method {
     Password,
     /// A temporary token (`tok_…@org`).
     Token,
+    /// An IdP JWT verified by the broker.
+    Jwt,
 }
 
 impl Method {
@@ -28,6 +30,7 @@ impl Method {
             Method::Anonymous => "anonymous",
             Method::Password => "password",
             Method::Token => "token",
+            Method::Jwt => "jwt",
         }
     }
 }
@@ -62,9 +65,9 @@ pub struct Identity {
     pub org: Arc<str>,
     /// How it authenticated.
     pub method: Method,
-    /// The permanent user's name, the token id (`tok_…`), or `anonymous`.
+    /// The permanent user's name, the token id (`tok_…`), the JWT's `sub`, or `anonymous`.
     pub name: Arc<str>,
-    /// Attributes for ACL variables (tokens; empty for users and anonymous).
+    /// Attributes for ACL variables (tokens and JWTs; empty for users and anonymous).
     pub attrs: Arc<Attrs>,
     /// Roles (permanent users).
     pub roles: Arc<[String]>,
@@ -117,16 +120,18 @@ pub struct TokenDir {
 }
 
 /// One organization's credentials.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct OrgDir {
     /// Permanent users by name.
     pub users: HashMap<Box<str>, Arc<UserDir>>,
     /// Temporary tokens by id (`tok_…`).
     pub tokens: HashMap<Box<str>, Arc<TokenDir>>,
+    /// IdP JWT providers with their current keys.
+    pub jwt: Vec<Arc<super::jwt::ProviderDir>>,
 }
 
 /// Everything shards need to authenticate a CONNECT. Immutable once published.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Directory {
     /// Organizations by id.
     pub orgs: HashMap<Arc<str>, Arc<OrgDir>>,

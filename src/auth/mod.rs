@@ -7,6 +7,7 @@
 //! Argon2id verification, whose verdict comes back through [`Authenticator::verified`].
 
 pub mod directory;
+pub mod jwt;
 pub mod password;
 pub mod secret;
 
@@ -76,6 +77,8 @@ pub enum Denied {
     Expired,
     /// Too many password checks are queued.
     Busy,
+    /// A JWT was refused (the reason names the check that failed).
+    Jwt(&'static str),
 }
 
 impl Denied {
@@ -90,6 +93,7 @@ impl Denied {
             Denied::Disabled => "disabled",
             Denied::Expired => "expired",
             Denied::Busy => "busy",
+            Denied::Jwt(r) => r,
         }
     }
 }
@@ -104,6 +108,14 @@ pub enum Verdict {
     /// An Argon2id check is needed: hand `phc` and the password to the hashing pool, then call
     /// [`Authenticator::verified`] with this ticket and the result.
     Verify(VerifyTicket),
+    /// The JWT names a key the provider's published set lacks: ask the control plane to
+    /// refresh that provider's keys, then check again with `may_fetch = false`.
+    FetchKeys {
+        /// Organization.
+        org: Arc<str>,
+        /// Provider name.
+        provider: Arc<str>,
+    },
 }
 
 /// A pending password check.
@@ -144,12 +156,14 @@ impl Authenticator {
     }
 
     /// Authenticates a CONNECT's user name and password at Unix time `now_unix_ms`.
+    /// `may_fetch`: a JWT with an unknown key may ask for a key refresh (once per CONNECT).
     pub fn check(
         &mut self,
         username: Option<&str>,
         password: Option<&[u8]>,
         anonymous_org: Option<&Arc<str>>,
         now_unix_ms: u64,
+        may_fetch: bool,
     ) -> Verdict {
         let Some(username) = username else {
             return match anonymous_org {
@@ -183,6 +197,18 @@ impl Authenticator {
         }
         let Some(password) = password else { return deny(Denied::BadPassword) };
         let user = od.users.get(u.local).cloned();
+        // An IdP JWT as the password (the local part is not trusted: any name but a
+        // permanent user's selects the JWT path).
+        if user.is_none() && !od.jwt.is_empty() && jwt::looks_like_jwt(password) {
+            return match jwt::verify(org, &od.jwt, password, may_fetch) {
+                jwt::JwtCheck::Valid(identity) => Verdict::Allow(identity),
+                jwt::JwtCheck::Invalid(why) => deny(Denied::Jwt(why)),
+                jwt::JwtCheck::UnknownKey { provider } => Verdict::FetchKeys { org: org.clone(), provider },
+            };
+        }
+        if password.len() > jwt::JWT_BYTES_MAX {
+            return deny(Denied::BadPassword); // never hash megabytes
+        }
         let (phc, version) = match &user {
             Some(user) if user.disabled => return deny(Denied::Disabled),
             Some(user) => (user.phc.clone(), user.version),
@@ -260,6 +286,20 @@ impl Authenticator {
                     _ => deny(Denied::BadPassword),
                 }
             }
+        }
+    }
+
+    /// Verifies a JWT for `org` with the published keys only (re-authentication).
+    pub fn verify_jwt(&self, org: &Arc<str>, token: &[u8]) -> Result<Identity, &'static str> {
+        let dir = self.shared.directory.load();
+        let Some(od) = dir.orgs.get(org) else { return Err("unknown_org") };
+        if od.jwt.is_empty() {
+            return Err("jwt_no_provider");
+        }
+        match jwt::verify(org, &od.jwt, token, false) {
+            jwt::JwtCheck::Valid(i) => Ok(i),
+            jwt::JwtCheck::Invalid(r) => Err(r),
+            jwt::JwtCheck::UnknownKey { .. } => Err("jwt_unknown_key"),
         }
     }
 

@@ -53,35 +53,39 @@ fn denied(v: &Verdict) -> Option<Denied> {
 fn usernames_orgs_and_anonymous() {
     let mut a = Authenticator::new(shared());
     let anon: Arc<str> = "local".into();
-    assert!(matches!(a.check(None, None, Some(&anon), 0), Verdict::Allow(i) if &*i.org == "local"));
-    assert_eq!(denied(&a.check(None, None, None, 0)), Some(Denied::AnonymousRefused));
+    assert!(matches!(a.check(None, None, Some(&anon), 0, true), Verdict::Allow(i) if &*i.org == "local"));
+    assert_eq!(denied(&a.check(None, None, None, 0, true)), Some(Denied::AnonymousRefused));
     for bad in ["alice", "a@b@acme", "@acme", "al/ice@acme", "al+@acme", "alice@", "alice@ACME"] {
-        assert_eq!(denied(&a.check(Some(bad), Some(b"pw"), None, 0)), Some(Denied::BadUsername), "{bad}");
+        assert_eq!(
+            denied(&a.check(Some(bad), Some(b"pw"), None, 0, true)),
+            Some(Denied::BadUsername),
+            "{bad}"
+        );
     }
-    assert_eq!(denied(&a.check(Some("alice@nope"), Some(b"pw"), None, 0)), Some(Denied::UnknownOrg));
+    assert_eq!(denied(&a.check(Some("alice@nope"), Some(b"pw"), None, 0, true)), Some(Denied::UnknownOrg));
 }
 
 #[test]
 fn passwords_are_verified_then_cached() {
     let mut a = Authenticator::new(shared());
-    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0);
+    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0, true);
     assert!(matches!(v, Verdict::Verify(_)), "first time: hashed");
     let v = run(&mut a, v);
     assert!(matches!(&v, Verdict::Allow(i) if &*i.name == "alice" && i.method == Method::Password));
-    assert!(matches!(a.check(Some("alice@acme"), Some(b"pw"), None, 0), Verdict::Allow(_)), "cached");
-    let v = a.check(Some("alice@acme"), Some(b"wrong"), None, 0);
+    assert!(matches!(a.check(Some("alice@acme"), Some(b"pw"), None, 0, true), Verdict::Allow(_)), "cached");
+    let v = a.check(Some("alice@acme"), Some(b"wrong"), None, 0, true);
     assert_eq!(denied(&run(&mut a, v)), Some(Denied::BadPassword));
     assert_eq!(
-        denied(&a.check(Some("alice@acme"), Some(b"wrong"), None, 0)),
+        denied(&a.check(Some("alice@acme"), Some(b"wrong"), None, 0, true)),
         Some(Denied::BadPassword),
         "bad answer cached too: no second hash"
     );
-    assert_eq!(denied(&a.check(Some("alice@acme"), None, None, 0)), Some(Denied::BadPassword));
+    assert_eq!(denied(&a.check(Some("alice@acme"), None, None, 0, true)), Some(Denied::BadPassword));
     // Unknown users take a decoy hash (no timing oracle) and are refused; not in another org.
-    let v = a.check(Some("mallory@acme"), Some(b"pw"), None, 0);
+    let v = a.check(Some("mallory@acme"), Some(b"pw"), None, 0, true);
     assert!(matches!(v, Verdict::Verify(_)));
     assert_eq!(denied(&run(&mut a, v)), Some(Denied::UnknownUser));
-    let v = a.check(Some("alice@other"), Some(b"pw"), None, 0);
+    let v = a.check(Some("alice@other"), Some(b"pw"), None, 0, true);
     assert_eq!(denied(&run(&mut a, v)), Some(Denied::UnknownUser));
 }
 
@@ -89,7 +93,7 @@ fn passwords_are_verified_then_cached() {
 fn a_password_change_invalidates_the_cache() {
     let sh = shared();
     let mut a = Authenticator::new(sh.clone());
-    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0);
+    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0, true);
     assert!(matches!(run(&mut a, v), Verdict::Allow(_)));
     let mut dir = (**sh.directory.load()).clone();
     let mut org = (*dir.orgs["acme"]).clone();
@@ -99,36 +103,36 @@ fn a_password_change_invalidates_the_cache() {
     org.users.insert("alice".into(), Arc::new(u));
     dir.orgs.insert("acme".into(), Arc::new(org));
     sh.directory.store(Arc::new(dir));
-    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0);
+    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0, true);
     assert!(matches!(v, Verdict::Verify(_)), "new version: not served from the cache");
     assert_eq!(denied(&run(&mut a, v)), Some(Denied::BadPassword));
-    let v = a.check(Some("alice@acme"), Some(b"new"), None, 0);
+    let v = a.check(Some("alice@acme"), Some(b"new"), None, 0, true);
     assert!(matches!(run(&mut a, v), Verdict::Allow(_)));
 }
 
 #[test]
 fn tokens() {
     let mut a = Authenticator::new(shared());
-    let v = a.check(Some("tok_abc@acme"), Some(b"tkn_secret"), None, 5_000);
+    let v = a.check(Some("tok_abc@acme"), Some(b"tkn_secret"), None, 5_000, true);
     let Verdict::Allow(i) = v else { panic!("{v:?}") };
     assert_eq!(
         (i.method, i.attrs.agent_id.as_deref(), i.expires_unix_ms),
         (Method::Token, Some("a7"), Some(10_000))
     );
     assert_eq!(
-        denied(&a.check(Some("tok_abc@acme"), Some(b"tkn_secreT"), None, 5_000)),
+        denied(&a.check(Some("tok_abc@acme"), Some(b"tkn_secreT"), None, 5_000, true)),
         Some(Denied::BadPassword)
     );
     assert_eq!(
-        denied(&a.check(Some("tok_abc@acme"), Some(b"tkn_secret"), None, 10_000)),
+        denied(&a.check(Some("tok_abc@acme"), Some(b"tkn_secret"), None, 10_000, true)),
         Some(Denied::Expired)
     );
     assert_eq!(
-        denied(&a.check(Some("tok_zzz@acme"), Some(b"tkn_secret"), None, 0)),
+        denied(&a.check(Some("tok_zzz@acme"), Some(b"tkn_secret"), None, 0, true)),
         Some(Denied::UnknownUser)
     );
     assert_eq!(
-        denied(&a.check(Some("tok_abc@other"), Some(b"tkn_secret"), None, 0)),
+        denied(&a.check(Some("tok_abc@other"), Some(b"tkn_secret"), None, 0, true)),
         Some(Denied::UnknownUser)
     );
 }
@@ -138,14 +142,14 @@ fn per_user_inflight_is_bounded() {
     let mut a = Authenticator::new(shared());
     let mut tickets = Vec::new();
     for i in 0..PER_USER_INFLIGHT_MAX {
-        match a.check(Some("alice@acme"), Some(format!("guess{i}").as_bytes()), None, 0) {
+        match a.check(Some("alice@acme"), Some(format!("guess{i}").as_bytes()), None, 0, true) {
             Verdict::Verify(t) => tickets.push(t),
             v => panic!("{v:?}"),
         }
     }
-    assert_eq!(denied(&a.check(Some("alice@acme"), Some(b"pw"), None, 0)), Some(Denied::Busy));
+    assert_eq!(denied(&a.check(Some("alice@acme"), Some(b"pw"), None, 0, true)), Some(Denied::Busy));
     for t in tickets {
         a.verified(t, Some(false));
     }
-    assert!(matches!(a.check(Some("alice@acme"), Some(b"pw"), None, 0), Verdict::Verify(_)));
+    assert!(matches!(a.check(Some("alice@acme"), Some(b"pw"), None, 0, true), Verdict::Verify(_)));
 }

@@ -289,6 +289,9 @@ impl ShardCore {
             props.topic_alias_maximum = Some(limits::TOPIC_ALIAS_MAX);
             props.maximum_packet_size = Some(max_packet);
             props.assigned_client_identifier = c.assigned_id.clone();
+            if c.auth_jwt {
+                props.authentication_method = MqStr::copy_from(super::JWT_AUTH_METHOD);
+            }
             c.aliases_in = vec![None; limits::TOPIC_ALIAS_MAX as usize];
         }
         let ack = Packet::ConnAck(ConnAck { session_present: present, reason: ReasonCode::SUCCESS, props });

@@ -210,26 +210,43 @@ struct Conn {
     close_reason: Option<&'static str>,
     /// The reason code it was closed with, if any.
     close_code: Option<u8>,
+    /// Connected with Authentication Method `jwt`: may re-authenticate with AUTH.
+    auth_jwt: bool,
 }
 
-/// A CONNECT held while its password is verified off the reactor.
+/// The MQTT 5 Authentication Method for JWTs.
+pub const JWT_AUTH_METHOD: &str = "jwt";
+
+/// A CONNECT held while its password is verified off the reactor (`ticket`) or its JWT's
+/// provider keys are refreshed (`None`).
 #[derive(Debug)]
 struct PendingAuth {
-    ticket: VerifyTicket,
+    ticket: Option<VerifyTicket>,
     connect: Connect,
     client_id: MqStr,
 }
 
-/// A password verification the shell must run on the hashing pool, then answer with
-/// [`ShardCore::handle_auth_result`].
+/// Work for the shell, answered with [`ShardCore::handle_auth_result`].
 #[derive(Debug)]
-pub struct AuthJob {
-    /// The waiting connection.
-    pub conn: ConnId,
-    /// The stored Argon2id hash.
-    pub phc: Arc<str>,
-    /// The password sent.
-    pub password: Vec<u8>,
+pub enum AuthJob {
+    /// Verify a password on the hashing pool.
+    Hash {
+        /// The waiting connection.
+        conn: ConnId,
+        /// The stored Argon2id hash.
+        phc: Arc<str>,
+        /// The password sent.
+        password: Vec<u8>,
+    },
+    /// Ask the control plane to refresh a JWT provider's keys (single-flight, rate-limited).
+    FetchKeys {
+        /// The waiting connection.
+        conn: ConnId,
+        /// Organization.
+        org: Arc<str>,
+        /// Provider name.
+        provider: Arc<str>,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -390,6 +407,7 @@ impl ShardCore {
             auth_deadline_ms: None,
             close_reason: None,
             close_code: None,
+            auth_jwt: false,
         });
         ConnId { idx, gen }
     }
@@ -414,8 +432,8 @@ impl ShardCore {
         }
         self.detach(id, now_ms, true);
         self.clear_pressure(id);
-        if let Some(p) = self.conn_mut(id).and_then(|c| c.pending_auth.take()) {
-            self.auth.verified(p.ticket, None);
+        if let Some(t) = self.conn_mut(id).and_then(|c| c.pending_auth.take()).and_then(|p| p.ticket) {
+            self.auth.verified(t, None);
         }
         let c = self.conns[id.idx as usize].take().expect("checked above");
         if let (Some(ident), Some(key)) = (&c.identity, &c.key) {
@@ -611,8 +629,8 @@ impl ShardCore {
         }
         wake(&mut c.writer);
         wake(&mut c.reader);
-        if let Some(p) = c.pending_auth.take() {
-            self.auth.verified(p.ticket, None); // releases its in-flight slot
+        if let Some(t) = c.pending_auth.take().and_then(|p| p.ticket) {
+            self.auth.verified(t, None); // releases its in-flight slot
         }
         // A normal DISCONNECT has already discarded the will; every other close publishes it.
         self.detach(id, now_ms, true);
@@ -743,8 +761,7 @@ impl ShardCore {
             Packet::Unsubscribe(u) => self.handle_unsubscribe(id, now_ms, u),
             Packet::PingReq => self.write(id, &Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(id, now_ms, d),
-            // No enhanced authentication method was established at CONNECT [MQTT-4.12.0-1].
-            Packet::Auth(_) => self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms),
+            Packet::Auth(a) => self.handle_auth(id, now_ms, a),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms)
             }
@@ -789,56 +806,101 @@ impl ShardCore {
         } else {
             c.client_id.to_owned_copy()
         };
-        if c.props.authentication_method.is_some() {
-            return self.refuse(id, v, ReasonCode::BAD_AUTHENTICATION_METHOD);
+        let mut c = c;
+        match c.props.authentication_method.as_ref().map(|m| m.as_str()) {
+            None => {}
+            // Enhanced authentication with a JWT (SPEC §2.3): the token may come as
+            // Authentication Data instead of the password; AUTH can later renew it.
+            Some(JWT_AUTH_METHOD) => {
+                if c.username.is_none() {
+                    // The org comes from `local@org`; a JWT never lands in an anonymous org.
+                    return self.refuse(id, v, ReasonCode::BAD_USER_NAME_OR_PASSWORD);
+                }
+                if c.password.is_none() {
+                    c.password = c.props.authentication_data.take();
+                }
+                self.conn_mut(id).expect("caller checked").auth_jwt = true;
+            }
+            Some(_) => return self.refuse(id, v, ReasonCode::BAD_AUTHENTICATION_METHOD),
         }
+        self.authenticate(id, now_ms, c, client_id, true);
+    }
+
+    /// Runs authentication for a CONNECT (again, after a key refresh, with `may_fetch` off).
+    fn authenticate(&mut self, id: ConnId, now_ms: u64, c: Connect, client_id: MqStr, may_fetch: bool) {
+        let v = c.protocol;
         let anonymous_org = self.conn(id).expect("caller checked").listener.anonymous_org.clone();
         let verdict = self.auth.check(
             c.username.as_ref().map(|u| u.as_str()),
             c.password.as_deref(),
             anonymous_org.as_ref(),
             self.unix_ms(now_ms),
+            may_fetch,
         );
+        self.apply_verdict(id, now_ms, v, verdict, c, client_id);
+    }
+
+    fn apply_verdict(
+        &mut self,
+        id: ConnId,
+        now_ms: u64,
+        v: Protocol,
+        verdict: Verdict,
+        c: Connect,
+        client_id: MqStr,
+    ) {
         match verdict {
             Verdict::Allow(identity) => self.admit(id, now_ms, c, client_id, identity),
             Verdict::Deny(why, org) => self.deny_auth(id, now_ms, v, why, org, &c, &client_id),
             Verdict::Verify(ticket) => {
-                self.auth_jobs.push(AuthJob {
+                self.auth_jobs.push(AuthJob::Hash {
                     conn: id,
                     phc: ticket.phc.clone(),
                     password: ticket.password.clone(),
                 });
                 let conn = self.conn_mut(id).expect("caller checked");
                 conn.phase = Phase::AwaitAuth;
-                conn.pending_auth = Some(Box::new(PendingAuth { ticket, connect: c, client_id }));
+                conn.pending_auth =
+                    Some(Box::new(PendingAuth { ticket: Some(ticket), connect: c, client_id }));
+            }
+            Verdict::FetchKeys { org, provider } => {
+                self.auth_jobs.push(AuthJob::FetchKeys { conn: id, org, provider });
+                let conn = self.conn_mut(id).expect("caller checked");
+                conn.phase = Phase::AwaitAuth;
+                conn.pending_auth = Some(Box::new(PendingAuth { ticket: None, connect: c, client_id }));
             }
         }
     }
 
-    /// Password checks the shell must hand to the hashing pool.
+    /// Work the shell must hand to the hashing pool or the control plane.
     pub fn take_auth_jobs(&mut self) -> Vec<AuthJob> {
         std::mem::take(&mut self.auth_jobs)
     }
 
-    /// Whether password checks are waiting for the shell.
+    /// Whether auth jobs are waiting for the shell.
     pub fn has_auth_jobs(&self) -> bool {
         !self.auth_jobs.is_empty()
     }
 
-    /// The hashing pool's verdict for the CONNECT of `id` (`None`: the pool was full).
+    /// The answer to an [`AuthJob`] of `id`: the password verdict (`None`: the pool was full),
+    /// or, for a key refresh, whether it ran (the token is then checked again).
     pub fn handle_auth_result(&mut self, id: ConnId, now_ms: u64, ok: Option<bool>) {
         let Some(c) = self.conn_mut(id) else { return };
         let Some(p) = c.pending_auth.take() else { return };
         let PendingAuth { ticket, connect, client_id } = *p;
-        if c.closing {
-            self.auth.verified(ticket, None);
-            return;
-        }
+        let closing = c.closing;
         let v = connect.protocol;
-        match self.auth.verified(ticket, ok) {
-            Verdict::Allow(identity) => self.admit(id, now_ms, connect, client_id, identity),
-            Verdict::Deny(why, org) => self.deny_auth(id, now_ms, v, why, org, &connect, &client_id),
-            Verdict::Verify(_) => unreachable!("verified() never asks again"),
+        match ticket {
+            Some(ticket) if closing => {
+                self.auth.verified(ticket, None);
+                return;
+            }
+            _ if closing => return,
+            Some(ticket) => {
+                let verdict = self.auth.verified(ticket, ok);
+                self.apply_verdict(id, now_ms, v, verdict, connect, client_id);
+            }
+            None => self.authenticate(id, now_ms, connect, client_id, false),
         }
         if let Some(c) = self.conn_mut(id) {
             wake(&mut c.reader);
@@ -904,7 +966,9 @@ impl ShardCore {
                 let conn = self.conn(id).expect("caller checked");
                 (conn.listener.transport, conn.remote.clone())
             };
-            let method = if c.username.as_ref().is_some_and(|u| u.as_str().starts_with("tok_")) {
+            let method = if matches!(why, Denied::Jwt(_)) {
+                "jwt"
+            } else if c.username.as_ref().is_some_and(|u| u.as_str().starts_with("tok_")) {
                 "token"
             } else {
                 "password"
@@ -1042,6 +1106,70 @@ impl ShardCore {
                     self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
                 }
                 ids.len()
+            }
+        }
+    }
+
+    /// AUTH on a live connection: re-authentication with a fresh JWT (MQTT 5 §4.12.1). The new
+    /// token must name the same subject; its `exp` becomes the connection's deadline.
+    fn handle_auth(&mut self, id: ConnId, now_ms: u64, a: crate::codec::Auth) {
+        let Some(c) = self.conn(id) else { return };
+        if !c.auth_jwt {
+            // No enhanced authentication method was established at CONNECT [MQTT-4.12.0-1].
+            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+        }
+        if a.props.authentication_method.as_ref().map(|m| m.as_str()) != Some(JWT_AUTH_METHOD) {
+            return self.close_conn(id, Some(ReasonCode::BAD_AUTHENTICATION_METHOD), now_ms);
+            // [MQTT-4.12.1-1]
+        }
+        if a.reason != ReasonCode::RE_AUTHENTICATE {
+            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+        }
+        let Some(old) = c.identity.clone() else { return };
+        let client_id = c.key.as_ref().map(|k| k.client_id.clone());
+        let token = a.props.authentication_data.unwrap_or_default();
+        let now_unix = self.unix_ms(now_ms);
+        let result = self.auth.verify_jwt(&old.org, &token);
+        let detail_method = ("method", serde_json::Value::from("jwt_reauth"));
+        match result {
+            Ok(new) if new.name == old.name && new.expires_unix_ms.is_some_and(|t| t > now_unix) => {
+                let deadline = new.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
+                let who = format!("{}@{}", new.name, new.org);
+                self.audit(
+                    now_ms,
+                    old.org.clone(),
+                    AuditKind::AuthSuccess,
+                    client_id.as_ref(),
+                    Some(&who),
+                    &[detail_method],
+                );
+                let c = self.conn_mut(id).expect("checked");
+                c.identity = Some(Arc::new(new));
+                c.auth_deadline_ms = deadline;
+                let props = Properties {
+                    authentication_method: MqStr::copy_from(JWT_AUTH_METHOD),
+                    ..Properties::default()
+                };
+                self.write(id, &Packet::Auth(crate::codec::Auth { reason: ReasonCode::SUCCESS, props }));
+            }
+            other => {
+                let why = match other {
+                    Ok(_) => "jwt_subject_changed",
+                    Err(r) => r,
+                };
+                let who = format!("{}@{}", old.name, old.org);
+                self.audit(
+                    now_ms,
+                    old.org.clone(),
+                    AuditKind::AuthFailure,
+                    client_id.as_ref(),
+                    Some(&who),
+                    &[detail_method, ("reason", why.into())],
+                );
+                if let Some(c) = self.conn_mut(id) {
+                    c.close_reason = Some("reauthentication_failed");
+                }
+                self.close_conn(id, Some(ReasonCode::NOT_AUTHORIZED), now_ms);
             }
         }
     }

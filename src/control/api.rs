@@ -171,6 +171,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v2/users/{name}", get(get_user).patch(update_user).delete(delete_user))
         .route("/v2/tokens", post(create_token).get(list_tokens))
         .route("/v2/tokens/{username}", delete(revoke_token))
+        .route("/v2/token-exchange", post(token_exchange))
         .route("/v2/sessions", get(list_sessions))
         .route("/v2/sessions/{client_id}", delete(disconnect_session))
         .route("/v2/audit", get(audit))
@@ -185,11 +186,12 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
     paths(
         healthz, create_org, list_orgs, get_org, delete_org, create_api_key, list_api_keys, delete_api_key,
         create_user, list_users, get_user, update_user, delete_user, create_token, list_tokens, revoke_token,
+        token_exchange,
         list_sessions, disconnect_session, audit
     ),
     components(schemas(
         CreateOrg, CreatedOrg, OrgView, CreateApiKey, CreatedApiKey, ApiKeyView, CreateUser, CreatedUser, UpdateUser,
-        UserView, CreateToken, CreatedToken, TokenView, AuditPage, ErrorBody
+        UserView, CreateToken, CreatedToken, TokenView, TokenExchange, AuditPage, ErrorBody
     )),
     modifiers(&BearerAuth)
 )]
@@ -765,6 +767,20 @@ async fn create_token(
             )));
         }
     }
+    let attrs = Attrs {
+        user_id: req.user_id,
+        email: req.email,
+        agent_id: req.agent_id,
+        role: req.role,
+        session_id: req.session_id,
+        claims: req.claims,
+    };
+    let created = mint_token(&ctl, &org, ttl, attrs)?;
+    ctl.audit_admin(&org, &who.actor(), "token.create", created.username.split('@').next().unwrap_or(""));
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+fn mint_token(ctl: &Ctl, org: &str, ttl: u64, attrs: Attrs) -> ApiResult<CreatedToken> {
     let id = format!("tok_{}", secret::random_b32(16));
     let password = format!("tkn_{}", secret::random_b32(40));
     let now = unix_now_ms();
@@ -774,26 +790,96 @@ async fn create_token(
         mac: secret::hex(&ctl.auth.pepper.mac(TOKEN_DOMAIN, password.as_bytes())),
         created_unix_ms: now,
         expires_unix_ms: expires,
-        attrs: Attrs {
-            user_id: req.user_id,
-            email: req.email,
-            agent_id: req.agent_id,
-            role: req.role,
-            session_id: req.session_id,
-            claims: req.claims,
-        },
+        attrs,
     };
     {
         let _w = ctl.write.lock().expect("write lock");
-        ctl.store.put_token(&org, &rec)?;
+        ctl.store.put_token(org, &rec)?;
         ctl.store.sync()?;
         ctl.publish()?;
     }
-    ctl.audit_admin(&org, &who.actor(), "token.create", &id);
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedToken { username: format!("{id}@{org}"), password, expires_at: rfc3339(expires) }),
-    ))
+    Ok(CreatedToken { username: format!("{id}@{org}"), password, expires_at: rfc3339(expires) })
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TokenExchange {
+    /// The org's JWT provider name (`auth0`, or its configured `name`).
+    provider: String,
+    /// The IdP JWT.
+    token: String,
+    /// Lifetime of the credentials, seconds (default: the org's token_ttl).
+    ttl: Option<u64>,
+}
+
+/// Verifies an IdP JWT as CONNECT would and returns temporary credentials carrying its mapped
+/// claims, for clients that cannot send a JWT as their MQTT password.
+#[utoipa::path(post, path = "/v2/token-exchange", request_body = TokenExchange,
+    responses((status = 201, body = CreatedToken), (status = 401, body = ErrorBody)))]
+async fn token_exchange(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    use crate::auth::jwt::{verify, JwtCheck, JWT_BYTES_MAX};
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let req: TokenExchange = body(b, false)?;
+    if req.token.len() > JWT_BYTES_MAX {
+        return Err(ApiError::bad(format!("token: over {JWT_BYTES_MAX} bytes")));
+    }
+    let ring =
+        ctl.rings.get(&org, &req.provider).cloned().ok_or_else(|| {
+            ApiError::not_found(format!("org {org} has no JWT provider \"{}\"", req.provider))
+        })?;
+    let o = ctl.store.org(&org)?.ok_or_else(|| ApiError::not_found("no such org"))?;
+    let ttl = req.ttl.unwrap_or(o.token_ttl_secs);
+    if ttl == 0 || ttl > o.token_ttl_max_secs {
+        return Err(ApiError::bad(format!(
+            "ttl: must be 1..={} seconds for org {org}",
+            o.token_ttl_max_secs
+        )));
+    }
+    let org_arc: Arc<str> = org.as_str().into();
+    let check = |may_fetch| {
+        verify(&org_arc, &[Arc::new(ring.provider_dir(unix_now_ms()))], req.token.as_bytes(), may_fetch)
+    };
+    let mut result = check(true);
+    if let JwtCheck::UnknownKey { .. } = result {
+        ctl.refresh_ring(&org, &req.provider, true).await;
+        result = check(false);
+    }
+    let identity = match result {
+        JwtCheck::Valid(i) => i,
+        JwtCheck::Invalid(why) => {
+            let mut d = serde_json::Map::new();
+            d.insert("method".into(), "token_exchange".into());
+            d.insert("provider".into(), req.provider.clone().into());
+            d.insert("reason".into(), why.into());
+            ctl.audit(crate::audit::AuditRecord {
+                org: org_arc.clone(),
+                kind: crate::audit::AuditKind::AuthFailure,
+                client_id: None,
+                username: Some(who.actor()),
+                detail: d,
+                unix_ms: unix_now_ms(),
+            });
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", why));
+        }
+        JwtCheck::UnknownKey { .. } => unreachable!("checked without fetching"),
+    };
+    let created = mint_token(&ctl, &org, ttl, (*identity.attrs).clone())?;
+    let mut d = serde_json::Map::new();
+    d.insert("provider".into(), req.provider.into());
+    d.insert("subject".into(), identity.name.to_string().into());
+    ctl.audit_admin_with(
+        &org,
+        &who.actor(),
+        "token.exchange",
+        created.username.split('@').next().unwrap_or(""),
+        d,
+    );
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Lists an org's live tokens (never their secrets).

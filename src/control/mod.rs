@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod jwks;
 pub mod store;
 
 use std::collections::HashMap;
@@ -78,6 +79,32 @@ pub enum ShardCommand {
     },
 }
 
+/// A request from a shard to the control plane.
+pub enum ControlRequest {
+    /// Refresh a JWT provider's keys (an unknown `kid` was seen); `reply` runs when done.
+    RefreshKeys {
+        /// Organization.
+        org: Arc<str>,
+        /// Provider name.
+        provider: Arc<str>,
+        /// Called when the refresh finished or was skipped.
+        reply: Box<dyn FnOnce() + Send>,
+    },
+}
+
+impl std::fmt::Debug for ControlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlRequest::RefreshKeys { org, provider, .. } => {
+                write!(f, "RefreshKeys({org}, {provider})")
+            }
+        }
+    }
+}
+
+/// Requests queued from all shards to the control plane.
+const REQUEST_QUEUE: usize = 4096;
+
 /// What `serve` hands to the shards.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -91,6 +118,8 @@ pub struct ControlPlane {
     pub shard_commands: Vec<flume::Receiver<ShardCommand>>,
     /// The admin API's bound address, if any.
     pub admin_addr: Option<std::net::SocketAddr>,
+    /// Where shards send requests (key refreshes).
+    pub requests: flume::Sender<ControlRequest>,
 }
 
 /// State shared by the admin API handlers and the background tasks.
@@ -103,6 +132,9 @@ pub struct Ctl {
     /// Serializes changes and snapshot publication.
     pub(crate) write: Mutex<()>,
     pub(crate) audit_dropped: std::sync::atomic::AtomicU64,
+    /// JWT providers' key rings.
+    pub(crate) rings: jwks::Rings,
+    pub(crate) http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Ctl {
@@ -142,6 +174,9 @@ impl Ctl {
                     }),
                 );
             }
+            for r in self.rings.by_org.get(&o.id).into_iter().flatten() {
+                od.jwt.push(Arc::new(r.provider_dir(now)));
+            }
             for t in self.store.tokens(&o.id)? {
                 if t.expires_unix_ms <= now {
                     continue;
@@ -156,6 +191,22 @@ impl Ctl {
         }
         self.auth.directory.store(Arc::new(dir));
         Ok(())
+    }
+
+    /// Refreshes one provider's keys and republishes the directory if they changed.
+    pub(crate) async fn refresh_ring(&self, org: &str, provider: &str, on_demand: bool) {
+        let Some(ring) = self.rings.get(org, provider).cloned() else { return };
+        match ring.refresh(&self.http, on_demand).await {
+            Ok(true) => {
+                let _w = self.write.lock().expect("write lock");
+                if let Err(e) = self.publish() {
+                    tracing::error!(error = %e, "publishing new keys failed");
+                }
+                tracing::info!(org, provider, "JWT keys updated");
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(org, provider, error = %e, "JWT key fetch failed"),
+        }
     }
 
     /// Tells every shard to close `org`'s connections matching `target`; how many closed.
@@ -327,6 +378,18 @@ pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
         shard_tx.push(tx);
         shard_rx.push(rx);
     }
+    let mut rings = jwks::Rings::default();
+    for o in &cfg.orgs {
+        for j in &o.jwt {
+            rings.by_org.entry(o.id.clone()).or_default().push(Arc::new(jwks::Ring::new(&o.id, j)?));
+        }
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
     let ctl = Arc::new(Ctl {
         store,
         auth: auth.clone(),
@@ -335,10 +398,13 @@ pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
         audit: Mutex::new(audit::AuditWriter::default()),
         write: Mutex::new(()),
         audit_dropped: Default::default(),
+        rings,
+        http,
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;
     let (audit_tx, audit_rx) = flume::bounded::<AuditRecord>(AUDIT_QUEUE);
+    let (req_tx, req_rx) = flume::bounded::<ControlRequest>(REQUEST_QUEUE);
     // Bind the admin listener here so a bad address fails start-up with a clear message.
     let admin = match &cfg.admin {
         None => None,
@@ -358,21 +424,46 @@ pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
         .spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(run(ctl2, admin, audit_rx, retention));
+            rt.block_on(run(ctl2, admin, audit_rx, req_rx, retention));
         })
         .map_err(|e| e.to_string())?;
     if let Some(a) = admin_addr {
         tracing::info!(bind = %a, operator_key = ctl.operator_key.is_some(), "admin API");
     }
-    Ok(ControlPlane { auth, pool, audit_tx, shard_commands: shard_rx, admin_addr })
+    Ok(ControlPlane { auth, pool, audit_tx, shard_commands: shard_rx, admin_addr, requests: req_tx })
 }
 
 async fn run(
     ctl: Arc<Ctl>,
     admin: Option<std::net::TcpListener>,
     audit_rx: flume::Receiver<AuditRecord>,
+    req_rx: flume::Receiver<ControlRequest>,
     retention_ms: u64,
 ) {
+    // Key refreshes asked for by shards (unknown kid), and scheduled ones.
+    let c = ctl.clone();
+    tokio::spawn(async move {
+        while let Ok(ControlRequest::RefreshKeys { org, provider, reply }) = req_rx.recv_async().await {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.refresh_ring(&org, &provider, true).await;
+                reply();
+            });
+        }
+    });
+    let c = ctl.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = std::time::Instant::now();
+            let due: Vec<_> = c.rings.all().filter(|r| r.due(now)).cloned().collect();
+            for r in due {
+                let c = c.clone();
+                tokio::spawn(async move { c.refresh_ring(&r.org, &r.cfg.name, false).await });
+            }
+        }
+    });
     if let Some(l) = admin {
         let app = api::router(ctl.clone());
         match tokio::net::TcpListener::from_std(l) {

@@ -20,10 +20,10 @@ use crate::audit::AuditRecord;
 use crate::auth::password::{HashJob, HashPool};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::sys::SysBoard;
-use crate::broker::{ConnId, CoreConfig, ListenerCtx, ShardCore};
+use crate::broker::{AuthJob, ConnId, CoreConfig, ListenerCtx, ShardCore};
 use crate::codec::ReasonCode;
 use crate::config::{Config, Listener};
-use crate::control::ShardCommand;
+use crate::control::{ControlRequest, ShardCommand};
 use crate::limits;
 use crate::transport::tls::{self, ReloadingCert};
 
@@ -94,6 +94,7 @@ pub(crate) struct Shard {
     /// Where the hashing pool answers this shard.
     auth_tx: flume::Sender<(ConnId, bool)>,
     audit_tx: flume::Sender<AuditRecord>,
+    control_tx: flume::Sender<ControlRequest>,
 }
 
 /// What each shard gets from the control plane.
@@ -101,6 +102,7 @@ pub(crate) struct Shard {
 struct ShardLinks {
     pool: HashPool,
     audit_tx: flume::Sender<AuditRecord>,
+    control_tx: flume::Sender<ControlRequest>,
     commands: Arc<Vec<flume::Receiver<ShardCommand>>>,
 }
 
@@ -195,17 +197,33 @@ impl Shard {
             };
             for job in jobs {
                 let tx = self.auth_tx.clone();
-                let conn = job.conn;
-                let hj = HashJob {
-                    phc: job.phc,
-                    password: job.password,
-                    reply: Box::new(move |ok| {
-                        let _ = tx.send((conn, ok));
-                    }),
-                };
-                if self.pool.submit(hj).is_err() {
-                    // Full: answered at once as "server busy"; this may queue more work.
-                    self.core.borrow_mut().handle_auth_result(conn, now_ms(), None);
+                match job {
+                    AuthJob::Hash { conn, phc, password } => {
+                        let hj = HashJob {
+                            phc,
+                            password,
+                            reply: Box::new(move |ok| {
+                                let _ = tx.send((conn, ok));
+                            }),
+                        };
+                        if self.pool.submit(hj).is_err() {
+                            // Full: answered at once as "server busy"; this may queue more work.
+                            self.core.borrow_mut().handle_auth_result(conn, now_ms(), None);
+                        }
+                    }
+                    AuthJob::FetchKeys { conn, org, provider } => {
+                        let req = ControlRequest::RefreshKeys {
+                            org,
+                            provider,
+                            reply: Box::new(move || {
+                                let _ = tx.send((conn, true));
+                            }),
+                        };
+                        if self.control_tx.try_send(req).is_err() {
+                            // The control plane is swamped: check again without fetching.
+                            self.core.borrow_mut().handle_auth_result(conn, now_ms(), Some(false));
+                        }
+                    }
                 }
             }
         }
@@ -236,6 +254,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let links = ShardLinks {
         pool: cp.pool.clone(),
         audit_tx: cp.audit_tx.clone(),
+        control_tx: cp.requests.clone(),
         commands: Arc::new(cp.shard_commands),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
@@ -299,6 +318,7 @@ async fn shard_main(
         pool: links.pool.clone(),
         auth_tx,
         audit_tx: links.audit_tx.clone(),
+        control_tx: links.control_tx.clone(),
     });
     // Password verdicts from the hashing pool.
     {
