@@ -27,7 +27,7 @@ pub const TOKEN_DOMAIN: &str = "token";
 pub const API_KEY_DOMAIN: &str = "api_key";
 const CACHE_DOMAIN: &str = "credential_cache";
 
-/// Verified credentials each shard remembers (good and bad), before it forgets them all.
+/// Verified credentials remembered (good and bad), before they are all forgotten.
 const CACHE_MAX: usize = 16_384;
 /// Argon2id checks one user may have in flight on one shard; more are refused as busy.
 const PER_USER_INFLIGHT_MAX: u8 = 4;
@@ -45,6 +45,10 @@ pub struct AuthShared {
     pub pepper: Pepper,
     /// A PHC string checked for unknown users, so they take as long as known ones.
     pub decoy_phc: Arc<str>,
+    /// Fingerprints of credentials already verified (`true` = good), shared by all shards so a
+    /// client verified on one shard reconnects on any other without a hash. Touched only on
+    /// CONNECT, for a hash lookup: the lock is never held across anything slow.
+    cache: std::sync::Mutex<HashMap<Mac, bool, RandomState>>,
 }
 
 impl AuthShared {
@@ -54,6 +58,7 @@ impl AuthShared {
             directory: ArcSwap::from_pointee(directory),
             pepper,
             decoy_phc: password::hash_password(&secret::random_bytes::<16>()).into(),
+            cache: std::sync::Mutex::default(),
         }
     }
 }
@@ -139,12 +144,11 @@ impl VerifyTicket {
     }
 }
 
-/// One shard's authenticator: the shared directory plus this shard's caches.
+/// One shard's authenticator: the shared directory and cache, plus this shard's bounds on
+/// checks in flight.
 #[derive(Debug)]
 pub struct Authenticator {
     shared: Arc<AuthShared>,
-    /// Fingerprints of credentials already verified: `true` = good, `false` = bad.
-    cache: HashMap<Mac, bool, RandomState>,
     inflight: HashMap<(Arc<str>, Arc<str>), u8, RandomState>,
     decoys: u16,
 }
@@ -152,7 +156,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// An authenticator reading `shared`.
     pub fn new(shared: Arc<AuthShared>) -> Authenticator {
-        Authenticator { shared, cache: HashMap::default(), inflight: HashMap::default(), decoys: 0 }
+        Authenticator { shared, inflight: HashMap::default(), decoys: 0 }
     }
 
     /// Authenticates a CONNECT's user name and password at Unix time `now_unix_ms`.
@@ -222,7 +226,8 @@ impl Authenticator {
         ctx.extend_from_slice(&version.to_le_bytes());
         ctx.extend_from_slice(password);
         let fingerprint = self.shared.pepper.mac(CACHE_DOMAIN, &ctx);
-        match (self.cache.get(&fingerprint), &user) {
+        let cached = self.shared.cache.lock().expect("cache lock").get(&fingerprint).copied();
+        match (cached, &user) {
             (Some(true), Some(user)) => return Verdict::Allow(user_identity(org, user)),
             (Some(_), _) => {
                 return deny(if user.is_some() { Denied::BadPassword } else { Denied::UnknownUser })
@@ -268,10 +273,13 @@ impl Authenticator {
         }
         let deny = |d| Verdict::Deny(d, Some(ticket.org.clone()));
         let Some(ok) = ok else { return deny(Denied::Busy) };
-        if self.cache.len() >= CACHE_MAX {
-            self.cache.clear();
+        {
+            let mut cache = self.shared.cache.lock().expect("cache lock");
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(ticket.fingerprint, ok && ticket.user.is_some());
         }
-        self.cache.insert(ticket.fingerprint, ok && ticket.user.is_some());
         match (&ticket.user, ok) {
             (None, _) => deny(Denied::UnknownUser),
             (Some(_), false) => deny(Denied::BadPassword),
@@ -301,12 +309,6 @@ impl Authenticator {
             jwt::JwtCheck::Invalid(r) => Err(r),
             jwt::JwtCheck::UnknownKey { .. } => Err("jwt_unknown_key"),
         }
-    }
-
-    /// Forgets every cached verdict (after a password change, say; versions already make
-    /// stale entries unreachable, this frees their memory).
-    pub fn clear_cache(&mut self) {
-        self.cache.clear();
     }
 }
 

@@ -410,6 +410,11 @@ impl ShardCore {
         for s in ended {
             self.end_session(s, now_ms);
         }
+        if now_ms >= self.last_report_ms + 1000 {
+            // Figures for /metrics every second, whether or not $SYS is published.
+            self.last_report_ms = now_ms;
+            self.report_figures();
+        }
         if self.cfg.sys_interval_ms > 0 && now_ms >= self.last_sys_ms + self.cfg.sys_interval_ms {
             self.last_sys_ms = now_ms;
             self.publish_sys(now_ms);
@@ -417,7 +422,7 @@ impl ShardCore {
         self.drain_self(now_ms);
     }
 
-    fn publish_sys(&mut self, now_ms: u64) {
+    fn report_figures(&mut self) {
         let mut figures: HashMap<Arc<str>, sys::OrgFigures, RandomState> = HashMap::default();
         for o in self.cfg.auth.directory.load().orgs.keys() {
             figures.entry(o.clone()).or_default();
@@ -440,6 +445,10 @@ impl ShardCore {
             f.retained = self.retained.count(org) as u64;
         }
         self.cfg.sys.report(self.shard as usize, figures);
+    }
+
+    fn publish_sys(&mut self, now_ms: u64) {
+        self.report_figures();
         if self.shard != 0 {
             return;
         }

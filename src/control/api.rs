@@ -225,13 +225,47 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-async fn metrics(State(ctl): State<Arc<Ctl>>) -> impl IntoResponse {
-    let dropped = ctl.audit_dropped.load(std::sync::atomic::Ordering::Relaxed);
-    let body = format!(
-        "# HELP coremq_audit_events_dropped_total Audit events dropped because the writer fell behind.\n\
-         # TYPE coremq_audit_events_dropped_total counter\ncoremq_audit_events_dropped_total {dropped}\n"
-    );
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OrgLabel {
+    org: String,
+}
+
+/// Prometheus text exposition of per-org figures (operator key: org ids are not public).
+async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    operator(&ctl, &headers)?;
+    let mut reg = prometheus_client::registry::Registry::with_prefix("coremq");
+    let connected = Family::<OrgLabel, Gauge>::default();
+    let subs = Family::<OrgLabel, Gauge>::default();
+    let retained = Family::<OrgLabel, Gauge>::default();
+    let received = Family::<OrgLabel, Counter>::default();
+    let sent = Family::<OrgLabel, Counter>::default();
+    reg.register("clients_connected", "Connected clients", connected.clone());
+    reg.register("subscriptions", "Subscriptions", subs.clone());
+    reg.register("retained_messages", "Retained messages", retained.clone());
+    reg.register("messages_received", "Messages received from clients", received.clone());
+    reg.register("messages_sent", "Messages sent to clients", sent.clone());
+    for (org, f) in ctl.sys.totals() {
+        let l = OrgLabel { org: org.to_string() };
+        connected.get_or_create(&l).set(f.connected as i64);
+        subs.get_or_create(&l).set(f.subscriptions as i64);
+        retained.get_or_create(&l).set(f.retained as i64);
+        received.get_or_create(&l).inc_by(f.received);
+        sent.get_or_create(&l).inc_by(f.sent);
+    }
+    let dropped = Counter::<u64>::default();
+    dropped.inc_by(ctl.audit_dropped.load(std::sync::atomic::Ordering::Relaxed));
+    reg.register("audit_events_dropped", "Audit events dropped because the writer fell behind", dropped);
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &reg).map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "metrics encoding failed")
+    })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        body,
+    ))
 }
 
 // ------------------------------------------------------------------------ orgs

@@ -120,6 +120,8 @@ pub struct ControlPlane {
     pub admin_addr: Option<std::net::SocketAddr>,
     /// Where shards send requests (key refreshes).
     pub requests: flume::Sender<ControlRequest>,
+    /// Audit events shards dropped because the queue was full (shown in /metrics).
+    pub audit_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// State shared by the admin API handlers and the background tasks.
@@ -131,10 +133,12 @@ pub struct Ctl {
     pub(crate) audit: Mutex<audit::AuditWriter>,
     /// Serializes changes and snapshot publication.
     pub(crate) write: Mutex<()>,
-    pub(crate) audit_dropped: std::sync::atomic::AtomicU64,
+    pub(crate) audit_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// JWT providers' key rings.
     pub(crate) rings: jwks::Rings,
     pub(crate) http: reqwest::Client,
+    /// Per-org figures the shards report every second (for /metrics).
+    pub(crate) sys: Arc<crate::broker::sys::SysBoard>,
 }
 
 impl std::fmt::Debug for Ctl {
@@ -356,7 +360,7 @@ fn bootstrap(ctl: &Ctl, cfg: &Config) -> Result<(), String> {
 
 /// Opens the store, applies the config, starts the control-plane thread (admin API, audit
 /// writer, purges) and returns what the shards need.
-pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
+pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<ControlPlane, String> {
     let store = Store::open(&cfg.data_dir.join("control")).map_err(|e| e.to_string())?;
     let pepper = Pepper::new(&store.pepper().map_err(|e| e.to_string())?);
     let auth = Arc::new(AuthShared::new(Directory::default(), pepper));
@@ -400,6 +404,7 @@ pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
         audit_dropped: Default::default(),
         rings,
         http,
+        sys,
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;
@@ -430,7 +435,15 @@ pub fn start(cfg: &Config) -> Result<ControlPlane, String> {
     if let Some(a) = admin_addr {
         tracing::info!(bind = %a, operator_key = ctl.operator_key.is_some(), "admin API");
     }
-    Ok(ControlPlane { auth, pool, audit_tx, shard_commands: shard_rx, admin_addr, requests: req_tx })
+    Ok(ControlPlane {
+        auth,
+        pool,
+        audit_tx,
+        shard_commands: shard_rx,
+        admin_addr,
+        requests: req_tx,
+        audit_dropped: ctl.audit_dropped.clone(),
+    })
 }
 
 async fn run(

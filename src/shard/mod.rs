@@ -95,6 +95,7 @@ pub(crate) struct Shard {
     auth_tx: flume::Sender<(ConnId, bool)>,
     audit_tx: flume::Sender<AuditRecord>,
     control_tx: flume::Sender<ControlRequest>,
+    audit_dropped: Arc<AtomicU64>,
 }
 
 /// What each shard gets from the control plane.
@@ -103,6 +104,7 @@ struct ShardLinks {
     pool: HashPool,
     audit_tx: flume::Sender<AuditRecord>,
     control_tx: flume::Sender<ControlRequest>,
+    audit_dropped: Arc<AtomicU64>,
     commands: Arc<Vec<flume::Receiver<ShardCommand>>>,
 }
 
@@ -187,6 +189,7 @@ impl Shard {
                     for r in core.take_audit() {
                         if self.audit_tx.try_send(r).is_err() {
                             core.stats.audit_dropped += 1;
+                            self.audit_dropped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -240,7 +243,8 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     }
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
-    let cp = crate::control::start(&cfg).map_err(std::io::Error::other)?;
+    let sys = Arc::new(SysBoard::new(nr));
+    let cp = crate::control::start(&cfg, sys.clone()).map_err(std::io::Error::other)?;
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
         max_packet_size: cfg.max_packet_size,
@@ -249,12 +253,13 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         auth: cp.auth.clone(),
         unix_epoch_ms: crate::control::unix_now_ms().saturating_sub(now_ms()),
         retain_seq: Arc::new(AtomicU64::new(1)),
-        sys: Arc::new(SysBoard::new(nr)),
+        sys,
     };
     let links = ShardLinks {
         pool: cp.pool.clone(),
         audit_tx: cp.audit_tx.clone(),
         control_tx: cp.requests.clone(),
+        audit_dropped: cp.audit_dropped.clone(),
         commands: Arc::new(cp.shard_commands),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
@@ -319,6 +324,7 @@ async fn shard_main(
         auth_tx,
         audit_tx: links.audit_tx.clone(),
         control_tx: links.control_tx.clone(),
+        audit_dropped: links.audit_dropped.clone(),
     });
     // Password verdicts from the hashing pool.
     {

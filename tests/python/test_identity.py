@@ -442,3 +442,27 @@ def test_cli_passwd_and_admin_clients(ib):
     assert r.returncode == 1 and "404" in r.stderr
     r = run("audit", "--type", "admin")
     assert r.returncode == 0 and "user.create" in r.stdout
+
+
+def test_metrics_per_org(ib):
+    c = Client(ib.port, "m1", V5, username="alice@acme", password=ALICE_PW)
+    c.subscribe("m/#", 0)
+    for i in range(5):
+        c.publish("m/x", "x", qos=1)
+    c.expect(5)
+    Client(ib.port, "m2", V311)  # org local (anonymous listener)
+    assert ib.api("GET", "/metrics")[0] == 403  # org keys do not see other orgs' figures
+
+    def scrape():
+        req = urllib.request.Request(f"http://127.0.0.1:{ib.admin_port}/metrics")
+        req.add_header("Authorization", f"Bearer {OPERATOR}")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def has(text):
+        return ('coremq_clients_connected{org="acme"} 1' in text and
+                'coremq_clients_connected{org="local"} 1' in text and
+                'coremq_messages_received_total{org="acme"} 5' in text and
+                'coremq_messages_sent_total{org="acme"} 5' in text)
+    text = wait_for(lambda: (lambda t: has(t) and t)(scrape()), timeout=5, what="metrics")
+    assert 'coremq_subscriptions{org="acme"} 1' in text
