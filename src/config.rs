@@ -760,7 +760,8 @@ fn parse_duration_ms(d: &RawDuration) -> Result<u64, String> {
                 "s" | "" => 1000,
                 "m" => 60_000,
                 "h" => 3_600_000,
-                _ => return Err(format!("unknown unit in \"{t}\" (ms, s, m, h)")),
+                "d" => 86_400_000,
+                _ => return Err(format!("unknown unit in \"{t}\" (ms, s, m, h, d)")),
             };
             Ok(n * mult)
         }

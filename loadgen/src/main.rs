@@ -56,6 +56,12 @@ struct Handshake {
     /// Transport (tcp gives the per-connection baseline without TLS).
     #[arg(long, value_enum, default_value_t = Kind::Tls)]
     transport: Kind,
+    /// User name for CONNECT (`user@org`, `tok_…@org`, `any@org` with a JWT password).
+    #[arg(long)]
+    username: Option<String>,
+    /// Password for CONNECT (a password, `tkn_…`, or a JWT).
+    #[arg(long, default_value = "")]
+    password: String,
     #[arg(long)]
     broker_pid: Option<u32>,
     #[arg(long, default_value = "")]
@@ -136,13 +142,16 @@ fn connect(a: &P2p, id: &str) -> Res<Conn> {
         _ => None,
     };
     let s = Conn::connect(&a.host, a.port, a.transport, tls.as_ref())?;
-    mqtt_connect(s, id)
+    mqtt_connect(s, id, None)
 }
 
-fn mqtt_connect(mut s: Conn, id: &str) -> Res<Conn> {
+fn mqtt_connect(mut s: Conn, id: &str, login: Option<(&str, &str)>) -> Res<Conn> {
     let mut buf = BytesMut::new();
     let mut c = v4::Connect::new(id);
     c.keep_alive = 60;
+    if let Some((u, p)) = login {
+        c.set_login(u, p);
+    }
     c.write(&mut buf).map_err(|e| format!("{e:?}"))?;
     s.write_all(&buf).map_err(|e| e.to_string())?;
     let mut rb = BytesMut::new();
@@ -481,7 +490,8 @@ fn handshake(a: Handshake) -> Res<()> {
                 let t0 = Instant::now();
                 let r = Conn::connect(&a.host, a.port, a.transport, Some(&cfg)).and_then(|c| {
                     if a.mqtt {
-                        mqtt_connect(c, &format!("hs-{t}-{n}")).map(|_| ())
+                        let login = a.username.as_deref().map(|u| (u, a.password.as_str()));
+                        mqtt_connect(c, &format!("hs-{t}-{n}"), login).map(|_| ())
                     } else {
                         Ok(())
                     }

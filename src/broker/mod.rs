@@ -1086,29 +1086,10 @@ impl ShardCore {
             KickTarget::All => self.kick(now_ms, org, |_| true),
             KickTarget::User(u) => self.kick(now_ms, org, |i| i.method == Method::Password && &*i.name == u),
             KickTarget::Token(t) => self.kick(now_ms, org, |i| i.method == Method::Token && &*i.name == t),
-            KickTarget::ClientId(cid) => {
-                let ids: Vec<ConnId> = self
-                    .conns
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| {
-                        let c = c.as_ref()?;
-                        let k = c.key.as_ref()?;
-                        (!c.closing
-                            && c.phase == Phase::Active
-                            && &*k.org == org
-                            && k.client_id.as_str() == cid)
-                            .then_some(ConnId { idx: i as u32, gen: c.gen })
-                    })
-                    .collect();
-                for id in &ids {
-                    if let Some(c) = self.conn_mut(*id) {
-                        c.close_reason = Some("administrative_action");
-                    }
-                    self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
-                }
-                ids.len()
-            }
+            KickTarget::ClientId(cid) => self.close_admin(now_ms, |c| {
+                c.phase == Phase::Active
+                    && c.key.as_ref().is_some_and(|k| &*k.org == org && k.client_id.as_str() == cid)
+            }),
         }
     }
 
@@ -1179,15 +1160,18 @@ impl ShardCore {
     /// Closes every live connection of `org` whose identity `matches` (a deleted or changed
     /// user, a revoked token), with 0x98 administrative action on 5.0.
     pub fn kick(&mut self, now_ms: u64, org: &str, matches: impl Fn(&Identity) -> bool) -> usize {
+        self.close_admin(now_ms, |c| c.identity.as_ref().is_some_and(|i| &*i.org == org && matches(i)))
+    }
+
+    /// Closes the live connections `select` picks, with 0x98 administrative action; how many.
+    fn close_admin(&mut self, now_ms: u64, select: impl Fn(&Conn) -> bool) -> usize {
         let ids: Vec<ConnId> = self
             .conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
                 let c = c.as_ref()?;
-                let ident = c.identity.as_ref()?;
-                (!c.closing && &*ident.org == org && matches(ident))
-                    .then_some(ConnId { idx: i as u32, gen: c.gen })
+                (!c.closing && select(c)).then_some(ConnId { idx: i as u32, gen: c.gen })
             })
             .collect();
         for id in &ids {

@@ -524,10 +524,15 @@ async fn run(
                 }
                 Err(e) => tracing::error!(error = %e, "token purge failed"),
             }
-            if n % 7200 == 0 {
-                if let Err(e) = ctl.store.purge_audit(now.saturating_sub(retention_ms)) {
-                    tracing::error!(error = %e, "audit retention purge failed");
-                }
+        }
+        // Audit retention: purged a few times per retention period (at most hourly).
+        let every = (retention_ms / 4).clamp(1000, 3_600_000) / 500;
+        if n % every.max(1) == 1 {
+            let cutoff = unix_now_ms().saturating_sub(retention_ms);
+            match ctl.store.purge_audit(cutoff) {
+                Ok(0) => {}
+                Ok(k) => tracing::debug!(events = k, "audit events past retention purged"),
+                Err(e) => tracing::error!(error = %e, "audit retention purge failed"),
             }
         }
     }

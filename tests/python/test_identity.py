@@ -34,7 +34,7 @@ class IBroker(Broker):
     """Two shards; admin API with an operator key; org `acme` from the config (API key from the
     environment, user alice); tcp (anonymous → local), plus tls, ws and wss listeners."""
 
-    def __init__(self):
+    def __init__(self, top=""):
         global ALICE_HASH
         if ALICE_HASH is None:
             ALICE_HASH = passwd(ALICE_PW)
@@ -44,7 +44,7 @@ class IBroker(Broker):
         def setup(b):
             make_certs(os.path.join(b.dir, "certs"))
 
-        extra = (f'[admin]\nbind = "127.0.0.1:{self.admin_port}"\noperator_key_env = "OPK"\n'
+        extra = (top + f'[admin]\nbind = "127.0.0.1:{self.admin_port}"\noperator_key_env = "OPK"\n'
                  '[[org]]\nid = "acme"\napi_key_env = "ACME_KEY"\ntoken_ttl_max = "2h"\n'
                  f'[[org.user]]\nname = "alice"\npassword_hash = "{ALICE_HASH}"\nroles = ["engineer"]\n')
         tls = 'cert = "certs/server.pem"\nkey = "certs/server.key"\n'
@@ -466,3 +466,13 @@ def test_metrics_per_org(ib):
                 'coremq_messages_sent_total{org="acme"} 5' in text)
     text = wait_for(lambda: (lambda t: has(t) and t)(scrape()), timeout=5, what="metrics")
     assert 'coremq_subscriptions{org="acme"} 1' in text
+
+
+def test_audit_retention_purges_old_events():
+    b = IBroker(top='audit_retention = "2s"\n')
+    try:
+        Client(b.port, "old", V311, username="alice@acme", password="wrong", expect_rc=0x86)
+        wait_for(lambda: b.audit(client_id="old")["events"], what="the event")
+        wait_for(lambda: not b.audit(client_id="old")["events"], timeout=6, what="retention purge")
+    finally:
+        assert b.stop() == 0
