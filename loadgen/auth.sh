@@ -8,10 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-8}
-cargo build --release -q --bin coremq -p coremq -p coremq-loadgen
+cargo build --release -q -p coremq --bin coremq && cargo build --release -q -p coremq-loadgen
 LG=target/release/coremq-loadgen
 TMP=$(mktemp -d)
-B=$((20000 + RANDOM % 20000))
+B=$((20000 + RANDOM % 10000))
 A=$((B + 1))
 HASH=$(echo "bench-password" | target/release/coremq passwd)
 # An ES256 key as a JWKS file, and a token signed with it.

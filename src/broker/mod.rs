@@ -1007,19 +1007,22 @@ impl ShardCore {
             let conn = self.conn(id).expect("caller checked");
             (conn.listener.transport, conn.remote.clone())
         };
-        self.audit(
-            now_ms,
-            org.clone(),
-            AuditKind::AuthSuccess,
-            Some(&client_id),
-            c.username.as_ref().map(|u| u.as_str()),
-            &[
-                ("method", identity.method.as_str().into()),
-                ("identity", (*identity.name).into()),
-                ("transport", transport.into()),
-                ("remote", (*remote).into()),
-            ],
-        );
+        // Anonymous clients did not authenticate: their `connect` event is the record.
+        if identity.method != crate::auth::directory::Method::Anonymous {
+            self.audit(
+                now_ms,
+                org.clone(),
+                AuditKind::AuthSuccess,
+                Some(&client_id),
+                c.username.as_ref().map(|u| u.as_str()),
+                &[
+                    ("method", identity.method.as_str().into()),
+                    ("identity", (*identity.name).into()),
+                    ("transport", transport.into()),
+                    ("remote", (*remote).into()),
+                ],
+            );
+        }
         let conn = self.conn_mut(id).expect("caller checked");
         conn.identity = Some(Arc::new(identity));
         conn.auth_deadline_ms = deadline;

@@ -23,8 +23,8 @@ use store::{ApiKeyRecord, OrgRecord, Store, StoreError, UserRecord};
 
 /// Commands queued per shard before the control plane reports the shard as busy.
 const SHARD_COMMAND_QUEUE: usize = 1024;
-/// Audit events queued from all shards before they are dropped (and counted).
-const AUDIT_QUEUE: usize = 65_536;
+/// Audit batches (one per shard per tick) queued before more are dropped (and counted).
+const AUDIT_QUEUE: usize = 1024;
 
 /// Whose connections to close.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +113,7 @@ pub struct ControlPlane {
     /// The Argon2id verification pool.
     pub pool: HashPool,
     /// Where shards send audit events.
-    pub audit_tx: flume::Sender<AuditRecord>,
+    pub audit_tx: flume::Sender<Vec<AuditRecord>>,
     /// Each shard's command queue (index = shard).
     pub shard_commands: Vec<flume::Receiver<ShardCommand>>,
     /// The admin API's bound address, if any.
@@ -238,6 +238,16 @@ impl Ctl {
         let mut w = self.audit.lock().expect("audit lock");
         if let Err(e) = w.record(&self.store, r) {
             tracing::error!(error = %e, "audit write failed");
+        }
+    }
+
+    /// Records a batch of audit events from a shard.
+    pub(crate) fn audit_batch(&self, batch: Vec<AuditRecord>) {
+        let mut w = self.audit.lock().expect("audit lock");
+        for r in batch {
+            if let Err(e) = w.record(&self.store, r) {
+                tracing::error!(error = %e, "audit write failed");
+            }
         }
     }
 
@@ -408,7 +418,7 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;
-    let (audit_tx, audit_rx) = flume::bounded::<AuditRecord>(AUDIT_QUEUE);
+    let (audit_tx, audit_rx) = flume::bounded::<Vec<AuditRecord>>(AUDIT_QUEUE);
     let (req_tx, req_rx) = flume::bounded::<ControlRequest>(REQUEST_QUEUE);
     // Bind the admin listener here so a bad address fails start-up with a clear message.
     let admin = match &cfg.admin {
@@ -449,7 +459,7 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
 async fn run(
     ctl: Arc<Ctl>,
     admin: Option<std::net::TcpListener>,
-    audit_rx: flume::Receiver<AuditRecord>,
+    audit_rx: flume::Receiver<Vec<AuditRecord>>,
     req_rx: flume::Receiver<ControlRequest>,
     retention_ms: u64,
 ) {
@@ -493,11 +503,8 @@ async fn run(
     // Audit events from shards.
     let c = ctl.clone();
     tokio::spawn(async move {
-        while let Ok(r) = audit_rx.recv_async().await {
-            c.audit(r);
-            while let Ok(r) = audit_rx.try_recv() {
-                c.audit(r);
-            }
+        while let Ok(batch) = audit_rx.recv_async().await {
+            c.audit_batch(batch);
         }
     });
     // Periodic work: audit sync, token purge, audit retention.
