@@ -16,7 +16,7 @@ use coremq::router::{Matches, Router, SessionRef, Sub};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 fn sub(i: u32) -> Sub {
-    Sub { session: SessionRef(i), opts: SubOptions::default(), sub_id: None }
+    Sub { session: SessionRef(i), opts: SubOptions::default(), sub_id: None, checked: false }
 }
 
 /// `n` filters: `exact` = one per device; `mixed` = 1/3 exact, 1/3 `+`, 1/3 `#`.

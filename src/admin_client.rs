@@ -30,6 +30,7 @@ fn request(api: &ApiArgs, method: &str, path: &str, body: Option<Value>) -> Resu
         ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
         ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
         ("POST", b) => agent.post(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
+        ("PUT", b) => agent.put(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
         ("PATCH", b) => agent.patch(&url).header("Authorization", &auth).send_json(b.unwrap_or(json!({}))),
         _ => unreachable!("methods used here"),
     };
@@ -148,6 +149,15 @@ pub fn session(api: &ApiArgs, a: &SessionAction) -> Result<Value, ClientError> {
             request(api, "DELETE", &format!("/v2/sessions/{client_id}"), None)
         }
     }
+}
+
+/// Pushes a policy file (`coremq acl update`).
+pub fn acl_update(api: &ApiArgs, file: &std::path::Path) -> Result<Value, ClientError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ClientError(format!("{}: cannot read: {e}", file.display())))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError(format!("{}: not JSON: {e}", file.display())))?;
+    request(api, "PUT", "/v2/acl", Some(doc))
 }
 
 /// Queries the audit log.

@@ -35,6 +35,12 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// ACL v2 policies: validate, simulate, presets, diff, update.
+    Acl {
+        /// What to do.
+        #[command(subcommand)]
+        action: AclAction,
+    },
     /// Read one password line from standard input (no echo on a terminal) and print its
     /// Argon2id PHC string, for `password_hash` in the config.
     Passwd,
@@ -97,6 +103,66 @@ pub enum Command {
         /// At most this many events.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+    },
+}
+
+/// `coremq acl ...`.
+#[derive(Debug, Subcommand)]
+pub enum AclAction {
+    /// Validate a policy file: field-level errors with their JSON path, non-zero exit.
+    Validate {
+        /// The policy (JSON).
+        file: PathBuf,
+    },
+    /// One check (verdict, deciding rule, bound pattern), or every case of --cases.
+    Simulate {
+        /// The policy (a file, or preset:NAME); defaults to the identity's org policy in --config.
+        #[arg(long)]
+        policy: Option<String>,
+        /// A coremq config: per-user rules of the identity's org apply, and its org's policy.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The identity (JSON file: username, client_id, agent_id, roles, claims, ...).
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// publish or subscribe.
+        #[arg(long)]
+        action: Option<String>,
+        /// Topic (publish) or filter (subscribe).
+        #[arg(long)]
+        topic: Option<String>,
+        /// QoS.
+        #[arg(long, default_value_t = 0)]
+        qos: u8,
+        /// Retain flag (publish).
+        #[arg(long)]
+        retain: bool,
+        /// A JSON array of cases with "expect": prints one line each, exits 1 on any mismatch.
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
+    /// List the shipped presets, or print one.
+    Presets {
+        /// A preset name.
+        name: Option<String>,
+    },
+    /// Compare two policies: rules added/removed, and which --cases change verdict.
+    Diff {
+        /// The current policy.
+        old: PathBuf,
+        /// The new policy.
+        new: PathBuf,
+        /// Sample checks to compare (the --cases format; "expect" is ignored).
+        #[arg(long)]
+        cases: Option<PathBuf>,
+    },
+    /// Push a policy to a running broker (PUT /v2/acl).
+    Update {
+        /// Where the admin API is, and the key.
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The policy (JSON).
+        file: PathBuf,
     },
 }
 

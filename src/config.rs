@@ -55,6 +55,9 @@ pub struct OrgConfig {
     pub users: Vec<UserConfig>,
     /// IdP JWT providers (`[[org.jwt]]`).
     pub jwt: Vec<JwtConfig>,
+    /// The ACL v2 policy from `policy` (a file, or `preset:NAME`); `None`: the stored one, else
+    /// blank (deny-all).
+    pub policy: Option<crate::acl::Policy>,
 }
 
 /// Where a JWT provider's keys come from.
@@ -103,6 +106,7 @@ impl OrgConfig {
             api_key_env: None,
             users: Vec::new(),
             jwt: Vec::new(),
+            policy: None,
         }
     }
 }
@@ -470,7 +474,10 @@ impl Config {
                     )));
                 }
                 if !orgs.iter().any(|o| &o.id == org) {
-                    orgs.push(OrgConfig::new(org)); // SPEC §2: an undeclared anonymous org is created
+                    // SPEC §2: an undeclared anonymous org is created with the preset permit-all.
+                    let mut o = OrgConfig::new(org);
+                    o.policy = Some(crate::acl::Policy::permit_all());
+                    orgs.push(o);
                 }
             }
             let only = match &l.shards {
@@ -544,6 +551,24 @@ fn check_env_name(key: &str, name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError(format!("{key}: \"{name}\" is not an environment variable name")));
     }
     Ok(())
+}
+
+/// Loads a policy from a file (relative to the config) or `preset:NAME`.
+fn load_policy(key: &str, p: &Path, base: &Path) -> Result<crate::acl::Policy, ConfigError> {
+    let s = p.to_string_lossy();
+    let text = match s.strip_prefix("preset:") {
+        Some(name) => crate::acl::presets::get(name)
+            .ok_or_else(|| {
+                ConfigError(format!("{key}: unknown preset \"{name}\" (see `coremq acl presets`)"))
+            })?
+            .to_string(),
+        None => {
+            let f = base.join(p);
+            std::fs::read_to_string(&f)
+                .map_err(|e| ConfigError(format!("{key}: {}: cannot read: {e}", f.display())))?
+        }
+    };
+    crate::acl::Policy::parse(&text).map_err(|e| ConfigError(format!("{key}: {e}")))
 }
 
 /// Whether `url` may be fetched: `https://`, or `http://` to a loopback host (SPEC §12).
@@ -678,13 +703,13 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
     }
     // Keys of SPEC §12 whose features are not built yet are refused rather than ignored: a
     // policy or quota that silently did nothing would be worse than a clear error.
-    if o.policy.is_some() {
-        return Err(ConfigError(format!("org[{i}].policy: ACL v2 policies are not available yet")));
-    }
     if o.quotas.is_some() {
         return Err(ConfigError(format!("org[{i}].quotas: per-org quotas are not available yet")));
     }
     let mut org = OrgConfig::new(&o.id);
+    if let Some(p) = &o.policy {
+        org.policy = Some(load_policy(&format!("org[{i}].policy"), p, base)?);
+    }
     for (j, raw) in o.jwt.iter().enumerate() {
         let p = parse_jwt(&format!("org[{i}].jwt[{j}]"), raw, base)?;
         if org.jwt.iter().any(|q: &JwtConfig| q.name == p.name || q.issuer == p.issuer) {

@@ -20,6 +20,8 @@
 //! 2. Every piece of state has exactly one owning shard; other shards reach it only through
 //!    [`broker::mesh::MeshMsg`]. The ownership table is in `docs/architecture.md`.
 
+pub mod acl;
+pub mod acl_tool;
 pub mod admin_client;
 pub mod audit;
 pub mod auth;

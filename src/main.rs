@@ -22,6 +22,43 @@ fn print_api(r: Result<serde_json::Value, admin_client::ClientError>) -> i32 {
     }
 }
 
+fn acl(a: coremq::cli::AclAction) -> i32 {
+    use coremq::acl_tool as t;
+    use coremq::cli::AclAction;
+    let r = match a {
+        AclAction::Validate { file } => t::validate(&file).map(|s| (s, true)),
+        AclAction::Presets { name } => t::presets_cmd(name.as_deref()).map(|s| (s, true)),
+        AclAction::Simulate { policy, config, identity, action, topic, qos, retain, cases } => {
+            t::simulate_cmd(
+                policy.as_deref(),
+                config.as_deref(),
+                identity.as_deref(),
+                action.as_deref(),
+                topic.as_deref(),
+                qos,
+                retain,
+                cases.as_deref(),
+            )
+        }
+        AclAction::Diff { old, new, cases } => t::diff(&old, &new, cases.as_deref()),
+        AclAction::Update { api, file } => return print_api(admin_client::acl_update(&api, &file)),
+    };
+    match r {
+        Ok((out, ok)) => {
+            println!("{out}");
+            if ok {
+                0
+            } else {
+                1
+            }
+        }
+        Err(t::ToolError(msg, code)) => {
+            eprintln!("coremq: {msg}");
+            code
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -82,6 +119,7 @@ fn main() {
                 }
             }
         }
+        Command::Acl { action } => acl(action),
         Command::Passwd => match admin_client::read_password() {
             Ok(p) => {
                 println!("{}", coremq::auth::password::hash_password(p.as_bytes()));

@@ -73,6 +73,31 @@ pub struct Identity {
     pub roles: Arc<[String]>,
     /// When the credential stops being valid (Unix ms): the connection is closed then.
     pub expires_unix_ms: Option<u64>,
+    /// A permanent user's own publish rules (allow-only ACL rules).
+    pub user_publish: Arc<[String]>,
+    /// A permanent user's own subscribe rules.
+    pub user_subscribe: Arc<[String]>,
+}
+
+impl Identity {
+    /// What ACL variables and selectors read, for this identity on `client_id`.
+    pub fn acl_identity(&self, client_id: &str, cert_cn: Option<&str>) -> crate::acl::AclIdentity {
+        let a = &self.attrs;
+        crate::acl::AclIdentity {
+            // Tokens and JWTs never take a permanent user's {username} (SPEC §12).
+            username: (self.method == Method::Password).then(|| self.name.to_string()),
+            org_id: Some(self.org.to_string()),
+            client_id: Some(client_id.to_string()),
+            user_id: a.user_id.clone(),
+            email: a.email.clone(),
+            agent_id: a.agent_id.clone(),
+            session_id: a.session_id.clone(),
+            role: a.role.clone(),
+            roles: self.roles.to_vec(),
+            cert_cn: cert_cn.map(str::to_string),
+            claims: a.claims.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+        }
+    }
 }
 
 impl Identity {
@@ -85,6 +110,8 @@ impl Identity {
             attrs: Arc::default(),
             roles: Arc::new([]),
             expires_unix_ms: None,
+            user_publish: Arc::new([]),
+            user_subscribe: Arc::new([]),
         }
     }
 }
@@ -128,6 +155,8 @@ pub struct OrgDir {
     pub tokens: HashMap<Box<str>, Arc<TokenDir>>,
     /// IdP JWT providers with their current keys.
     pub jwt: Vec<Arc<super::jwt::ProviderDir>>,
+    /// The org's ACL v2 policy (`None`: blank, deny-all).
+    pub policy: Option<Arc<crate::acl::Policy>>,
 }
 
 /// Everything shards need to authenticate a CONNECT. Immutable once published.
@@ -140,6 +169,8 @@ pub struct Directory {
 impl Directory {
     /// A directory of empty orgs (the embedded default and tests).
     pub fn with_orgs<'a>(ids: impl IntoIterator<Item = &'a str>) -> Directory {
-        Directory { orgs: ids.into_iter().map(|id| (Arc::from(id), Arc::default())).collect() }
+        let permit = Arc::new(crate::acl::Policy::permit_all());
+        let org = Arc::new(OrgDir { policy: Some(permit), ..OrgDir::default() });
+        Directory { orgs: ids.into_iter().map(|id| (Arc::from(id), org.clone())).collect() }
     }
 }

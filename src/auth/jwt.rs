@@ -225,5 +225,7 @@ pub fn verify(org: &Arc<str>, providers: &[Arc<ProviderDir>], token: &[u8], may_
         attrs: Arc::new(attrs),
         roles: Arc::new([]),
         expires_unix_ms: Some(exp.saturating_mul(1000)),
+        user_publish: Arc::new([]),
+        user_subscribe: Arc::new([]),
     })
 }

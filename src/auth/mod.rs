@@ -197,6 +197,8 @@ impl Authenticator {
                 attrs: t.attrs.clone(),
                 roles: Arc::new([]),
                 expires_unix_ms: Some(t.expires_unix_ms),
+                user_publish: Arc::new([]),
+                user_subscribe: Arc::new([]),
             });
         }
         let Some(password) = password else { return deny(Denied::BadPassword) };
@@ -320,6 +322,8 @@ fn user_identity(org: &Arc<str>, user: &UserDir) -> Identity {
         attrs: Arc::default(),
         roles: user.roles.clone(),
         expires_unix_ms: None,
+        user_publish: user.publish.clone(),
+        user_subscribe: user.subscribe.clone(),
     }
 }
 

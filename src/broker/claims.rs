@@ -240,6 +240,7 @@ impl ShardCore {
             expires_at_ms: None,
             delayed_will: None,
             state: st,
+            acl: None,
         };
         let sref = match self.session_free.pop() {
             Some(i) => {
@@ -252,6 +253,13 @@ impl ShardCore {
             }
         };
         self.session_index.insert(key.clone(), sref);
+        // The session now belongs to this connection's identity: what it may not subscribe to
+        // any more is dropped before it is restored.
+        let acl = self.conn(id).and_then(|c| c.acl.clone());
+        if let Some(acl) = &acl {
+            self.session_mut(sref).expect("just inserted").acl = Some(acl.clone());
+            self.prune_subs(sref, acl, now_ms, false);
+        }
         // Restore subscriptions into this shard's index.
         let subs: Vec<(Box<str>, SubEntry)> = self
             .session(sref)
@@ -262,8 +270,11 @@ impl ShardCore {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         for (f, e) in subs {
-            let ch =
-                self.router.subscribe(&key.org, &f, Sub { session: sref, opts: e.opts, sub_id: e.sub_id });
+            let ch = self.router.subscribe(
+                &key.org,
+                &f,
+                Sub { session: sref, opts: e.opts, sub_id: e.sub_id, checked: e.checked },
+            );
             if ch.interest_changed {
                 self.announce(&key.org, &f, true, None);
             }

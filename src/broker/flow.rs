@@ -29,8 +29,16 @@ impl ShardCore {
             }
         }
         c.rx_msgs += 1;
+        // `$SYS` is broker-owned whatever the policy says [SPEC §3]; then the ACL.
+        let verdict = match &c.acl {
+            Some(acl) => acl.check_publish(p.topic.as_str(), p.qos as u8, p.retain),
+            None => crate::acl::Decision { allow: false, origin: None, rule: None },
+        };
         self.stats.received += 1;
-        let denied = p.topic.as_str().starts_with("$SYS"); // broker-owned [SPEC §3]
+        let denied = p.topic.as_str().starts_with("$SYS") || !verdict.allow;
+        if denied {
+            self.acl_denied(id, now_ms, "publish", p.topic.as_str(), verdict.rule);
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -73,6 +81,12 @@ impl ShardCore {
             self.apply_retain(&org, &msg);
         }
         self.route(&org, &msg, Some(sref), false, now_ms);
+    }
+
+    /// Whether the ACL of session `sref` lets a message on `topic` through a subscription that
+    /// a deny rule overlaps. Allocation-free.
+    fn delivery_allowed(&self, sref: SessionRef, topic: &str) -> bool {
+        self.session(sref).and_then(|s| s.acl.as_ref()).is_none_or(|a| a.check_delivery(topic))
     }
 
     /// Publishes a message originating in the broker (wills, `$SYS`).
@@ -119,6 +133,9 @@ impl ShardCore {
                 i += 1;
                 if s.opts.no_local && publisher == Some(session) {
                     continue; // [MQTT-3.8.3-3]
+                }
+                if s.checked && !self.delivery_allowed(session, msg.topic.as_str()) {
+                    continue; // a deny rule overlaps this subscription and matches this topic
                 }
                 let q = s.opts.qos.min(msg.qos);
                 qos = Some(qos.map_or(q, |old| old.max(q)));
@@ -375,13 +392,44 @@ impl ShardCore {
                 return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
                 // [MQTT-3.8.3-4]
             }
+            let inner = match kind {
+                FilterKind::Shared(sf) => sf.filter,
+                _ => f,
+            };
+            let acl = self.conn(id).and_then(|c| c.acl.clone());
+            let d = match &acl {
+                Some(acl) => acl.check_subscribe(inner, opts.qos as u8),
+                None => crate::acl::SubDecision {
+                    decision: crate::acl::Decision { allow: false, origin: None, rule: None },
+                    granted: 0,
+                    checked: false,
+                },
+            };
+            if !d.decision.allow {
+                self.acl_denied(id, now_ms, "subscribe", f, d.decision.rule);
+                // 5.0: Not authorized; 3.1.1: the only failure code, 0x80.
+                reasons.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
+                continue;
+            }
+            let mut opts = *opts;
+            opts.qos = match d.granted {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            }
+            .min(opts.qos);
+            let opts = &opts;
             let st = &mut self.session_mut(sref).expect("active").state;
             if !st.subs.contains_key(f) && st.subs.len() >= limits::SUBSCRIPTIONS_PER_SESSION_MAX {
                 reasons.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
-            st.subs.insert(f.into(), SubEntry { opts: *opts, sub_id });
-            let ch = self.router.subscribe(&org, f, Sub { session: sref, opts: *opts, sub_id });
+            st.subs.insert(f.into(), SubEntry { opts: *opts, sub_id, checked: d.checked });
+            let ch = self.router.subscribe(
+                &org,
+                f,
+                Sub { session: sref, opts: *opts, sub_id, checked: d.checked },
+            );
             if ch.interest_changed {
                 waiting += self.announce(&org, f, true, Some((id, token)));
             }
@@ -434,7 +482,12 @@ impl ShardCore {
             self.write(id, &ack);
             for (filter, qos, sub_id) in p.retained {
                 let msgs: Vec<Arc<Msg>> = self.retained.matching(&org, &filter).cloned().collect();
+                let checked =
+                    self.session(sref).and_then(|s| s.state.subs.get(&*filter)).is_some_and(|e| e.checked);
                 for m in msgs {
+                    if checked && !self.delivery_allowed(sref, m.topic.as_str()) {
+                        continue;
+                    }
                     let q = qos.min(m.qos);
                     let ids: SmallVec<[u32; 2]> = sub_id.into_iter().collect();
                     // Retained messages keep RETAIN=1 when sent because of a subscribe [MQTT-3.3.1-8].

@@ -26,6 +26,7 @@ use ahash::RandomState;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::acl::{CompiledAcl, Policy};
 use crate::audit::{AuditKind, AuditRecord};
 use crate::auth::directory::{Directory, Identity};
 use crate::auth::secret::Pepper;
@@ -212,6 +213,11 @@ struct Conn {
     close_code: Option<u8>,
     /// Connected with Authentication Method `jwt`: may re-authenticate with AUTH.
     auth_jwt: bool,
+    /// The org's policy bound to this identity (SPEC §3), compiled at CONNECT.
+    acl: Option<Arc<CompiledAcl>>,
+    /// ACL denials not yet reported, and when the last report went out (ms).
+    acl_denials: u32,
+    acl_reported_ms: u64,
 }
 
 /// The MQTT 5 Authentication Method for JWTs.
@@ -410,6 +416,9 @@ impl ShardCore {
             close_reason: None,
             close_code: None,
             auth_jwt: false,
+            acl: None,
+            acl_denials: 0,
+            acl_reported_ms: 0,
         });
         ConnId { idx, gen }
     }
@@ -997,11 +1006,23 @@ impl ShardCore {
         let v = c.protocol;
         let v5 = v == Protocol::V5;
         let org = identity.org.clone();
+        let cert_cn = self.conn(id).expect("caller checked").client_cn.clone();
+        let acl = Arc::new(self.compile_acl(&identity, client_id.as_str(), cert_cn.as_deref()));
         if let Some(w) = &c.will {
-            if w.topic.as_str().starts_with("$SYS") {
+            // A will is a publish at CONNECT: checked now (SPEC §3).
+            let d = acl.check_publish(w.topic.as_str(), w.qos as u8, w.retain);
+            if w.topic.as_str().starts_with("$SYS") || !d.allow {
+                let who = format!("{}@{}", identity.name, identity.org);
+                let detail = [
+                    ("action", "will".into()),
+                    ("topic", w.topic.as_str().into()),
+                    ("rule", d.rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+                ];
+                self.audit(now_ms, org.clone(), AuditKind::AclDenied, Some(&client_id), Some(&who), &detail);
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
             }
         }
+        self.conn_mut(id).expect("caller checked").acl = Some(acl);
         let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
         let (transport, remote) = {
             let conn = self.conn(id).expect("caller checked");
@@ -1158,6 +1179,176 @@ impl ShardCore {
                 self.close_conn(id, Some(ReasonCode::NOT_AUTHORIZED), now_ms);
             }
         }
+    }
+
+    /// Binds the org's current policy (blank when it has none) to `identity`.
+    fn compile_acl(&self, identity: &Identity, client_id: &str, cert_cn: Option<&str>) -> CompiledAcl {
+        let dir = self.cfg.auth.directory.load();
+        let policy = dir.orgs.get(&identity.org).and_then(|o| o.policy.clone());
+        let blank;
+        let policy: &Policy = match &policy {
+            Some(p) => p,
+            None => {
+                blank = Policy::blank();
+                &blank
+            }
+        };
+        let id = identity.acl_identity(client_id, cert_cn);
+        CompiledAcl::compile(policy, &id, &identity.user_publish, &identity.user_subscribe)
+    }
+
+    /// Records an ACL denial: the first at once, then at most one event per second per
+    /// connection carrying the count, so a client hammering a denied topic cannot flood the log.
+    fn acl_denied(
+        &mut self,
+        id: ConnId,
+        now_ms: u64,
+        action: &'static str,
+        topic: &str,
+        rule: Option<usize>,
+    ) {
+        let Some(c) = self.conn_mut(id) else { return };
+        c.acl_denials += 1;
+        if c.acl_reported_ms != 0 && now_ms < c.acl_reported_ms + 1000 {
+            return;
+        }
+        let count = std::mem::take(&mut c.acl_denials);
+        c.acl_reported_ms = now_ms.max(1);
+        let (Some(key), Some(ident)) = (c.key.clone(), c.identity.clone()) else { return };
+        let who = (ident.method != crate::auth::directory::Method::Anonymous)
+            .then(|| format!("{}@{}", ident.name, ident.org));
+        let detail = [
+            ("action", action.into()),
+            ("topic", topic.into()),
+            ("rule", rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+            ("denials", count.into()),
+        ];
+        self.audit(
+            now_ms,
+            key.org.clone(),
+            AuditKind::AclDenied,
+            Some(&key.client_id),
+            who.as_deref(),
+            &detail,
+        );
+    }
+
+    /// Re-checks every subscription of `sref` against `acl`: those no longer allowed are
+    /// removed (audited when `audit`), the others get their delivery-check flag refreshed.
+    pub(super) fn prune_subs(&mut self, sref: SessionRef, acl: &CompiledAcl, now_ms: u64, live: bool) {
+        let Some(s) = self.session(sref) else { return };
+        let org = s.org.clone();
+        let client_id = s.client_id.clone();
+        let subs: Vec<(Box<str>, SubEntry)> = s.state.subs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (f, e) in subs {
+            let inner = match classify(&f) {
+                FilterKind::Shared(sf) => sf.filter,
+                _ => &f,
+            };
+            let d = acl.check_subscribe(inner, e.opts.qos as u8);
+            if !d.decision.allow {
+                self.session_mut(sref).expect("present").state.subs.remove(&f);
+                if live {
+                    let ch = self.router.unsubscribe(&org, &f, sref);
+                    if ch.interest_changed {
+                        self.announce(&org, &f, false, None);
+                    }
+                }
+                let detail = [
+                    ("action", "subscription_removed".into()),
+                    ("topic", (*f).into()),
+                    ("rule", d.decision.rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+                ];
+                self.audit(now_ms, org.clone(), AuditKind::AclDenied, Some(&client_id), None, &detail);
+            } else if d.checked != e.checked {
+                let st = &mut self.session_mut(sref).expect("present").state;
+                if let Some(x) = st.subs.get_mut(&f) {
+                    x.checked = d.checked;
+                }
+                if live {
+                    let sub = Sub { session: sref, opts: e.opts, sub_id: e.sub_id, checked: d.checked };
+                    self.router.subscribe(&org, &f, sub); // replaces the entry in place
+                }
+            }
+        }
+    }
+
+    /// The org's policy changed: recompile the ACL of its live connections and sessions and
+    /// remove the subscriptions it no longer allows (SPEC §3).
+    pub fn policy_changed(&mut self, now_ms: u64, org: &str) -> usize {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                (c.identity.as_ref().is_some_and(|x| &*x.org == org))
+                    .then_some(ConnId { idx: i as u32, gen: c.gen })
+            })
+            .collect();
+        for id in &ids {
+            let c = self.conn(*id).expect("listed");
+            let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) else { continue };
+            let acl = Arc::new(self.compile_acl(&ident, key.client_id.as_str(), c.client_cn.as_deref()));
+            let sref = c.session;
+            self.conn_mut(*id).expect("listed").acl = Some(acl.clone());
+            if let Some(sref) = sref {
+                if let Some(s) = self.session_mut(sref) {
+                    s.acl = Some(acl);
+                }
+            }
+        }
+        // Every session of the org here, live or offline, against its (new) ACL.
+        let srefs: Vec<SessionRef> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.as_ref().filter(|s| &*s.org == org && s.acl.is_some()).map(|_| SessionRef(i as u32))
+            })
+            .collect();
+        for sref in srefs {
+            let live = self.session(sref).is_some_and(|s| s.conn.is_some());
+            let Some(acl) = self.session(sref).and_then(|s| s.acl.clone()) else { continue };
+            let _ = live;
+            self.prune_subs(sref, &acl, now_ms, true);
+        }
+        self.drain_self(now_ms);
+        ids.len()
+    }
+
+    /// Publishes into `org` on behalf of a service (the REST bridge); the caller has checked
+    /// the ACL. Routed like a client's publish, from this shard.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_service(
+        &mut self,
+        now_ms: u64,
+        org: &str,
+        topic: &str,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        user_properties: Vec<(String, String)>,
+    ) {
+        let Some(t) = MqStr::copy_from(topic) else { return };
+        let mut props = Properties::default();
+        for (k, v) in user_properties {
+            if let (Some(k), Some(v)) = (MqStr::copy_from(&k), MqStr::copy_from(&v)) {
+                props.user_properties.push((k, v));
+            }
+        }
+        let msg = Msg {
+            topic: t,
+            payload,
+            qos: if qos >= 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce },
+            retain,
+            props,
+            received_ms: now_ms,
+        };
+        let org: Arc<str> = org.into();
+        self.stats.received += 1;
+        self.publish_internal(&org, msg, now_ms);
+        self.drain_self(now_ms);
     }
 
     /// Closes every live connection of `org` whose identity `matches` (a deleted or changed

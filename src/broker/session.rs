@@ -18,6 +18,8 @@ pub struct SubEntry {
     pub opts: SubOptions,
     /// Subscription identifier (5.0).
     pub sub_id: Option<u32>,
+    /// Deliveries are checked against the ACL (a deny rule overlaps the filter).
+    pub checked: bool,
 }
 
 /// State of an outbound QoS 1/2 message.
@@ -90,6 +92,8 @@ pub struct Session {
     pub delayed_will: Option<(u64, Msg)>,
     /// The transferable state.
     pub state: SessionState,
+    /// The ACL of the identity that holds it (kept while offline, for policy changes).
+    pub acl: Option<Arc<crate::acl::CompiledAcl>>,
 }
 
 impl SessionState {

@@ -175,6 +175,10 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v2/sessions", get(list_sessions))
         .route("/v2/sessions/{client_id}", delete(disconnect_session))
         .route("/v2/audit", get(audit))
+        .route("/v2/acl", get(get_acl).put(put_acl))
+        .route("/v2/acl/validate", post(validate_acl))
+        .route("/v2/acl/simulate", post(simulate_acl))
+        .route("/v2/publish", post(rest_publish))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
         .with_state(ctl)
@@ -186,7 +190,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
     paths(
         healthz, create_org, list_orgs, get_org, delete_org, create_api_key, list_api_keys, delete_api_key,
         create_user, list_users, get_user, update_user, delete_user, create_token, list_tokens, revoke_token,
-        token_exchange,
+        token_exchange, get_acl, put_acl, validate_acl, simulate_acl, rest_publish,
         list_sessions, disconnect_session, audit
     ),
     components(schemas(
@@ -1102,4 +1106,208 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+// ------------------------------------------------------------------------ ACL v2
+
+fn policy_error(e: crate::acl::PolicyError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
+}
+
+/// The org's policy document (the blank preset when none was set).
+#[utoipa::path(get, path = "/v2/acl", responses((status = 200, description = "the ACL v2 document")))]
+async fn get_acl(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let doc = match ctl.store.policy(&org)? {
+        Some(d) => d,
+        None => crate::acl::Policy::blank().source,
+    };
+    Ok(Json(doc))
+}
+
+/// Replaces the org's policy: new checks use it at once, and live subscriptions it no longer
+/// allows are removed.
+#[utoipa::path(put, path = "/v2/acl", request_body(content = Object, description = "ACL v2 document"), responses((status = 200, description = "applied"), (status = 400, body = ErrorBody)))]
+async fn put_acl(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let doc: serde_json::Value = body(b, false)?;
+    let policy = crate::acl::Policy::from_value(doc).map_err(policy_error)?;
+    {
+        let _w = ctl.write.lock().expect("write lock");
+        ctl.store.put_policy(&org, &policy.source)?;
+        ctl.store.sync()?;
+        ctl.publish()?;
+    }
+    ctl.policy_changed(&org);
+    let mut d = serde_json::Map::new();
+    d.insert("rules".into(), policy.rules.len().into());
+    ctl.audit_admin_with(&org, &who.actor(), "acl.update", &org, d);
+    Ok(Json(
+        json!({ "rules": policy.rules.len(), "default_action": if policy.default_allow { "allow" } else { "deny" } }),
+    ))
+}
+
+/// Validates a policy document without applying it.
+#[utoipa::path(post, path = "/v2/acl/validate", request_body(content = Object, description = "ACL v2 document"), responses((status = 200, description = "{valid, errors}")))]
+async fn validate_acl(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    scope(&ctl, &headers, &q)?;
+    let doc: serde_json::Value = body(b, false)?;
+    Ok(Json(match crate::acl::Policy::from_value(doc) {
+        Ok(p) => json!({ "valid": true, "errors": [], "rules": p.rules.len() }),
+        Err(e) => json!({ "valid": false, "errors": [{ "path": e.path, "message": e.message }] }),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SimulateBody {
+    #[serde(default)]
+    identity: crate::acl::AclIdentity,
+    action: String,
+    topic: String,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    /// A policy to try instead of the org's.
+    policy: Option<serde_json::Value>,
+}
+
+/// One check against the org's policy (or a given one): verdict, deciding rule, bound pattern.
+#[utoipa::path(post, path = "/v2/acl/simulate", request_body(content = Object, description = "{identity, action, topic, qos, retain, policy?}"), responses((status = 200, description = "{verdict, rule, pattern}")))]
+async fn simulate_acl(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let req: SimulateBody = body(b, false)?;
+    let policy = match req.policy {
+        Some(doc) => crate::acl::Policy::from_value(doc).map_err(policy_error)?,
+        None => match ctl.store.policy(&org)? {
+            Some(doc) => crate::acl::Policy::from_value(doc).map_err(policy_error)?,
+            None => crate::acl::Policy::blank(),
+        },
+    };
+    let mut identity = req.identity;
+    identity.org_id.get_or_insert_with(|| org.clone());
+    // A permanent user's own rules apply to that user (allow-only).
+    let user = match &identity.username {
+        Some(u) => ctl.store.user(&org, u)?,
+        None => None,
+    };
+    let (p, s) = user.map_or((Vec::new(), Vec::new()), |u| (u.publish, u.subscribe));
+    let sim = crate::acl::simulate::SimRequest {
+        identity,
+        action: req.action,
+        topic: req.topic,
+        qos: req.qos,
+        retain: req.retain,
+        expect: None,
+    };
+    Ok(Json(crate::acl::simulate::simulate(&policy, &sim, (&p, &s))))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topic: String,
+    /// UTF-8 payload (or `payload_base64`).
+    payload: Option<String>,
+    payload_base64: Option<String>,
+    #[serde(default)]
+    qos: u8,
+    #[serde(default)]
+    retain: bool,
+    /// User properties (MQTT 5 subscribers receive them).
+    #[serde(default)]
+    user_properties: std::collections::BTreeMap<String, String>,
+}
+
+/// Publishes into the org as the service account `rest_publisher`, subject to the ACL.
+#[utoipa::path(post, path = "/v2/publish", request_body = PublishBody,
+    responses((status = 200, description = "{delivered: true}"), (status = 403, body = ErrorBody)))]
+async fn rest_publish(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    use base64::Engine as _;
+    let (who, org) = scope(&ctl, &headers, &q)?;
+    let req: PublishBody = body(b, false)?;
+    if req.qos > 1 {
+        return Err(ApiError::bad("qos: 0 or 1"));
+    }
+    let t = &req.topic;
+    if t.is_empty() || t.len() > 65535 || t.contains(['+', '#', '\0']) || t.starts_with('$') {
+        return Err(ApiError::bad(format!("topic: \"{t}\" is not a topic this API may publish to")));
+    }
+    let payload = match (req.payload, req.payload_base64) {
+        (Some(p), None) => Bytes::from(p.into_bytes()),
+        (None, Some(b)) => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| ApiError::bad(format!("payload_base64: {e}")))?,
+        ),
+        (None, None) => Bytes::new(),
+        (Some(_), Some(_)) => return Err(ApiError::bad("payload and payload_base64 are exclusive")),
+    };
+    let policy = match ctl.store.policy(&org)? {
+        Some(doc) => crate::acl::Policy::from_value(doc).map_err(policy_error)?,
+        None => crate::acl::Policy::blank(),
+    };
+    let identity = crate::acl::AclIdentity {
+        username: Some("rest_publisher".into()),
+        org_id: Some(org.clone()),
+        client_id: Some("rest_publisher".into()),
+        ..Default::default()
+    };
+    let acl = crate::acl::CompiledAcl::compile(&policy, &identity, &[], &[]);
+    let d = acl.check_publish(t, req.qos, req.retain);
+    if !d.allow {
+        let mut det = serde_json::Map::new();
+        det.insert("action".into(), "publish".into());
+        det.insert("topic".into(), t.clone().into());
+        det.insert("rule".into(), d.rule.map_or(serde_json::Value::Null, |r| (r as u64).into()));
+        ctl.audit(crate::audit::AuditRecord {
+            org: org.as_str().into(),
+            kind: crate::audit::AuditKind::AclDenied,
+            client_id: Some("rest_publisher".into()),
+            username: Some(who.actor()),
+            detail: det,
+            unix_ms: unix_now_ms(),
+        });
+        return Err(ApiError::forbidden(format!("the policy denies rest_publisher publishing to \"{t}\"")));
+    }
+    // Any shard may route it; spread by topic.
+    let n = ctl.shards.len().max(1);
+    let shard = t.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % n;
+    let cmd = ShardCommand::Publish {
+        org: org.as_str().into(),
+        topic: t.clone(),
+        payload,
+        qos: req.qos,
+        retain: req.retain,
+        user_properties: req.user_properties.into_iter().collect(),
+    };
+    ctl.shards[shard]
+        .try_send(cmd)
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the broker is busy; retry"))?;
+    Ok(Json(json!({ "delivered": true })))
 }

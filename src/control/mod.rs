@@ -70,6 +70,26 @@ pub enum ShardCommand {
         /// Count of connections closed.
         reply: Option<flume::Sender<usize>>,
     },
+    /// `org`'s policy changed: recompile ACLs, drop subscriptions it no longer allows.
+    PolicyChanged {
+        /// Organization.
+        org: Arc<str>,
+    },
+    /// Publish into `org` as a service identity (REST bridge), after the ACL check.
+    Publish {
+        /// Organization.
+        org: Arc<str>,
+        /// Topic.
+        topic: String,
+        /// Payload.
+        payload: bytes::Bytes,
+        /// QoS (0 or 1).
+        qos: u8,
+        /// Retain flag.
+        retain: bool,
+        /// User properties (5.0 subscribers see them).
+        user_properties: Vec<(String, String)>,
+    },
     /// List `org`'s live connections.
     Sessions {
         /// Organization.
@@ -191,10 +211,25 @@ impl Ctl {
                     Arc::new(TokenDir { mac, expires_unix_ms: t.expires_unix_ms, attrs: Arc::new(t.attrs) }),
                 );
             }
+            if let Some(doc) = self.store.policy(&o.id)? {
+                match crate::acl::Policy::from_value(doc) {
+                    Ok(p) => od.policy = Some(Arc::new(p)),
+                    Err(e) => {
+                        tracing::error!(org = %o.id, error = %e, "stored policy invalid; org is deny-all")
+                    }
+                }
+            }
             dir.orgs.insert(o.id.into(), Arc::new(od));
         }
         self.auth.directory.store(Arc::new(dir));
         Ok(())
+    }
+
+    /// Tells every shard that `org`'s policy changed.
+    pub(crate) fn policy_changed(&self, org: &str) {
+        for s in &self.shards {
+            let _ = s.try_send(ShardCommand::PolicyChanged { org: org.into() });
+        }
     }
 
     /// Refreshes one provider's keys and republishes the directory if they changed.
@@ -324,6 +359,9 @@ fn bootstrap(ctl: &Ctl, cfg: &Config) -> Result<(), String> {
                 source: "config".into(),
             })
             .map_err(err)?;
+        if let Some(p) = &o.policy {
+            ctl.store.put_policy(&o.id, &p.source).map_err(err)?;
+        }
         let stored: HashMap<String, UserRecord> =
             ctl.store.users(&o.id).map_err(err)?.into_iter().map(|u| (u.name.clone(), u)).collect();
         for u in &o.users {

@@ -126,6 +126,7 @@ pub struct Store {
     api_keys: Keyspace,
     tokens: Keyspace,
     audit: Keyspace,
+    policies: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -165,6 +166,7 @@ impl Store {
             api_keys: ks("api_keys")?,
             tokens: ks("tokens")?,
             audit: ks("audit")?,
+            policies: ks("policies")?,
             db,
         })
     }
@@ -215,8 +217,21 @@ impl Store {
             let _ = k;
             self.api_keys.remove(mac.into_bytes())?;
         }
+        self.policies.remove(id.as_bytes())?;
         self.orgs.remove(id.as_bytes())?;
         Ok(())
+    }
+
+    // ---------------------------------------------------------------- policies
+
+    /// Stores an org's ACL document (validated by the caller).
+    pub fn put_policy(&self, org: &str, doc: &serde_json::Value) -> Result<(), StoreError> {
+        Ok(self.policies.insert(org.as_bytes(), encode(doc))?)
+    }
+
+    /// An org's ACL document.
+    pub fn policy(&self, org: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.policies.get(org.as_bytes())?.map(|v| decode(&v)).transpose()
     }
 
     // ---------------------------------------------------------------- users

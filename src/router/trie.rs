@@ -22,6 +22,8 @@ pub struct Sub {
     pub opts: SubOptions,
     /// Subscription identifier (5.0), if any.
     pub sub_id: Option<u32>,
+    /// A deny rule of the subscriber's ACL overlaps the filter: check each delivery.
+    pub checked: bool,
 }
 
 /// A shared-subscription group on one node.
@@ -481,7 +483,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn sub(i: u32) -> Sub {
-        Sub { session: SessionRef(i), opts: SubOptions::default(), sub_id: None }
+        Sub { session: SessionRef(i), opts: SubOptions::default(), sub_id: None, checked: false }
     }
 
     fn org() -> Arc<str> {

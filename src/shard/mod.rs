@@ -359,6 +359,22 @@ async fn shard_main(
                             let _ = r.try_send(n);
                         }
                     }
+                    ShardCommand::PolicyChanged { org } => {
+                        shard.core.borrow_mut().policy_changed(now_ms(), &org);
+                        shard.flush_mesh();
+                    }
+                    ShardCommand::Publish { org, topic, payload, qos, retain, user_properties } => {
+                        shard.core.borrow_mut().publish_service(
+                            now_ms(),
+                            &org,
+                            &topic,
+                            payload,
+                            qos,
+                            retain,
+                            user_properties,
+                        );
+                        shard.flush_mesh();
+                    }
                     ShardCommand::Sessions { org, reply } => {
                         let v = shard.core.borrow().live_sessions(&org);
                         let _ = reply.try_send(v);
