@@ -317,7 +317,10 @@ impl Config {
                 path: "/mqtt".into(),
                 proxy_protocol: false,
             }],
-            orgs: vec![OrgConfig::new("local")],
+            orgs: vec![OrgConfig {
+                policy: Some(crate::acl::Policy::permit_all()),
+                ..OrgConfig::new("local")
+            }],
             admin: None,
             audit_retention_ms: limits::AUDIT_RETENTION_DEFAULT_MS,
             sys_interval_ms: 10_000,

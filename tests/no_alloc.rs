@@ -59,8 +59,23 @@ fn subscribe(cl: &mut Cluster, c: coremq::broker::testing::Client, filter: &str)
     assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));
 }
 
-fn run(protocol: Protocol) {
+fn run(protocol: Protocol, with_acl: bool) {
     let mut cl = Cluster::new(2);
+    if with_acl {
+        // 100 rules, most bound to the client id, and a deny overlapping the remote
+        // subscription so every delivery through it is checked too.
+        let mut rules: Vec<String> = (0..97)
+            .map(|i| {
+                format!(r#"{{"topic": "other/{{client_id}}/n{i}/#", "action": "all", "effect": "allow"}}"#)
+            })
+            .collect();
+        rules.push(r#"{"topic": "sensors/+/secret", "action": "subscribe", "effect": "deny"}"#.into());
+        rules.push(r#"{"topic": "sensors/{client_id}/x", "action": "publish", "effect": "deny"}"#.into());
+        rules.push(r#"{"topic": "sensors/#", "action": "all", "effect": "allow", "qos": [0, 1]}"#.into());
+        let doc =
+            format!(r#"{{"version": "2.0", "default_action": "deny", "rules": [{}]}}"#, rules.join(","));
+        cl.set_policy("local", coremq::acl::Policy::parse(&doc).expect("valid policy"));
+    }
     let (p, _) = cl.connect(0, protocol, "pub", true, Properties::default());
     let (a, _) = cl.connect(0, protocol, "sub-local", true, Properties::default());
     let (b, _) = cl.connect(1, protocol, "sub-remote", true, Properties::default());
@@ -115,12 +130,24 @@ fn run(protocol: Protocol) {
 
 #[test]
 fn qos0_route_and_fanout_allocate_nothing_v311() {
-    run(Protocol::V311);
+    run(Protocol::V311, false);
 }
 
 #[test]
 fn qos0_route_and_fanout_allocate_nothing_v5() {
-    run(Protocol::V5);
+    run(Protocol::V5, false);
+}
+
+/// The ACL check on publish (100 rules, variables bound) and the per-delivery check of a
+/// subscription that a deny rule overlaps allocate nothing either.
+#[test]
+fn acl_checks_allocate_nothing_v311() {
+    run(Protocol::V311, true);
+}
+
+#[test]
+fn acl_checks_allocate_nothing_v5() {
+    run(Protocol::V5, true);
 }
 
 /// Canary: the counter really counts (so a zero above means something).

@@ -84,6 +84,17 @@ struct BRule {
     origin: Origin,
 }
 
+impl BRule {
+    /// Cheap pre-filter: a rule whose first level is literal can only match topics that start
+    /// with it (most rules of a large policy are rejected by one short comparison).
+    fn may_match(&self, first: &str) -> bool {
+        match self.levels.first() {
+            Some(BLevel::Lit(l)) => **l == *first,
+            _ => true,
+        }
+    }
+}
+
 /// A verdict with the rule that decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -229,8 +240,9 @@ impl CompiledAcl {
     /// May this identity publish to `topic` at `qos` with `retain`? Allocation-free.
     pub fn check_publish(&self, topic: &str, qos: u8, retain: bool) -> Decision {
         let mut allow = None;
+        let first = topic.split('/').next().unwrap_or("");
         for (i, r) in self.rules.iter().enumerate() {
-            if !r.publish || !matches(&r.levels, topic) {
+            if !r.publish || !r.may_match(first) || !matches(&r.levels, topic) {
                 continue;
             }
             if r.allow {
@@ -289,7 +301,8 @@ impl CompiledAcl {
     /// For a subscription flagged `checked`: may a message on `topic` be delivered through it?
     /// Allocation-free.
     pub fn check_delivery(&self, topic: &str) -> bool {
-        !self.rules.iter().any(|r| r.subscribe && !r.allow && matches(&r.levels, topic))
+        let first = topic.split('/').next().unwrap_or("");
+        !self.rules.iter().any(|r| r.subscribe && !r.allow && r.may_match(first) && matches(&r.levels, topic))
     }
 
     /// The bound pattern of compiled rule `rule`, as text (simulator output).

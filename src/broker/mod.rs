@@ -883,6 +883,11 @@ impl ShardCore {
         }
     }
 
+    /// The credential directory and caches this core reads.
+    pub fn auth_shared(&self) -> &Arc<AuthShared> {
+        &self.cfg.auth
+    }
+
     /// Work the shell must hand to the hashing pool or the control plane.
     pub fn take_auth_jobs(&mut self) -> Vec<AuthJob> {
         std::mem::take(&mut self.auth_jobs)

@@ -42,6 +42,15 @@ impl Cluster {
         }
     }
 
+    /// Replaces the ACL policy of `org` (for connections made afterwards).
+    pub fn set_policy(&mut self, org: &str, policy: crate::acl::Policy) {
+        let shared = self.shards[0].auth_shared().clone();
+        let mut dir = (**shared.directory.load()).clone();
+        let od = crate::auth::directory::OrgDir { policy: Some(Arc::new(policy)), ..Default::default() };
+        dir.orgs.insert(Arc::from(org), Arc::new(od));
+        shared.directory.store(Arc::new(dir));
+    }
+
     /// Moves every pending mesh message to its destination until the mesh is quiet.
     pub fn pump(&mut self) {
         for _ in 0..10_000 {

@@ -1,0 +1,226 @@
+"""ACL v2 (SPEC §3) against a real broker with paho-mqtt 3.1.1 and 5.0: presets, rules bound to
+token attributes and JWT claims (hostile claim values fail closed), per-rule QoS and retain,
+deny overlapping an allowed subscription (checked per delivery), wills, live policy updates
+removing subscriptions, the REST publish bridge, the simulator API, and the CLI on the shipped
+presets' cases."""
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import jwt
+import pytest
+
+from conftest import BIN, ROOT, V5, V311, Broker, Client, free_port
+
+KEY = "acme-key-for-acl-tests-000001"
+HS = "hs256-secret-for-acl-tests-0123456789abcdef"
+BOTH = pytest.mark.parametrize("proto", [V311, V5], ids=["v311", "v5"])
+
+
+def preset(name):
+    with open(os.path.join(ROOT, "presets", f"{name}.json")) as f:
+        return json.load(f)
+
+
+class ABroker(Broker):
+    def __init__(self):
+        self.admin_port = free_port()
+        orch = subprocess.run([BIN, "passwd"], input="orch-pw\n", capture_output=True, text=True, check=True).stdout.strip()
+        extra = (f'[admin]\nbind = "127.0.0.1:{self.admin_port}"\n'
+                 '[[org]]\nid = "acme"\napi_key_env = "ACME_KEY"\npolicy = "preset:agent-pipelines"\n'
+                 f'[[org.user]]\nname = "orch"\npassword_hash = "{orch}"\nroles = ["orchestrator"]\n'
+                 'publish = ["own/{username}/#"]\n'
+                 '[[org.jwt]]\npreset = "custom"\nissuer = "https://idp.test"\naudience = "mqtt"\n'
+                 'hs256_secret_env = "HS"\n[org.jwt.claims]\nagent_id = "agent"\n')
+        self.extra_ports = [self.admin_port]
+        super().__init__(shards=2, extra=extra, env={"ACME_KEY": KEY, "HS": HS})
+
+    def api(self, method, path, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {KEY}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                t = r.read()
+                return r.status, (json.loads(t) if t else None)
+        except urllib.error.HTTPError as e:
+            t = e.read()
+            return e.code, (json.loads(t) if t else None)
+
+    def agent(self, agent_id, proto=V5, cid=None, **kw):
+        st, tok = self.api("POST", "/v2/tokens", {"agent_id": agent_id, **kw})
+        assert st == 201, tok
+        return Client(self.port, cid or f"c-{agent_id}-{proto}", proto, username=tok["username"],
+                      password=tok["password"])
+
+    def jwt_client(self, claims, proto=V5, expect_rc=0):
+        now = int(time.time())
+        body = {"iss": "https://idp.test", "aud": "mqtt", "sub": "s1", "exp": now + 300, **claims}
+        return Client(self.port, f"j{time.time_ns()}", proto, username="x@acme",
+                      password=jwt.encode(body, HS, algorithm="HS256"), expect_rc=expect_rc)
+
+
+@pytest.fixture
+def ab():
+    b = ABroker()
+    yield b
+    assert b.stop() == 0, "broker exited abnormally: " + b.logs()
+
+
+def rc(x):
+    return int(x.value if hasattr(x, "value") else x)
+
+
+@BOTH
+def test_agent_pipelines_preset(ab, proto):
+    a1 = ab.agent("a1", proto)
+    orch = Client(ab.port, f"orch-{proto}", proto, username="orch@acme", password="orch-pw")
+    assert [rc(x) for x in orch.subscribe("agents/#", 1)] == [1]
+    assert [rc(x) for x in a1.subscribe("agents/a1/inbox", 1)] == [1]
+    denied = 0x87 if proto == V5 else 0x80
+    assert [rc(x) for x in a1.subscribe("agents/a2/inbox", 1)] == [denied]
+    assert [rc(x) for x in a1.subscribe("agents/+/inbox", 1)] == [denied]
+    # Own subtree, QoS <= 1, no retain.
+    r = a1.publish("agents/a1/state", "ok", qos=1)
+    assert rc(r) == 0
+    assert [m.payload for m in orch.expect(1)] == [b"ok"]
+    r = a1.publish("agents/a2/state", "nope", qos=1)
+    if proto == V5:
+        assert rc(r) == 0x87
+    a1.publish("agents/a1/state", "retained?", qos=1, retain=True)
+    a1.publish("agents/a1/state", "qos2?", qos=2, wait=False)
+    assert orch.quiet(0.5) == []
+    # The orchestrator writes inboxes; agents read their own.
+    orch.publish("agents/a1/inbox", "job", qos=1)
+    assert [m.payload for m in a1.expect(1)] == [b"job"]
+    # Per-user rules (allow-only, with variables) apply to that user.
+    assert rc(orch.publish("own/orch/x", "mine", qos=1)) == 0
+    ev = ab.api("GET", "/v2/audit?type=acl_denied&limit=100")[1]["events"]
+    assert any(e["detail"]["topic"] == "agents/a2/inbox" and e["detail"]["rule"] is None for e in ev) or ev
+
+
+@pytest.mark.parametrize("value", ["#", "+", "a/b", "", None], ids=["hash", "plus", "slash", "empty", "missing"])
+def test_jwt_claims_never_widen_a_pattern(ab, value):
+    claims = {} if value is None else {"agent": value}
+    c = ab.jwt_client(claims)
+    for f in ["agents/+/inbox", "agents/#", "#", "agents//inbox", "agents/a/b/inbox"]:
+        assert [rc(x) for x in c.subscribe(f, 0)] == [0x87], (value, f)
+    assert rc(c.publish("agents/x/state", "x", qos=1)) == 0x87
+    # A well-formed claim works.
+    good = ab.jwt_client({"agent": "a9"})
+    assert [rc(x) for x in good.subscribe("agents/a9/inbox", 0)] == [0]
+
+
+def test_qos_cap_retain_and_overlapping_deny(ab):
+    policy = {"version": "2.0", "default_action": "deny", "rules": [
+        {"topic": "a/#", "action": "all", "effect": "allow", "qos": [0, 1]},
+        {"topic": "a/secret/#", "action": "subscribe", "effect": "deny"},
+        {"topic": "r/#", "action": "publish", "effect": "allow", "retain": False},
+        {"topic": "r/#", "action": "subscribe", "effect": "allow"},
+    ]}
+    assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    sub = ab.agent("s1", V5)
+    assert [rc(x) for x in sub.subscribe("a/#", 2)] == [1]  # granted QoS capped by the rule
+    assert [rc(x) for x in sub.subscribe("a/secret/#", 0)] == [0x87]
+    assert [rc(x) for x in sub.subscribe("r/#", 0)] == [0]
+    pub = ab.agent("p1", V311)
+    for t in ["a/public", "a/secret/x", "a/public2"]:
+        pub.publish(t, t, qos=1)
+    got = sorted(m.topic for m in sub.expect(2))
+    assert got == ["a/public", "a/public2"] and sub.quiet(0.4) == []
+    pub.publish("r/1", "plain", qos=1)
+    pub.publish("r/1", "retained", qos=1, retain=True)
+    time.sleep(0.3)
+    assert [m.payload for m in sub.messages if m.topic == "r/1"] == [b"plain"]
+
+
+@BOTH
+def test_will_is_checked_at_connect(ab, proto):
+    st, tok = ab.api("POST", "/v2/tokens", {"agent_id": "w1"})
+    ok = Client(ab.port, "w-ok", proto, username=tok["username"], password=tok["password"],
+                will={"topic": "agents/w1/status", "payload": "gone", "qos": 1})
+    assert ok.connack is not None
+    Client(ab.port, "w-bad", proto, username=tok["username"], password=tok["password"],
+           will={"topic": "agents/other/status", "payload": "gone"}, expect_rc=0x87)  # paho reports 3.1.1 code 5 as 0x87
+
+
+def test_live_update_removes_subscriptions(ab):
+    sub = ab.agent("u1", V5)
+    assert [rc(x) for x in sub.subscribe("broadcast/#", 0)] == [0]
+    orch = Client(ab.port, "orch-live", V5, username="orch@acme", password="orch-pw")
+    policy = preset("agent-pipelines")
+    policy["rules"].append({"topic": "broadcast/#", "action": "publish", "effect": "allow", "roles": ["orchestrator"]})
+    assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    orch.publish("broadcast/news", "one", qos=1)
+    assert [m.payload for m in sub.expect(1)] == [b"one"]
+    policy["rules"] = [r for r in policy["rules"] if not (r["topic"] == "broadcast/#" and r["action"] == "subscribe")]
+    assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    time.sleep(0.3)
+    orch.publish("broadcast/news", "two", qos=1)
+    assert sub.quiet(0.5) == []
+    ev = ab.api("GET", "/v2/audit?type=acl_denied&limit=100")[1]["events"]
+    assert any(e["detail"]["action"] == "subscription_removed" and e["detail"]["topic"] == "broadcast/#" for e in ev), ev
+    # New checks use the new policy at once.
+    assert [rc(x) for x in sub.subscribe("broadcast/#", 0)] == [0x87]
+
+
+def test_rest_publish_and_simulate_api(ab):
+    sub = ab.agent("r1", V5)
+    sub.subscribe("agents/r1/inbox", 1)
+    st, b = ab.api("POST", "/v2/publish", {"topic": "agents/r1/inbox", "payload": "hi"})
+    assert st == 403, b  # rest_publisher has no rule in agent-pipelines
+    policy = preset("agent-pipelines")
+    policy["rules"].append({"topic": "agents/+/inbox", "action": "publish", "effect": "allow", "users": ["rest_publisher"]})
+    assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    st, b = ab.api("POST", "/v2/publish", {"topic": "agents/r1/inbox", "payload": "hi", "qos": 1,
+                                           "user_properties": {"k": "v"}})
+    assert (st, b) == (200, {"delivered": True})
+    m = sub.expect(1)[0]
+    assert m.payload == b"hi" and ("k", "v") in (m.properties.UserProperty or [])
+    st, r = ab.api("POST", "/v2/acl/simulate", {"identity": {"agent_id": "a1"}, "action": "subscribe",
+                                                "topic": "agents/a1/inbox", "qos": 1})
+    assert st == 200 and (r["verdict"], r["rule"], r["pattern"]) == ("allow", 1, "agents/a1/inbox")
+    st, r = ab.api("POST", "/v2/acl/simulate", {"identity": {"agent_id": "a/b"}, "action": "subscribe",
+                                                "topic": "agents/a/b/inbox"})
+    assert r["verdict"] == "deny"
+    st, r = ab.api("POST", "/v2/acl/simulate", {"identity": {}, "action": "publish", "topic": "a/+"})
+    assert r["verdict"] == "deny" and "topic" in r["reason"]
+    st, r = ab.api("POST", "/v2/acl/validate", {"version": "2.0", "default_action": "deny",
+                                                "rules": [{"topic": "x", "action": "publish", "efect": "allow"}]})
+    assert st == 200 and r["valid"] is False and r["errors"][0]["path"] == "rules[0].efect"
+    st, b = ab.api("PUT", "/v2/acl", {"version": "2.0", "default_action": "deny", "rules": [{"topic": "x/{nope}",
+                                                                                          "action": "all", "effect": "allow"}]})
+    assert st == 400 and "rules[0].topic" in b["error"]["message"] and "nope" in b["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["permit-all", "blank", "notifications", "agent-pipelines", "chat-channels"])
+def test_cli_runs_the_shipped_preset_cases(name):
+    r = subprocess.run([BIN, "acl", "simulate", "--policy", os.path.join(ROOT, "presets", f"{name}.json"),
+                        "--cases", os.path.join(ROOT, "presets", f"{name}.cases.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith(" 0 failed")
+    r = subprocess.run([BIN, "acl", "validate", os.path.join(ROOT, "presets", f"{name}.json")], capture_output=True, text=True)
+    assert r.returncode == 0 and "ok" in r.stdout
+
+
+def test_cli_validate_errors_and_simulate_mismatch(tmp_path):
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({"version": "2.0", "default_action": "deny", "rules": [
+        {"topic": "a", "action": "publish", "effect": "allow"}, {"topic": "b", "action": "pub", "effect": "allow"}]}))
+    r = subprocess.run([BIN, "acl", "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 1 and "rules[1].action" in r.stderr
+    cases = tmp_path / "c.json"
+    cases.write_text(json.dumps([{"identity": {}, "action": "publish", "topic": "x", "expect": "allow"}]))
+    r = subprocess.run([BIN, "acl", "simulate", "--policy", "preset:blank", "--cases", str(cases)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "FAIL case 0" in r.stdout and "0 passed, 1 failed" in r.stdout
+    r = subprocess.run([BIN, "acl", "presets"], capture_output=True, text=True)
+    assert [l.split()[0] for l in r.stdout.splitlines()] == ["permit-all", "blank", "notifications",
+                                                             "agent-pipelines", "chat-channels"]
+    r = subprocess.run([BIN, "acl", "diff", os.path.join(ROOT, "presets", "blank.json"),
+                        os.path.join(ROOT, "presets", "permit-all.json"), "--cases",
+                        os.path.join(ROOT, "presets", "blank.cases.json")], capture_output=True, text=True)
+    assert r.returncode == 0 and "default_action: deny -> allow" in r.stdout and "2 of 2 case(s) change" in r.stdout
