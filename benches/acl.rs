@@ -1,6 +1,9 @@
 //! ACL v2 check cost per message at 10, 100 and 1,000 rules: a publish check (the match is the
 //! last allow rule, so every rule is walked) and the per-delivery check of a subscription that
-//! a deny rule overlaps.
+//! a deny rule overlaps. Run: `cargo bench --bench acl`.
+
+// criterion_group! generates public functions without docs.
+#![allow(missing_docs)]
 
 use coremq::acl::{AclIdentity, CompiledAcl, Policy};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};

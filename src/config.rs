@@ -812,7 +812,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.shards, 1);
         assert_eq!(c.data_dir, PathBuf::from("/etc/coremq/./d"));
-        assert_eq!(c.orgs, vec![OrgConfig::new("local")]);
+        assert_eq!(c.orgs.len(), 1);
+        assert_eq!(c.orgs[0].id, "local");
+        assert_eq!(
+            c.orgs[0].policy,
+            Some(crate::acl::Policy::permit_all()),
+            "undeclared anonymous org: permit-all"
+        );
     }
 
     #[test]
