@@ -319,3 +319,114 @@ impl CompiledAcl {
             .join("/")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VARS: [&str; 10] = [
+        "username",
+        "org_id",
+        "client_id",
+        "user_id",
+        "email",
+        "agent_id",
+        "session_id",
+        "role",
+        "cert_cn",
+        "claim.team",
+    ];
+
+    fn identity_with(value: &str) -> AclIdentity {
+        let s = Some(value.to_string());
+        AclIdentity {
+            username: s.clone(),
+            org_id: s.clone(),
+            client_id: s.clone(),
+            user_id: s.clone(),
+            email: s.clone(),
+            agent_id: s.clone(),
+            session_id: s.clone(),
+            role: s.clone(),
+            roles: vec![],
+            cert_cn: s,
+            claims: [("team".to_string(), serde_json::Value::String(value.into()))].into(),
+        }
+    }
+
+    fn policy(rules: &str, default: &str) -> Policy {
+        Policy::parse(&format!(r#"{{"version": "2.0", "default_action": "{default}", "rules": [{rules}]}}"#))
+            .expect("valid")
+    }
+
+    /// Wildcard injection through every variable: an allow rule never widens, a deny rule
+    /// never narrows.
+    #[test]
+    fn hostile_values_fail_closed_in_both_directions() {
+        for var in VARS {
+            for bad in ["#", "+", "a/b", "", "x\u{1}y", "a\u{7f}", "a+b", "#/x"] {
+                let id = identity_with(bad);
+                let allow = policy(
+                    &format!(
+                        r#"{{"topic": "t/{{{var}}}", "action": "all", "effect": "allow"}}, {{"topic": "{{{var}}}", "action": "all", "effect": "allow"}}"#
+                    ),
+                    "deny",
+                );
+                let acl = CompiledAcl::compile(&allow, &id, &[], &[]);
+                for t in ["t/x", "t/a", "x", "t/#", "#"] {
+                    assert!(!acl.check_subscribe(t, 0).decision.allow, "{var}={bad:?} widened to {t}");
+                }
+                for t in ["t/x", "t/a/b", "x", "a"] {
+                    assert!(!acl.check_publish(t, 0, false).allow, "{var}={bad:?} allowed publish {t}");
+                }
+                let deny = policy(
+                    &format!(
+                        r#"{{"topic": "t/{{{var}}}", "action": "all", "effect": "deny"}}, {{"topic": "t/#", "action": "all", "effect": "allow"}}"#
+                    ),
+                    "deny",
+                );
+                let acl = CompiledAcl::compile(&deny, &id, &[], &[]);
+                assert!(!acl.check_publish("t/anything", 0, false).allow, "{var}={bad:?} narrowed a deny");
+                assert!(acl.check_publish("t/a/deeper", 0, false).allow);
+            }
+            // `$` at the first level is unbindable too.
+            let id = identity_with("$SYS");
+            let p =
+                policy(&format!(r#"{{"topic": "{{{var}}}/#", "action": "all", "effect": "allow"}}"#), "deny");
+            let acl = CompiledAcl::compile(&p, &id, &[], &[]);
+            assert!(!acl.check_subscribe("$SYS/#", 0).decision.allow, "{var}");
+            // A good value binds.
+            let id = identity_with("good");
+            let p = policy(
+                &format!(r#"{{"topic": "t/{{{var}}}/#", "action": "all", "effect": "allow"}}"#),
+                "deny",
+            );
+            let acl = CompiledAcl::compile(&p, &id, &[], &[]);
+            assert!(acl.check_subscribe("t/good/+", 1).decision.allow, "{var}");
+            assert!(!acl.check_subscribe("t/other/+", 1).decision.allow, "{var}");
+        }
+    }
+
+    #[test]
+    fn selectors_qos_and_retain() {
+        let p = policy(
+            r#"{"topic": "a/#", "action": "publish", "effect": "allow", "qos": [0, 1], "retain": false, "roles": ["r"]},
+               {"topic": "a/x", "action": "publish", "effect": "deny", "qos": [1]},
+               {"topic": "s/#", "action": "subscribe", "effect": "allow", "qos": [0], "users": ["u"]}"#,
+            "deny",
+        );
+        let mut id = AclIdentity { username: Some("u".into()), role: Some("r".into()), ..Default::default() };
+        let acl = CompiledAcl::compile(&p, &id, &[], &[]);
+        assert!(acl.check_publish("a/y", 1, false).allow);
+        assert!(!acl.check_publish("a/y", 2, false).allow, "qos not in the allow");
+        assert!(!acl.check_publish("a/y", 0, true).allow, "retain not allowed");
+        assert!(acl.check_publish("a/x", 0, false).allow, "the deny narrows to QoS 1");
+        assert!(!acl.check_publish("a/x", 1, false).allow);
+        let d = acl.check_subscribe("s/1", 2);
+        assert!(d.decision.allow && d.granted == 0, "granted capped at the rule's QoS");
+        id.role = None;
+        id.username = Some("v".into());
+        let acl = CompiledAcl::compile(&p, &id, &[], &[]);
+        assert!(!acl.check_publish("a/y", 0, false).allow && !acl.check_subscribe("s/1", 0).decision.allow);
+    }
+}
