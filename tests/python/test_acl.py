@@ -224,3 +224,40 @@ def test_cli_validate_errors_and_simulate_mismatch(tmp_path):
                         os.path.join(ROOT, "presets", "permit-all.json"), "--cases",
                         os.path.join(ROOT, "presets", "blank.cases.json")], capture_output=True, text=True)
     assert r.returncode == 0 and "default_action: deny -> allow" in r.stdout and "2 of 2 case(s) change" in r.stdout
+
+
+@BOTH
+def test_notifications_and_chat_presets_over_mqtt(ab, proto):
+    assert ab.api("PUT", "/v2/acl", preset("notifications"))[0] == 200
+    u1 = ab.agent("n1", proto, cid=f"u1-{proto}", user_id="u1")
+    notifier = ab.agent("svc", proto, cid=f"svc-{proto}", user_id="svc", role="notifier")
+    denied = 0x87 if proto == V5 else 0x80
+    assert [rc(x) for x in u1.subscribe("notifications/u1/#", 1)] == [1]
+    assert [rc(x) for x in u1.subscribe("notifications/u2/#", 1)] == [denied]
+    notifier.publish("notifications/u1/order", "shipped", qos=1)
+    notifier.publish("notifications/u2/order", "not for u1", qos=1)
+    assert [m.payload for m in u1.expect(1)] == [b"shipped"] and u1.quiet(0.3) == []
+    u1.publish("notifications/u1/order", "self-notify", qos=1)
+    assert u1.quiet(0.3) == []  # only the notifier role publishes there
+    assert ab.api("PUT", "/v2/acl", preset("chat-channels"))[0] == 200
+    a = ab.agent("ca", proto, cid=f"ca-{proto}", user_id="ua")
+    b = ab.agent("cb", proto, cid=f"cb-{proto}", user_id="ub")
+    assert [rc(x) for x in b.subscribe("chat/+/messages", 2)] == [1]  # QoS capped at 1
+    assert [rc(x) for x in b.subscribe("dm/ub/#", 1)] == [1]
+    assert [rc(x) for x in a.subscribe("dm/ub/#", 1)] == [denied]
+    a.publish("chat/general/messages", "hello", qos=1)
+    a.publish("dm/ub/from-ua", "psst", qos=1)
+    assert sorted(m.payload for m in b.expect(2)) == [b"hello", b"psst"]
+
+
+def test_cli_acl_update_pushes_to_a_running_broker(ab, tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps(preset("chat-channels")))
+    env = {**os.environ, "COREMQ_ADMIN_URL": f"http://127.0.0.1:{ab.admin_port}", "COREMQ_API_KEY": KEY}
+    r = subprocess.run([BIN, "acl", "update", str(f)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["rules"] == 7, r.stdout + r.stderr
+    st, doc = ab.api("GET", "/v2/acl")
+    assert st == 200 and doc == preset("chat-channels")
+    f.write_text('{"version": "2.0", "default_action": "maybe"}')
+    r = subprocess.run([BIN, "acl", "update", str(f)], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "default_action" in r.stderr
