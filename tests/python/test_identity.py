@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import (BIN, V5, V311, Broker, Client, Raw, connect_props, enc_len, free_port, s16)
+from conftest import (BIN, V5, V311, Broker, Client, Raw, connect_props, enc_len, free_port, publish_props, s16)
 from test_transports import TClient, make_certs
 
 OPERATOR = "operator-key-for-tests-0001"
@@ -479,3 +479,33 @@ def test_audit_retention_purges_old_events():
         wait_for(lambda: not b.audit(client_id="old")["events"], timeout=6, what="retention purge")
     finally:
         assert b.stop() == 0
+
+
+def test_wills_and_topic_aliases_stay_in_their_org(ib):
+    st, org = ib.api("POST", "/v2/orgs", key=OPERATOR, body={"id": "beta"})
+    beta = org["api_key"]
+    ib.api("PUT", "/v2/acl", key=beta, body={"version": "2.0", "default_action": "allow", "rules": []})
+    ib.api("POST", "/v2/users", key=beta, body={"name": "bob", "password": "beta-pw"})
+    wa = Client(ib.port, "wa", V5, username="alice@acme", password=ALICE_PW)
+    wb = Client(ib.port, "wb", V5, username="bob@beta", password="beta-pw")
+    for c in (wa, wb):
+        c.subscribe("w/#", 0)
+    # A will published by an acme client that dies reaches acme only.
+    r = Raw(ib.port)
+    user, pw = b"alice@acme", ALICE_PW.encode()
+    body = (s16(b"MQTT") + bytes([4, 0xC2 | 0x04]) + b"\x00\x3c" + s16(b"dying") + s16(b"w/will") + s16(b"gone")
+            + s16(user) + s16(pw))
+    r.send(b"\x10" + enc_len(len(body)) + body)
+    assert r.read_packet()[0] == 0x20
+    r.s.close()
+    assert [m.payload for m in wa.expect(1)] == [b"gone"]
+    assert wb.quiet(0.5) == []
+    # The same topic alias number names a different topic in each org's connection.
+    pa = Client(ib.port, "pa", V5, username="alice@acme", password=ALICE_PW)
+    pb = Client(ib.port, "pb", V5, username="bob@beta", password="beta-pw")
+    pa.publish("w/acme-topic", "a1", qos=1, props=publish_props(TopicAlias=1))
+    pb.publish("w/beta-topic", "b1", qos=1, props=publish_props(TopicAlias=1))
+    pa.publish("", "a2", qos=1, props=publish_props(TopicAlias=1))
+    pb.publish("", "b2", qos=1, props=publish_props(TopicAlias=1))
+    assert [(m.topic, m.payload) for m in wa.expect(3)[1:]] == [("w/acme-topic", b"a1"), ("w/acme-topic", b"a2")]
+    assert [(m.topic, m.payload) for m in wb.expect(2)] == [("w/beta-topic", b"b1"), ("w/beta-topic", b"b2")]
