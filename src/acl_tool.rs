@@ -88,7 +88,12 @@ pub fn simulate_cmd(
     let mut out = Vec::new();
     let (mut passed, mut failed) = (0, 0);
     for (i, req) in reqs.iter().enumerate() {
-        let org = cfg.as_ref().and_then(|c| req.identity.org_id.as_deref().and_then(|o| c.org(o)));
+        // The identity's org; without org_id, the config's only org if it declares one.
+        let org = cfg.as_ref().and_then(|c| match req.identity.org_id.as_deref() {
+            Some(o) => c.org(o),
+            None if c.orgs.len() == 1 => c.orgs.first(),
+            None => None,
+        });
         let policy = match (&fixed, org) {
             (Some(p), _) => p.clone(),
             (None, Some(o)) => o.policy.clone().unwrap_or_else(Policy::blank),

@@ -261,3 +261,17 @@ def test_cli_acl_update_pushes_to_a_running_broker(ab, tmp_path):
     f.write_text('{"version": "2.0", "default_action": "maybe"}')
     r = subprocess.run([BIN, "acl", "update", str(f)], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "default_action" in r.stderr
+
+
+def test_cli_simulate_with_config_applies_user_rules(tmp_path):
+    h = subprocess.run([BIN, "passwd"], input="pw\n", capture_output=True, text=True, check=True).stdout.strip()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:1"\n[[org]]\nid = "acme"\n'
+                   'policy = "preset:agent-pipelines"\n[[org.user]]\nname = "alice"\n'
+                   f'password_hash = "{h}"\npublish = ["own/{{username}}/#"]\n')
+    ident = tmp_path / "id.json"
+    ident.write_text('{"username": "alice", "org_id": "acme"}')
+    run = lambda t: subprocess.run([BIN, "acl", "simulate", "--config", str(cfg), "--identity", str(ident),
+                                    "--action", "publish", "--topic", t], capture_output=True, text=True).stdout
+    assert run("own/alice/x").startswith("verdict allow") and "pattern own/alice/#" in run("own/alice/x")
+    assert run("own/bob/x").startswith("verdict deny")
