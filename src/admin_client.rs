@@ -160,6 +160,15 @@ pub fn acl_update(api: &ApiArgs, file: &std::path::Path) -> Result<Value, Client
     request(api, "PUT", "/v2/acl", Some(doc))
 }
 
+/// Asks a running broker which live subscriptions the policy in `file` would remove.
+pub fn acl_diff_live(api: &ApiArgs, file: &std::path::Path) -> Result<Value, ClientError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ClientError(format!("{}: cannot read: {e}", file.display())))?;
+    let doc: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError(format!("{}: not JSON: {e}", file.display())))?;
+    request(api, "POST", "/v2/acl/diff", Some(doc))
+}
+
 /// Queries the audit log.
 pub fn audit(
     api: &ApiArgs,

@@ -155,6 +155,12 @@ pub enum AclAction {
         /// Sample checks to compare (the --cases format; "expect" is ignored).
         #[arg(long)]
         cases: Option<PathBuf>,
+        /// Also ask the running broker (admin API) which live subscriptions NEW would remove.
+        #[arg(long)]
+        live: bool,
+        /// Where the admin API is, and the key (with --live).
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Push a policy to a running broker (PUT /v2/acl).
     Update {

@@ -40,7 +40,24 @@ fn acl(a: coremq::cli::AclAction) -> i32 {
                 cases.as_deref(),
             )
         }
-        AclAction::Diff { old, new, cases } => t::diff(&old, &new, cases.as_deref()),
+        AclAction::Diff { old, new, cases, live, api } => {
+            t::diff(&old, &new, cases.as_deref()).and_then(|(mut out, ok)| {
+                if live {
+                    let v = admin_client::acl_diff_live(&api, &new)
+                        .map_err(|e| t::ToolError(e.to_string(), 1))?;
+                    let removed = v["removed"].as_array().cloned().unwrap_or_default();
+                    for r in &removed {
+                        out.push_str(&format!(
+                            "\nlive: {} would lose {}",
+                            r["client_id"].as_str().unwrap_or(""),
+                            r["filter"].as_str().unwrap_or("")
+                        ));
+                    }
+                    out.push_str(&format!("\n{} live subscription(s) would be removed", removed.len()));
+                }
+                Ok((out, ok))
+            })
+        }
         AclAction::Update { api, file } => return print_api(admin_client::acl_update(&api, &file)),
     };
     match r {

@@ -1278,6 +1278,30 @@ impl ShardCore {
         }
     }
 
+    /// The live subscriptions of `org` on this shard that `policy` would remove.
+    pub fn policy_diff(&self, org: &str, policy: &Policy) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for c in self.conns.iter().flatten() {
+            let (Some(ident), Some(key), Some(sref)) = (&c.identity, &c.key, c.session) else { continue };
+            if &*ident.org != org {
+                continue;
+            }
+            let id = ident.acl_identity(key.client_id.as_str(), c.client_cn.as_deref());
+            let acl = CompiledAcl::compile(policy, &id, &ident.user_publish, &ident.user_subscribe);
+            let Some(s) = self.session(sref) else { continue };
+            for (f, e) in &s.state.subs {
+                let inner = match classify(f) {
+                    FilterKind::Shared(sf) => sf.filter,
+                    _ => f,
+                };
+                if !acl.check_subscribe(inner, e.opts.qos as u8).decision.allow {
+                    out.push((key.client_id.as_str().to_string(), f.to_string()));
+                }
+            }
+        }
+        out
+    }
+
     /// The org's policy changed: recompile the ACL of its live connections and sessions and
     /// remove the subscriptions it no longer allows (SPEC §3).
     pub fn policy_changed(&mut self, now_ms: u64, org: &str) -> usize {

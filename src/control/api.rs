@@ -178,6 +178,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v2/acl", get(get_acl).put(put_acl))
         .route("/v2/acl/validate", post(validate_acl))
         .route("/v2/acl/simulate", post(simulate_acl))
+        .route("/v2/acl/diff", post(diff_acl))
         .route("/v2/publish", post(rest_publish))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
@@ -190,7 +191,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
     paths(
         healthz, create_org, list_orgs, get_org, delete_org, create_api_key, list_api_keys, delete_api_key,
         create_user, list_users, get_user, update_user, delete_user, create_token, list_tokens, revoke_token,
-        token_exchange, get_acl, put_acl, validate_acl, simulate_acl, rest_publish,
+        token_exchange, get_acl, put_acl, validate_acl, simulate_acl, diff_acl, rest_publish,
         list_sessions, disconnect_session, audit
     ),
     components(schemas(
@@ -1310,4 +1311,35 @@ async fn rest_publish(
         .try_send(cmd)
         .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the broker is busy; retry"))?;
     Ok(Json(json!({ "delivered": true })))
+}
+
+/// Which live subscriptions a candidate policy would remove (nothing is changed).
+#[utoipa::path(post, path = "/v2/acl/diff", request_body(content = Object, description = "candidate ACL v2 document"),
+    responses((status = 200, description = "{removed: [{client_id, filter}]}")))]
+async fn diff_acl(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    let doc: serde_json::Value = body(b, false)?;
+    let policy = Arc::new(crate::acl::Policy::from_value(doc).map_err(policy_error)?);
+    let mut rxs = Vec::new();
+    for s in &ctl.shards {
+        let (tx, rx) = flume::bounded(1);
+        let cmd = ShardCommand::DiffPolicy { org: org.as_str().into(), policy: policy.clone(), reply: tx };
+        if s.try_send(cmd).is_ok() {
+            rxs.push(rx);
+        }
+    }
+    let mut removed = Vec::new();
+    for rx in rxs {
+        if let Ok(Ok(v)) = tokio::time::timeout(std::time::Duration::from_secs(2), rx.recv_async()).await {
+            removed.extend(v);
+        }
+    }
+    removed.sort();
+    let removed: Vec<_> = removed.into_iter().map(|(c, f)| json!({ "client_id": c, "filter": f })).collect();
+    Ok(Json(json!({ "removed": removed })))
 }

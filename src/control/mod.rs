@@ -70,6 +70,15 @@ pub enum ShardCommand {
         /// Count of connections closed.
         reply: Option<flume::Sender<usize>>,
     },
+    /// Which live subscriptions of `org` a candidate policy would remove: (client id, filter).
+    DiffPolicy {
+        /// Organization.
+        org: Arc<str>,
+        /// The candidate.
+        policy: Arc<crate::acl::Policy>,
+        /// The list.
+        reply: flume::Sender<Vec<(String, String)>>,
+    },
     /// `org`'s policy changed: recompile ACLs, drop subscriptions it no longer allows.
     PolicyChanged {
         /// Organization.

@@ -359,6 +359,10 @@ async fn shard_main(
                             let _ = r.try_send(n);
                         }
                     }
+                    ShardCommand::DiffPolicy { org, policy, reply } => {
+                        let v = shard.core.borrow().policy_diff(&org, &policy);
+                        let _ = reply.try_send(v);
+                    }
                     ShardCommand::PolicyChanged { org } => {
                         shard.core.borrow_mut().policy_changed(now_ms(), &org);
                         shard.flush_mesh();

@@ -275,3 +275,21 @@ def test_cli_simulate_with_config_applies_user_rules(tmp_path):
                                     "--action", "publish", "--topic", t], capture_output=True, text=True).stdout
     assert run("own/alice/x").startswith("verdict allow") and "pattern own/alice/#" in run("own/alice/x")
     assert run("own/bob/x").startswith("verdict deny")
+
+
+def test_diff_against_live_sessions(ab, tmp_path):
+    sub = ab.agent("d1", V5)
+    assert [rc(x) for x in sub.subscribe("broadcast/#", 0)] == [0]
+    assert [rc(x) for x in sub.subscribe("agents/d1/inbox", 0)] == [0]
+    new = preset("agent-pipelines")
+    new["rules"] = [r for r in new["rules"] if r["topic"] != "broadcast/#"]
+    old_f, new_f = tmp_path / "old.json", tmp_path / "new.json"
+    old_f.write_text(json.dumps(preset("agent-pipelines")))
+    new_f.write_text(json.dumps(new))
+    env = {**os.environ, "COREMQ_ADMIN_URL": f"http://127.0.0.1:{ab.admin_port}", "COREMQ_API_KEY": KEY}
+    r = subprocess.run([BIN, "acl", "diff", str(old_f), str(new_f), "--live"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "- " in r.stdout and "broadcast/#" in r.stdout
+    assert "live: c-d1-5 would lose broadcast/#" in r.stdout and "1 live subscription(s) would be removed" in r.stdout
+    # Nothing was applied.
+    assert ab.api("GET", "/v2/acl")[1] == preset("agent-pipelines")
