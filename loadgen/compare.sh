@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-cargo build --release -q --bin coremq -p coremq -p coremq-loadgen
+cargo build --release -q -p coremq --bin coremq && cargo build --release -q -p coremq-loadgen
 LG=target/release/coremq-loadgen
 TMP=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
+PORT=$((20000 + RANDOM % 10000))
 
 start_broker() {
     case "$1" in

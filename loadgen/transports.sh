@@ -5,11 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-cargo build --release -q --bin coremq -p coremq -p coremq-loadgen
+cargo build --release -q -p coremq --bin coremq && cargo build --release -q -p coremq-loadgen
 LG=target/release/coremq-loadgen
 TMP=$(mktemp -d)
 target/release/coremq certs dev "$TMP/certs" >/dev/null
-B=$((20000 + RANDOM % 20000))
+B=$((20000 + RANDOM % 10000))
 cat > "$TMP/c.toml" <<TOML
 shards = 1
 sys_interval = "0s"
