@@ -40,6 +40,11 @@ pub const CONN_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// instead of its QoS 0 messages being read and then dropped.
 pub const OUTPUT_PRESSURE_BYTES: usize = 1024 * 1024;
 
+/// Messages in a live session's queue (its in-flight window is full) above which the shard
+/// stops reading publishers, like output pressure: QoS 1/2 to a slow but live subscriber slow
+/// the publishers down instead of overflowing the bounded queue.
+pub const QUEUE_PRESSURE: usize = SESSION_QUEUE_MAX / 2;
+
 /// How long a connection under output pressure may go without its socket taking a single byte
 /// before it is declared stalled (a client that stopped reading) and stops slowing everyone
 /// else; a slow but live reader is never declared stalled. its QoS 0 messages are then dropped at

@@ -217,8 +217,26 @@ impl ShardCore {
         let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect() };
         let s = self.session_mut(sref).expect("checked above");
         s.state.enqueue(d);
-        if conn.is_some() {
+        if let Some(id) = conn {
             self.pump(sref, now_ms);
+            if self.session(sref).is_some_and(|s| s.state.queue.len() >= limits::QUEUE_PRESSURE) {
+                self.note_pressure(id, now_ms);
+            }
+        }
+    }
+
+    /// An acknowledgement from a subscriber under queue pressure: it is alive (the stall clock
+    /// restarts), and once its queue is short again it stops slowing publishers.
+    fn queue_progress(&mut self, id: ConnId, sref: SessionRef, now_ms: u64) {
+        let queued = self.session(sref).map_or(0, |s| s.state.queue.len());
+        let Some(c) = self.conn_mut(id) else { return };
+        if c.pressure_since.is_none() {
+            return;
+        }
+        if queued < limits::QUEUE_PRESSURE && c.out.len() < limits::OUTPUT_PRESSURE_BYTES {
+            self.clear_pressure(id);
+        } else {
+            c.pressure_since = Some(now_ms);
         }
     }
 
@@ -330,6 +348,7 @@ impl ShardCore {
             Some(f) if f.state == want && (comp || f.delivery.qos == QoS::AtLeastOnce) => {
                 st.inflight.remove(&pid);
                 self.pump(sref, now_ms);
+                self.queue_progress(id, sref, now_ms);
             }
             // Unknown or out-of-state acknowledgements are ignored, as most brokers do.
             _ => {}

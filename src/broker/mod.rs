@@ -540,11 +540,18 @@ impl ShardCore {
 
     /// Notes output pressure on `id` after a write to its buffer.
     fn note_pressure(&mut self, id: ConnId, now_ms: u64) {
+        let queued = self.queued_for(id);
         let Some(c) = self.conn_mut(id) else { return };
-        if c.out.len() >= limits::OUTPUT_PRESSURE_BYTES && c.pressure_since.is_none() && !c.stalled {
+        let full = c.out.len() >= limits::OUTPUT_PRESSURE_BYTES || queued >= limits::QUEUE_PRESSURE;
+        if full && c.pressure_since.is_none() && !c.stalled {
             c.pressure_since = Some(now_ms);
             self.pressure.push(id);
         }
+    }
+
+    /// Messages waiting in the session queue of connection `id`.
+    fn queued_for(&self, id: ConnId) -> usize {
+        self.conn(id).and_then(|c| c.session).and_then(|s| self.session(s)).map_or(0, |s| s.state.queue.len())
     }
 
     /// Output of `id` was handed to the writer: it no longer exerts pressure.
@@ -587,7 +594,9 @@ impl ShardCore {
         let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
         if !c.out.is_empty() {
             std::mem::swap(&mut c.out, spare);
-            if c.pressure_since.is_some() || c.stalled {
+            // Still pressured while its session queue is long (a live subscriber whose window
+            // is full): QoS 1/2 publishers wait instead of the queue overflowing.
+            if (c.pressure_since.is_some() || c.stalled) && self.queued_for(id) < limits::QUEUE_PRESSURE {
                 self.clear_pressure(id);
             }
             return OutputPoll::Data;

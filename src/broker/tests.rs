@@ -230,6 +230,36 @@ fn a_slow_reader_keeps_slowing_publishers_one_that_stops_is_declared_stalled() {
 }
 
 #[test]
+fn a_live_qos1_subscriber_with_a_full_window_slows_publishers_instead_of_losing() {
+    use std::task::Waker;
+    let mut cl = Cluster::new(1);
+    let (sub, _) = cl.connect(0, Protocol::V311, "sub", true, Properties::default());
+    subscribe(&mut cl, sub, "q", QoS::AtLeastOnce);
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    let mut sent = 0u16;
+    while cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()) {
+        sent += 1;
+        let pk = Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: s("q"),
+            packet_id: PacketId::new(sent),
+            props: Properties::default(),
+            payload: Bytes::from_static(b"x"),
+        });
+        cl.send_raw_held(p, &to_bytes(Protocol::V311, &pk));
+        assert!((sent as usize) < crate::limits::SESSION_QUEUE_MAX, "publisher never paused");
+    }
+    // Paused once the queue reached the mark, with nothing dropped.
+    assert!(sent as usize >= crate::limits::QUEUE_PRESSURE);
+    assert_eq!(cl.shards[0].stats.dropped_slow, 0);
+    // A subscriber that stops acknowledging is declared stalled and stops slowing others.
+    cl.advance(crate::limits::OUTPUT_STALL_MS + 100);
+    assert!(cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()));
+}
+
+#[test]
 fn interest_is_acknowledged_before_suback() {
     let mut cl = Cluster::new(2);
     let (c, _) = cl.connect(1, Protocol::V311, "s", true, Properties::default());
