@@ -142,6 +142,19 @@ fn scope(ctl: &Ctl, headers: &HeaderMap, q: &OrgQuery) -> ApiResult<(Caller, Str
     Ok((c, org))
 }
 
+/// Runs one change to the store under the write lock, makes it durable before the API answers,
+/// and (`republish`) rebuilds the credential directory the shards read. An error from `f`
+/// returns before anything is synced or published.
+fn change<T>(ctl: &Ctl, republish: bool, f: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+    let _w = ctl.write.lock().expect("write lock");
+    let out = f()?;
+    ctl.store.sync()?;
+    if republish {
+        ctl.publish()?;
+    }
+    Ok(out)
+}
+
 fn body<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, empty_ok: bool) -> ApiResult<T> {
     let b = b.map_err(|e| match e {
         BytesRejection::FailedToBufferBody(_) => ApiError::new(
@@ -334,8 +347,7 @@ async fn create_org(
     if ttl_max == 0 || ttl == 0 || ttl > ttl_max {
         return Err(ApiError::bad("token_ttl must be 1..=token_ttl_max seconds"));
     }
-    let key = {
-        let _w = ctl.write.lock().expect("write lock");
+    let key = change(&ctl, true, || {
         if ctl.store.org(&id)?.is_some() {
             return Err(ApiError::conflict(format!("org \"{id}\" exists")));
         }
@@ -347,10 +359,8 @@ async fn create_org(
             source: "api".into(),
         })?;
         let (key, _) = ctl.mint_api_key(&id, "api")?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-        key
-    };
+        Ok(key)
+    })?;
     ctl.audit_admin(&id, &who.actor(), "org.create", &id);
     Ok((StatusCode::CREATED, Json(CreatedOrg { id, api_key: key })))
 }
@@ -382,8 +392,7 @@ async fn delete_org(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     operator(&ctl, &headers)?;
-    {
-        let _w = ctl.write.lock().expect("write lock");
+    change(&ctl, true, || {
         match ctl.store.org(&id)? {
             None => return Err(ApiError::not_found(format!("org \"{id}\" does not exist"))),
             Some(o) if o.source == "config" => {
@@ -393,10 +402,8 @@ async fn delete_org(
             }
             Some(_) => {}
         }
-        ctl.store.delete_org(&id)?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+        Ok(ctl.store.delete_org(&id)?)
+    })?;
     ctl.kick(&id, KickTarget::All).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -435,12 +442,7 @@ async fn create_api_key(
 ) -> ApiResult<impl IntoResponse> {
     let req: CreateApiKey = body(b, true)?;
     let (who, org) = scope(&ctl, &headers, &OrgQuery { org: req.org })?;
-    let (key, id) = {
-        let _w = ctl.write.lock().expect("write lock");
-        let r = ctl.mint_api_key(&org, "api")?;
-        ctl.store.sync()?;
-        r
-    };
+    let (key, id) = change(&ctl, false, || Ok(ctl.mint_api_key(&org, "api")?))?;
     ctl.audit_admin(&org, &who.actor(), "api_key.create", &id);
     Ok((StatusCode::CREATED, Json(CreatedApiKey { api_key: key, id, org })))
 }
@@ -475,14 +477,12 @@ async fn delete_api_key(
     Query(q): Query<OrgQuery>,
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
-    {
-        let _w = ctl.write.lock().expect("write lock");
+    change(&ctl, false, || {
         let Some((mac, _)) = ctl.store.api_keys_of(&org)?.into_iter().find(|(_, k)| k.id == id) else {
             return Err(ApiError::not_found(format!("no API key {id} in org {org}")));
         };
-        ctl.store.delete_api_key(&mac)?;
-        ctl.store.sync()?;
-    }
+        Ok(ctl.store.delete_api_key(&mac)?)
+    })?;
     ctl.audit_admin(&org, &who.actor(), "api_key.delete", &id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -587,12 +587,11 @@ async fn create_user(
     check_rules("publish", &req.publish)?;
     check_rules("subscribe", &req.subscribe)?;
     let phc = hash(req.password).await?;
-    {
-        let _w = ctl.write.lock().expect("write lock");
+    change(&ctl, true, || {
         if ctl.store.user(&org, &req.name)?.is_some() {
             return Err(ApiError::conflict(format!("user \"{}\" exists in org {org}", req.name)));
         }
-        ctl.store.put_user(
+        Ok(ctl.store.put_user(
             &org,
             &UserRecord {
                 name: req.name.clone(),
@@ -604,10 +603,8 @@ async fn create_user(
                 version: 1,
                 source: "api".into(),
             },
-        )?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+        )?)
+    })?;
     ctl.audit_admin(&org, &who.actor(), "user.create", &req.name);
     Ok((StatusCode::CREATED, Json(CreatedUser { username: format!("{}@{org}", req.name) })))
 }
@@ -677,8 +674,7 @@ async fn update_user(
     if let Some(d) = req.disabled {
         changed.insert("disabled".into(), d.into());
     }
-    let u = {
-        let _w = ctl.write.lock().expect("write lock");
+    let u = change(&ctl, true, || {
         let mut u =
             ctl.store.user(&org, &name)?.ok_or_else(|| ApiError::not_found(format!("no user \"{name}\"")))?;
         if let Some(p) = phc {
@@ -698,10 +694,8 @@ async fn update_user(
         }
         u.version += 1;
         ctl.store.put_user(&org, &u)?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-        u
-    };
+        Ok(u)
+    })?;
     if kick {
         ctl.kick(&org, KickTarget::User(name.clone())).await;
     }
@@ -718,14 +712,12 @@ async fn delete_user(
     Query(q): Query<OrgQuery>,
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
-    {
-        let _w = ctl.write.lock().expect("write lock");
+    change(&ctl, true, || {
         if !ctl.store.delete_user(&org, &name)? {
             return Err(ApiError::not_found(format!("no user \"{name}\"")));
         }
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+        Ok(())
+    })?;
     ctl.kick(&org, KickTarget::User(name.clone())).await;
     ctl.audit_admin(&org, &who.actor(), "user.delete", &name);
     Ok(StatusCode::NO_CONTENT)
@@ -831,12 +823,7 @@ fn mint_token(ctl: &Ctl, org: &str, ttl: u64, attrs: Attrs) -> ApiResult<Created
         expires_unix_ms: expires,
         attrs,
     };
-    {
-        let _w = ctl.write.lock().expect("write lock");
-        ctl.store.put_token(org, &rec)?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+    change(ctl, true, || Ok(ctl.store.put_token(org, &rec)?))?;
     Ok(CreatedToken { username: format!("{id}@{org}"), password, expires_at: rfc3339(expires) })
 }
 
@@ -959,14 +946,12 @@ async fn revoke_token(
         Some(_) => return Err(ApiError::forbidden("that token belongs to another org")),
         None => username.clone(),
     };
-    {
-        let _w = ctl.write.lock().expect("write lock");
+    change(&ctl, true, || {
         if !ctl.store.delete_token(&org, &id)? {
             return Err(ApiError::not_found(format!("no token {id} in org {org}")));
         }
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+        Ok(())
+    })?;
     ctl.kick(&org, KickTarget::Token(id.clone())).await;
     ctl.audit_admin(&org, &who.actor(), "token.revoke", &id);
     Ok(StatusCode::NO_CONTENT)
@@ -1142,12 +1127,7 @@ async fn put_acl(
     let (who, org) = scope(&ctl, &headers, &q)?;
     let doc: serde_json::Value = body(b, false)?;
     let policy = crate::acl::Policy::from_value(doc).map_err(policy_error)?;
-    {
-        let _w = ctl.write.lock().expect("write lock");
-        ctl.store.put_policy(&org, &policy.source)?;
-        ctl.store.sync()?;
-        ctl.publish()?;
-    }
+    change(&ctl, true, || Ok(ctl.store.put_policy(&org, &policy.source)?))?;
     ctl.policy_changed(&org);
     let mut d = serde_json::Map::new();
     d.insert("rules".into(), policy.rules.len().into());
