@@ -106,6 +106,22 @@ pub struct Decision {
     pub rule: Option<usize>,
 }
 
+impl Decision {
+    /// The deciding rule's 0-based index in the policy (`None`: `default_action`, or a
+    /// permanent user's own rule) — what the simulator and audit events report.
+    pub fn policy_rule(&self) -> Option<u32> {
+        match self.origin {
+            Some(Origin::Policy(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// [`Decision::policy_rule`] as JSON (`null` when none).
+    pub fn policy_rule_json(&self) -> serde_json::Value {
+        self.policy_rule().map_or(serde_json::Value::Null, Into::into)
+    }
+}
+
 /// The verdict on a SUBSCRIBE filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubDecision {

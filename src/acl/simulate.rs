@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::compiled::{AclIdentity, CompiledAcl, Origin};
+use super::compiled::{AclIdentity, CompiledAcl};
 use super::policy::Policy;
 
 /// One simulated request (also one `--cases` entry, with `expect`).
@@ -58,10 +58,7 @@ pub fn simulate(policy: &Policy, req: &SimRequest, user_rules: (&[String], &[Str
     }
     let out = |d: super::Decision, granted: Option<u8>| SimResult {
         verdict: if d.allow { "allow" } else { "deny" },
-        rule: match d.origin {
-            Some(Origin::Policy(i)) => Some(i),
-            _ => None,
-        },
+        rule: d.policy_rule(),
         pattern: d.rule.map(|r| acl.pattern(r)),
         reason: None,
         granted_qos: granted.filter(|_| d.allow),

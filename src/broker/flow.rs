@@ -37,7 +37,7 @@ impl ShardCore {
         self.stats.received += 1;
         let denied = p.topic.as_str().starts_with("$SYS") || !verdict.allow;
         if denied {
-            self.acl_denied(id, now_ms, "publish", p.topic.as_str(), verdict.rule);
+            self.acl_denied(id, now_ms, "publish", p.topic.as_str(), verdict);
         }
         match p.qos {
             QoS::AtMostOnce => {}
@@ -425,7 +425,7 @@ impl ShardCore {
                 },
             };
             if !d.decision.allow {
-                self.acl_denied(id, now_ms, "subscribe", f, d.decision.rule);
+                self.acl_denied(id, now_ms, "subscribe", f, d.decision);
                 // 5.0: Not authorized; 3.1.1: the only failure code, 0x80.
                 reasons.push(if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::UNSPECIFIED_ERROR });
                 continue;

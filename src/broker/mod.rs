@@ -1030,7 +1030,7 @@ impl ShardCore {
                 let detail = [
                     ("action", "will".into()),
                     ("topic", w.topic.as_str().into()),
-                    ("rule", d.rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+                    ("rule", d.policy_rule_json()),
                 ];
                 self.audit(now_ms, org.clone(), AuditKind::AclDenied, Some(&client_id), Some(&who), &detail);
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
@@ -1219,7 +1219,7 @@ impl ShardCore {
         now_ms: u64,
         action: &'static str,
         topic: &str,
-        rule: Option<usize>,
+        d: crate::acl::Decision,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
         c.acl_denials += 1;
@@ -1234,7 +1234,7 @@ impl ShardCore {
         let detail = [
             ("action", action.into()),
             ("topic", topic.into()),
-            ("rule", rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+            ("rule", d.policy_rule_json()),
             ("denials", count.into()),
         ];
         self.audit(
@@ -1271,7 +1271,7 @@ impl ShardCore {
                 let detail = [
                     ("action", "subscription_removed".into()),
                     ("topic", (*f).into()),
-                    ("rule", d.decision.rule.map_or(serde_json::Value::Null, |r| (r as u64).into())),
+                    ("rule", d.decision.policy_rule_json()),
                 ];
                 self.audit(now_ms, org.clone(), AuditKind::AclDenied, Some(&client_id), None, &detail);
             } else if d.checked != e.checked {

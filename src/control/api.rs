@@ -1265,7 +1265,7 @@ async fn rest_publish(
         let mut det = serde_json::Map::new();
         det.insert("action".into(), "publish".into());
         det.insert("topic".into(), t.clone().into());
-        det.insert("rule".into(), d.rule.map_or(serde_json::Value::Null, |r| (r as u64).into()));
+        det.insert("rule".into(), d.policy_rule_json());
         ctl.audit(crate::audit::AuditRecord {
             org: org.as_str().into(),
             kind: crate::audit::AuditKind::AclDenied,

@@ -293,3 +293,20 @@ def test_diff_against_live_sessions(ab, tmp_path):
     assert "live: c-d1-5 would lose broadcast/#" in r.stdout and "1 live subscription(s) would be removed" in r.stdout
     # Nothing was applied.
     assert ab.api("GET", "/v2/acl")[1] == preset("agent-pipelines")
+
+
+def test_audit_names_the_policy_rule_that_denied(ab):
+    policy = {"version": "2.0", "default_action": "allow", "rules": [
+        {"topic": "x/#", "action": "all", "effect": "allow", "roles": ["not-mine"]},  # not bound for this client
+        {"topic": "d/#", "action": "publish", "effect": "deny"},
+    ]}
+    assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    c = ab.agent("rule-idx", V5)
+    assert rc(c.publish("d/1", "x", qos=1)) == 0x87
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        ev = [e for e in ab.api("GET", "/v2/audit?type=acl_denied&limit=100")[1]["events"] if e["detail"]["topic"] == "d/1"]
+        if ev:
+            break
+        time.sleep(0.1)
+    assert ev and ev[0]["detail"]["rule"] == 1, ev
