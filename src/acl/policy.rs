@@ -259,12 +259,22 @@ impl Policy {
 
     /// `permit-all`: default allow, no rules.
     pub fn permit_all() -> Policy {
-        Policy::parse(super::presets::get("permit-all").expect("shipped")).expect("valid preset")
+        static P: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        P.get_or_init(|| {
+            Policy::parse(super::presets::get("permit-all").expect("shipped")).expect("valid preset")
+        })
+        .clone()
     }
 
     /// `blank`: deny everything.
     pub fn blank() -> Policy {
-        Policy::parse(super::presets::get("blank").expect("shipped")).expect("valid preset")
+        Policy::blank_ref().clone()
+    }
+
+    /// `blank`, parsed once (CONNECTs to orgs without a policy bind it).
+    pub fn blank_ref() -> &'static Policy {
+        static P: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
+        P.get_or_init(|| Policy::parse(super::presets::get("blank").expect("shipped")).expect("valid preset"))
     }
 }
 

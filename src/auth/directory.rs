@@ -80,6 +80,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// The user name audit events record: `name@org`, none for anonymous clients.
+    pub fn audit_name(&self) -> Option<String> {
+        (self.method != Method::Anonymous).then(|| format!("{}@{}", self.name, self.org))
+    }
+
     /// What ACL variables and selectors read, for this identity on `client_id`.
     pub fn acl_identity(&self, client_id: &str, cert_cn: Option<&str>) -> crate::acl::AclIdentity {
         let a = &self.attrs;

@@ -128,7 +128,7 @@ pub enum Verdict {
 pub struct VerifyTicket {
     /// The stored hash to check against.
     pub phc: Arc<str>,
-    /// The password sent.
+    /// The password sent (the broker moves it into the hashing job).
     pub password: Vec<u8>,
     org: Arc<str>,
     local: Arc<str>,

@@ -315,8 +315,7 @@ impl ShardCore {
                 ("protocol", c.protocol.map_or(0, |p| p.level()).into()),
                 ("session_present", present.into()),
             ];
-            let who = (ident.method != crate::auth::directory::Method::Anonymous)
-                .then(|| format!("{}@{}", ident.name, ident.org));
+            let who = ident.audit_name();
             self.audit(
                 now_ms,
                 key.org.clone(),

@@ -458,8 +458,7 @@ impl ShardCore {
             if let Some(code) = c.close_code {
                 detail.push(("reason_code", code.into()));
             }
-            let who = (ident.method != crate::auth::directory::Method::Anonymous)
-                .then(|| format!("{}@{}", ident.name, ident.org));
+            let who = ident.audit_name();
             self.audit(
                 now_ms,
                 key.org.clone(),
@@ -872,12 +871,10 @@ impl ShardCore {
         match verdict {
             Verdict::Allow(identity) => self.admit(id, now_ms, c, client_id, identity),
             Verdict::Deny(why, org) => self.deny_auth(id, now_ms, v, why, org, &c, &client_id),
-            Verdict::Verify(ticket) => {
-                self.auth_jobs.push(AuthJob::Hash {
-                    conn: id,
-                    phc: ticket.phc.clone(),
-                    password: ticket.password.clone(),
-                });
+            Verdict::Verify(mut ticket) => {
+                // The password goes to the pool; the parked ticket keeps no copy of it.
+                let password = std::mem::take(&mut ticket.password);
+                self.auth_jobs.push(AuthJob::Hash { conn: id, phc: ticket.phc.clone(), password });
                 let conn = self.conn_mut(id).expect("caller checked");
                 conn.phase = Phase::AwaitAuth;
                 conn.pending_auth =
@@ -1026,13 +1023,20 @@ impl ShardCore {
             // A will is a publish at CONNECT: checked now (SPEC §3).
             let d = acl.check_publish(w.topic.as_str(), w.qos as u8, w.retain);
             if w.topic.as_str().starts_with("$SYS") || !d.allow {
-                let who = format!("{}@{}", identity.name, identity.org);
+                let who = identity.audit_name();
                 let detail = [
                     ("action", "will".into()),
                     ("topic", w.topic.as_str().into()),
                     ("rule", d.policy_rule_json()),
                 ];
-                self.audit(now_ms, org.clone(), AuditKind::AclDenied, Some(&client_id), Some(&who), &detail);
+                self.audit(
+                    now_ms,
+                    org.clone(),
+                    AuditKind::AclDenied,
+                    Some(&client_id),
+                    who.as_deref(),
+                    &detail,
+                );
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
             }
         }
@@ -1155,13 +1159,13 @@ impl ShardCore {
         match result {
             Ok(new) if new.name == old.name && new.expires_unix_ms.is_some_and(|t| t > now_unix) => {
                 let deadline = new.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
-                let who = format!("{}@{}", new.name, new.org);
+                let who = new.audit_name();
                 self.audit(
                     now_ms,
                     old.org.clone(),
                     AuditKind::AuthSuccess,
                     client_id.as_ref(),
-                    Some(&who),
+                    who.as_deref(),
                     &[detail_method],
                 );
                 let c = self.conn_mut(id).expect("checked");
@@ -1178,13 +1182,13 @@ impl ShardCore {
                     Ok(_) => "jwt_subject_changed",
                     Err(r) => r,
                 };
-                let who = format!("{}@{}", old.name, old.org);
+                let who = old.audit_name();
                 self.audit(
                     now_ms,
                     old.org.clone(),
                     AuditKind::AuthFailure,
                     client_id.as_ref(),
-                    Some(&who),
+                    who.as_deref(),
                     &[detail_method, ("reason", why.into())],
                 );
                 if let Some(c) = self.conn_mut(id) {
@@ -1198,15 +1202,8 @@ impl ShardCore {
     /// Binds the org's current policy (blank when it has none) to `identity`.
     fn compile_acl(&self, identity: &Identity, client_id: &str, cert_cn: Option<&str>) -> CompiledAcl {
         let dir = self.cfg.auth.directory.load();
-        let policy = dir.orgs.get(&identity.org).and_then(|o| o.policy.clone());
-        let blank;
-        let policy: &Policy = match &policy {
-            Some(p) => p,
-            None => {
-                blank = Policy::blank();
-                &blank
-            }
-        };
+        let org_policy = dir.orgs.get(&identity.org).and_then(|o| o.policy.as_deref());
+        let policy: &Policy = org_policy.unwrap_or(Policy::blank_ref());
         let id = identity.acl_identity(client_id, cert_cn);
         CompiledAcl::compile(policy, &id, &identity.user_publish, &identity.user_subscribe)
     }
@@ -1229,8 +1226,7 @@ impl ShardCore {
         let count = std::mem::take(&mut c.acl_denials);
         c.acl_reported_ms = now_ms.max(1);
         let (Some(key), Some(ident)) = (c.key.clone(), c.identity.clone()) else { return };
-        let who = (ident.method != crate::auth::directory::Method::Anonymous)
-            .then(|| format!("{}@{}", ident.name, ident.org));
+        let who = ident.audit_name();
         let detail = [
             ("action", action.into()),
             ("topic", topic.into()),
@@ -1346,9 +1342,7 @@ impl ShardCore {
             })
             .collect();
         for sref in srefs {
-            let live = self.session(sref).is_some_and(|s| s.conn.is_some());
             let Some(acl) = self.session(sref).and_then(|s| s.acl.clone()) else { continue };
-            let _ = live;
             self.prune_subs(sref, &acl, now_ms, true);
         }
         self.drain_self(now_ms);
