@@ -7,13 +7,11 @@ import json
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 
 import jwt
 import pytest
 
-from conftest import BIN, ROOT, V5, V311, Broker, Client, free_port
+from conftest import BIN, ROOT, V5, V311, Broker, Client, admin_api, free_port
 
 KEY = "acme-key-for-acl-tests-000001"
 HS = "hs256-secret-for-acl-tests-0123456789abcdef"
@@ -39,16 +37,7 @@ class ABroker(Broker):
         super().__init__(shards=2, extra=extra, env={"ACME_KEY": KEY, "HS": HS})
 
     def api(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method)
-        req.add_header("Authorization", f"Bearer {KEY}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                t = r.read()
-                return r.status, (json.loads(t) if t else None)
-        except urllib.error.HTTPError as e:
-            t = e.read()
-            return e.code, (json.loads(t) if t else None)
+        return admin_api(self.admin_port, method, path, KEY, body)
 
     def agent(self, agent_id, proto=V5, cid=None, **kw):
         st, tok = self.api("POST", "/v2/tokens", {"agent_id": agent_id, **kw})

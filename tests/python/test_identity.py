@@ -8,12 +8,12 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
-from conftest import (BIN, V5, V311, Broker, Client, Raw, connect_props, enc_len, free_port, publish_props, s16)
+from conftest import (BIN, V5, V311, Broker, Client, Raw, admin_api, connect_props, enc_len, free_port, publish_props,
+                      s16)
 from test_transports import TClient, make_certs
 
 OPERATOR = "operator-key-for-tests-0001"
@@ -57,18 +57,7 @@ class IBroker(Broker):
         self.ca = os.path.join(self.dir, "certs", "ca.pem")
 
     def api(self, method, path, key=ACME_KEY, body=None, raw=None):
-        """(status, JSON body) of one admin API call."""
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method)
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                text = r.read()
-                return r.status, (json.loads(text) if text else None)
-        except urllib.error.HTTPError as e:
-            text = e.read()
-            return e.code, (json.loads(text) if text else None)
+        return admin_api(self.admin_port, method, path, key, body, raw)
 
     def audit(self, key=ACME_KEY, **q):
         qs = "&".join(f"{k}={v}" for k, v in q.items())

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from conftest import V5, V311, Broker, Client, Raw, enc_len, free_port, s16
+from conftest import V5, V311, Broker, Client, Raw, admin_api, enc_len, free_port, s16
 
 ACME_KEY = "acme-key-from-env-0000000001"
 HS_SECRET = "legacy-supabase-secret-0123456789abcdef"
@@ -146,18 +146,7 @@ class JBroker(Broker):
         super().__init__(shards=2, extra=extra, setup=setup, env={"ACME_KEY": ACME_KEY, "HS_SECRET": HS_SECRET})
 
     def api(self, method, path, body=None, raw=None):
-        import urllib.error
-        import urllib.request
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", data=data, method=method)
-        req.add_header("Authorization", f"Bearer {ACME_KEY}")
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                t = r.read()
-                return r.status, (json.loads(t) if t else None)
-        except urllib.error.HTTPError as e:
-            t = e.read()
-            return e.code, (json.loads(t) if t else None)
+        return admin_api(self.admin_port, method, path, ACME_KEY, body, raw)
 
     def failures(self):
         st, b = self.api("GET", "/v2/audit?type=auth_failure&limit=1000")
