@@ -493,6 +493,11 @@ impl ShardCore {
             c.reader = Some(waker.clone());
             return false;
         }
+        // A connection still sending its CONNECT is read even under pressure: a flood from
+        // connected clients must not keep new clients (of any org) from logging in.
+        if matches!(c.phase, Phase::AwaitConnect { .. }) {
+            return true;
+        }
         if backlog >= limits::MESH_BACKLOG_PAUSE || pressured {
             self.paused_readers.push(waker.clone());
             return false;

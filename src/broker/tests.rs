@@ -224,6 +224,10 @@ fn a_slow_reader_keeps_slowing_publishers_one_that_stops_is_declared_stalled() {
         assert!(!cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()), "slow reader: still paused");
     }
     assert_eq!(cl.shards[0].stats.dropped_slow, 0);
+    // A new client still gets its CONNECT read and answered while publishers are paused.
+    let late = cl.open(0, Protocol::V311);
+    assert!(cl.shards[0].can_read(late.conn, cl.now_ms, Waker::noop()), "a CONNECT is never held back");
+    assert!(!cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()));
     // It stops reading: after the stall time it no longer holds anyone back.
     cl.advance(crate::limits::OUTPUT_STALL_MS);
     assert!(cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()), "stalled reader released");

@@ -27,6 +27,33 @@ use crate::control::{ControlRequest, ShardCommand};
 use crate::limits;
 use crate::transport::tls::{self, ReloadingCert};
 
+/// The CPUs this process may run on (taskset, systemd `CPUAffinity=`), as glommio's topology;
+/// glommio's own `CpuSet::online()` ignores the affinity mask, so shards would land on CPUs the
+/// operator reserved for something else.
+fn allowed_cpus() -> Option<CpuSet> {
+    let online = CpuSet::online().ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok();
+    let list = status.as_deref().and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")));
+    match list.map(parse_cpu_list) {
+        Some(allowed) if !allowed.is_empty() => Some(online.filter(|l| allowed.contains(&l.cpu))),
+        _ => Some(online),
+    }
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+fn parse_cpu_list(s: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let mut ends = part.splitn(2, '-').map(|n| n.trim().parse::<usize>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), None) => out.push(a),
+            (Some(Ok(a)), Some(Ok(b))) if a <= b => out.extend(a..=b),
+            _ => return Vec::new(),
+        }
+    }
+    out
+}
+
 /// Milliseconds on the broker's monotonic clock (the only clock the shell reads).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -83,8 +110,9 @@ impl std::fmt::Debug for ListenerRtHandle {
 pub(crate) struct Shard {
     pub(crate) core: RefCell<ShardCore>,
     senders: Senders<MeshMsg>,
-    /// Woken when a peer queue was full, to retry sending.
-    mesh_blocked: RefCell<bool>,
+    /// Peers whose queue was full: a task awaits room for the first held-back message, then
+    /// flushes the rest (order kept; nothing else is sent to that peer meanwhile).
+    mesh_waiting: RefCell<Vec<bool>>,
     /// Coarse per-connection deadlines (handshakes, close flushes), woken by the shard's tick:
     /// no io_uring timer per connection. Min-heap by time; bounded by live connections × 2.
     deadlines: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>>,
@@ -153,29 +181,50 @@ impl Drop for Deadline {
 }
 
 impl Shard {
-    /// Pushes the core's outgoing mesh messages into the peer queues without blocking.
-    pub(crate) fn flush_mesh(&self) {
+    /// Pushes the core's outgoing mesh messages into the peer queues without blocking. When a
+    /// peer's queue is full, a task takes the first message that did not fit and awaits room
+    /// for it: the retry starts the moment the peer drains, not at the next tick.
+    pub(crate) fn flush_mesh(self: &Rc<Self>) {
         self.flush_side();
-        let mut core = self.core.borrow_mut();
-        let n = self.senders.nr_consumers();
-        for peer in 0..n {
-            if peer == core.shard as usize {
-                continue;
-            }
-            while let Some(m) = core.poll_mesh(peer as u8) {
-                if let Err(m) = self.senders.try_send_to(peer, m) {
-                    match m {
-                        glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m)) => {
-                            core.unpoll_mesh(peer as u8, m);
-                            *self.mesh_blocked.borrow_mut() = true;
+        let mut held = Vec::new();
+        {
+            let mut core = self.core.borrow_mut();
+            let mut waiting = self.mesh_waiting.borrow_mut();
+            for peer in 0..self.senders.nr_consumers() {
+                if peer == core.shard as usize || waiting[peer] {
+                    continue;
+                }
+                while let Some(m) = core.poll_mesh(peer as u8) {
+                    match self.senders.try_send_to(peer, m) {
+                        Ok(()) => {}
+                        Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => {
+                            waiting[peer] = true;
+                            held.push((peer, m));
+                            break;
                         }
-                        other => tracing::error!(peer, error = %other, "mesh send failed"),
+                        Err(other) => {
+                            tracing::error!(peer, error = %other, "mesh send failed");
+                            break;
+                        }
                     }
-                    break;
                 }
             }
+            core.wake_paused_readers();
         }
-        core.wake_paused_readers();
+        // Spawned with no borrow held: glommio may run a new task right away.
+        for (peer, m) in held {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = shard.senders.send_to(peer, m).await {
+                    tracing::error!(peer, error = %e, "mesh send failed");
+                }
+                shard.mesh_waiting.borrow_mut()[peer] = false;
+                // Flush from the executor, not from inside whoever spawned us.
+                futures_lite::future::yield_now().await;
+                shard.flush_mesh();
+            })
+            .detach();
+        }
     }
 }
 
@@ -243,6 +292,13 @@ impl Shard {
 
 /// Runs the broker until SIGTERM/SIGINT. Returns when every shard has stopped.
 pub fn run(cfg: Config) -> std::io::Result<()> {
+    // One descriptor per connection: lift the soft limit to the hard one (as Go and nginx do),
+    // so a fleet is not refused at 1024 connections by a login shell's default.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 65_536 => tracing::warn!(nofile = n, "open-file limit is low; see tuning/README.md"),
+        Ok(n) => tracing::debug!(nofile = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let nr = cfg.shards;
     let rts = build_listeners(&cfg).map_err(std::io::Error::other)?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -271,7 +327,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         commands: Arc::new(cp.shard_commands),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
-    let cpus = CpuSet::online().ok();
+    let cpus = allowed_cpus();
     let ncpu = cpus.as_ref().map_or(1, |c| c.len());
     let placement = if nr <= ncpu { PoolPlacement::MaxSpread(nr, cpus) } else { PoolPlacement::Unbound(nr) };
     let listeners: Arc<Vec<Arc<ListenerRt>>> = Arc::new(rts.into_iter().map(|h| h.0).collect());
@@ -320,11 +376,12 @@ async fn shard_main(
     let (senders, mut receivers) =
         mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
     let id = senders.peer_id() as u8;
+    let nr_peers = senders.nr_consumers();
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
     let shard = Rc::new(Shard {
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
         senders,
-        mesh_blocked: RefCell::new(false),
+        mesh_waiting: RefCell::new(vec![false; nr_peers]),
         deadlines: RefCell::new(std::collections::BinaryHeap::new()),
         deadline_wakers: RefCell::new(std::collections::HashMap::new()),
         next_deadline_id: std::cell::Cell::new(0),
@@ -454,9 +511,6 @@ async fn shard_main(
             }
         }
         shard.flush_audit();
-        if std::mem::take(&mut *shard.mesh_blocked.borrow_mut()) {
-            shard.flush_mesh();
-        }
         if ticks % 4 == 0 {
             shard.core.borrow_mut().handle_timeout(now_ms());
             shard.flush_mesh();
@@ -487,4 +541,17 @@ async fn shard_main(
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cpu_list;
+
+    #[test]
+    fn cpu_lists_parse_like_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0-3,8,10-11\n"), vec![0, 1, 2, 3, 8, 10, 11]);
+        assert_eq!(parse_cpu_list("5"), vec![5]);
+        assert!(parse_cpu_list("3-1").is_empty());
+        assert!(parse_cpu_list("x").is_empty());
+    }
 }
