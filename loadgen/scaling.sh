@@ -2,6 +2,7 @@
 # Multi-core scaling: p2p QoS 0 (64 B, closed loop) against coremq with 1..N shards. The broker
 # is pinned to CPUs 0..shards-1 and the load generator to the CPUs listed in LOADGEN_CPUS.
 # Usage: loadgen/scaling.sh [seconds] [shard counts...]
+#   RATE=500000 runs open loop at that total rate instead (per-CPU cost at equal load, latency)
 #   BIN=dir with prebuilt coremq and coremq-loadgen (default: build them with cargo)
 #   LOADGEN_CPUS=8-15 (default: the upper half of the machine)
 set -euo pipefail
@@ -21,7 +22,7 @@ for n in $COUNTS; do
     taskset -c "0-$((n - 1))" "$BIN/coremq" serve --config "$TMP/c.toml" > "$TMP/coremq.log" 2>&1 &
     BPID=$!
     for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-    taskset -c "$LOADGEN_CPUS" "$BIN/coremq-loadgen" p2p --port "$PORT" --pairs $((4 * n)) --duration "$DUR" \
+    timeout 120 taskset -c "$LOADGEN_CPUS" "$BIN/coremq-loadgen" p2p --port "$PORT" --pairs $((4 * n)) --duration "$DUR" --rate "${RATE:-0}" \
         --broker-pid "$BPID" --label "coremq-shards-$n" | tail -1
     kill "$BPID"; wait "$BPID" 2>/dev/null || true
     PORT=$((PORT + 1))
