@@ -58,6 +58,8 @@ pub struct OrgConfig {
     /// The ACL v2 policy from `policy` (a file, or `preset:NAME`); `None`: the stored one, else
     /// blank (deny-all).
     pub policy: Option<crate::acl::Policy>,
+    /// `[org.quotas]` (every limit unset: unlimited).
+    pub quotas: crate::quota::QuotaLimits,
 }
 
 /// Where a JWT provider's keys come from.
@@ -107,6 +109,7 @@ impl OrgConfig {
             users: Vec::new(),
             jwt: Vec::new(),
             policy: None,
+            quotas: crate::quota::QuotaLimits::default(),
         }
     }
 }
@@ -259,7 +262,7 @@ struct RawOrg {
     api_key_env: Option<String>,
     #[serde(default)]
     user: Vec<RawUser>,
-    quotas: Option<toml::Value>,
+    quotas: Option<crate::quota::QuotaLimits>,
     #[serde(default)]
     jwt: Vec<RawJwt>,
 }
@@ -704,12 +707,16 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
     if seen.iter().any(|s| s.id == o.id) {
         return Err(ConfigError(format!("org[{i}].id: \"{}\" declared twice", o.id)));
     }
-    // Keys of SPEC §12 whose features are not built yet are refused rather than ignored: a
-    // policy or quota that silently did nothing would be worse than a clear error.
-    if o.quotas.is_some() {
-        return Err(ConfigError(format!("org[{i}].quotas: per-org quotas are not available yet")));
-    }
     let mut org = OrgConfig::new(&o.id);
+    if let Some(q) = o.quotas {
+        if q.max_inflight.is_some_and(|v| v == 0 || v > 65_535) {
+            return Err(ConfigError(format!("org[{i}].quotas.max_inflight: must be 1..=65535")));
+        }
+        if q.max_packet_size.is_some_and(|v| v < 64) {
+            return Err(ConfigError(format!("org[{i}].quotas.max_packet_size: must be at least 64 bytes")));
+        }
+        org.quotas = q;
+    }
     if let Some(p) = &o.policy {
         org.policy = Some(load_policy(&format!("org[{i}].policy"), p, base)?);
     }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod identity;
 pub mod limits;
+pub mod quota;
 pub mod router;
 pub mod shard;
 pub mod transport;

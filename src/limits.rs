@@ -105,3 +105,7 @@ const _: () = assert!(CONN_OUTPUT_BYTES_MAX >= PACKET_BYTES_MAX_DEFAULT as usize
 const _: () = assert!(SHARDS_MAX <= 64);
 // Pressure must start before dropping does, or backpressure never engages.
 const _: () = assert!(OUTPUT_PRESSURE_BYTES < CONN_OUTPUT_BYTES_MAX);
+
+/// How long a 3.1.1 connection over its org's message rate stays unread before it tries again
+/// (a chunk of the rate refills in about 100 ms).
+pub const QUOTA_THROTTLE_MS: u64 = 100;

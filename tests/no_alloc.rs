@@ -60,7 +60,24 @@ fn subscribe(cl: &mut Cluster, c: coremq::broker::testing::Client, filter: &str)
 }
 
 fn run(protocol: Protocol, with_acl: bool) {
+    run_with(protocol, with_acl, false)
+}
+
+fn run_with(protocol: Protocol, with_acl: bool, with_quota: bool) {
     let mut cl = Cluster::new(2);
+    if with_quota {
+        // A rate the run stays under (every publish is checked and leases chunks) and a
+        // connection limit (slots taken at CONNECT).
+        cl.set_quota(
+            "local",
+            coremq::quota::QuotaLimits {
+                messages_per_minute: Some(60_000_000),
+                max_connections: Some(100),
+                max_subscriptions_per_client: Some(10),
+                ..Default::default()
+            },
+        );
+    }
     if with_acl {
         // 100 rules, most bound to the client id, and a deny overlapping the remote
         // subscription so every delivery through it is checked too.
@@ -126,6 +143,11 @@ fn run(protocol: Protocol, with_acl: bool) {
     assert!(got_a >= (200 + n) * 16 * (per - 2), "local subscriber received everything");
     assert!(got_b >= (200 + n) * 16 * (per - 2), "remote subscriber received everything");
     assert_eq!(allocs, 0, "{protocol:?}: {allocs} allocations in {} publishes", n * 16);
+    if with_quota {
+        let dir = cl.shards[0].auth_shared().directory.load();
+        let q = dir.orgs.get("local").and_then(|o| o.quota.clone()).expect("quota set");
+        assert_eq!(q.usage().connections, 3, "the quota was in force for these connections");
+    }
 }
 
 #[test]
@@ -148,6 +170,18 @@ fn acl_checks_allocate_nothing_v311() {
 #[test]
 fn acl_checks_allocate_nothing_v5() {
     run(Protocol::V5, true);
+}
+
+/// The per-publish quota check (org rate, leased in chunks from the shared bucket) allocates
+/// nothing either.
+#[test]
+fn quota_checks_allocate_nothing_v311() {
+    run_with(Protocol::V311, true, true);
+}
+
+#[test]
+fn quota_checks_allocate_nothing_v5() {
+    run_with(Protocol::V5, true, true);
 }
 
 /// Canary: the counter really counts (so a zero above means something).

@@ -162,6 +162,8 @@ pub struct OrgDir {
     pub jwt: Vec<Arc<super::jwt::ProviderDir>>,
     /// The org's ACL v2 policy (`None`: blank, deny-all).
     pub policy: Option<Arc<crate::acl::Policy>>,
+    /// The org's quota (`None`: unlimited).
+    pub quota: Option<Arc<crate::quota::OrgQuota>>,
 }
 
 /// Everything shards need to authenticate a CONNECT. Immutable once published.

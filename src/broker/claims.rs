@@ -96,7 +96,8 @@ impl ShardCore {
             }
             MeshMsg::InterestAck { conn, token } => self.handle_interest_ack(conn, token, now_ms),
             MeshMsg::Retain { org, msg, seq } => {
-                self.retained.apply(&org, msg, seq, self.cfg.retained_max);
+                let max = self.retained_max(&org);
+                self.retained.apply(&org, msg, seq, max);
             }
             MeshMsg::Claim { key, shard, conn, clean_start } => {
                 self.handle_claim(key, shard, conn, clean_start)
@@ -366,6 +367,10 @@ impl ShardCore {
 
     /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        // Throttled 3.1.1 readers look at their org's rate again.
+        for w in self.throttled.drain(..) {
+            w.wake();
+        }
         self.expire_pressure(now_ms);
         let mut expired_conns = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {

@@ -39,6 +39,33 @@ impl ShardCore {
         if denied {
             self.acl_denied(id, now_ms, "publish", p.topic.as_str(), verdict);
         }
+        // The org's message rate (allocation-free: a local decrement, a lease now and then).
+        // 3.1.1 connections were throttled before this packet was read; 5.0 ones get 0x97.
+        let c = self.conn_mut(id).expect("caller checked");
+        let over = !denied
+            && v == Protocol::V5
+            && match &c.quota {
+                Some(q) => !c.lease.take(q, now_ms),
+                None => false,
+            };
+        if over {
+            self.stats.quota_dropped += 1;
+            self.quota_hit(id, now_ms, "messages_per_minute");
+            match (p.qos, p.packet_id) {
+                (QoS::AtLeastOnce, Some(pid)) => {
+                    self.write(id, &Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)))
+                }
+                (QoS::ExactlyOnce, Some(pid)) => {
+                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)))
+                }
+                _ => {}
+            }
+            return;
+        } else if !denied && v == Protocol::V311 {
+            if let Some(q) = &c.quota {
+                let _ = c.lease.take(q, now_ms); // checked available before reading
+            }
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
@@ -101,7 +128,14 @@ impl ShardCore {
     fn apply_retain(&mut self, org: &Arc<str>, msg: &Msg) {
         let seq = self.cfg.retain_seq.fetch_add(1, Ordering::Relaxed);
         let owned = msg.to_owned_copy();
-        self.retained.apply(org, owned.clone(), seq, self.cfg.retained_max);
+        let max = self.retained_max(org);
+        if let super::retained::RetainOutcome::Full = self.retained.apply(org, owned.clone(), seq, max) {
+            // Delivered but not retained (SPEC §4); peers would refuse it the same way.
+            if let Some(q) = self.cfg.auth.directory.load().orgs.get(&**org).and_then(|o| o.quota.clone()) {
+                q.retained_refused.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         self.broadcast(|| MeshMsg::Retain { org: org.clone(), msg: owned.clone(), seq });
     }
 
@@ -391,6 +425,13 @@ impl ShardCore {
         let sref = c.session.expect("active");
         let org = c.key.as_ref().expect("active").org.clone();
         let sub_id = s.props.subscription_identifiers.first().copied();
+        let max_subs = c
+            .quota
+            .as_ref()
+            .and_then(|q| q.max_subscriptions())
+            .map_or(limits::SUBSCRIPTIONS_PER_SESSION_MAX, |m| {
+                (m as usize).min(limits::SUBSCRIPTIONS_PER_SESSION_MAX)
+            });
         self.next_token += 1;
         let token = self.next_token;
         let mut reasons = Vec::with_capacity(s.filters.len());
@@ -439,8 +480,13 @@ impl ShardCore {
             .min(opts.qos);
             let opts = &opts;
             let st = &mut self.session_mut(sref).expect("active").state;
-            if !st.subs.contains_key(f) && st.subs.len() >= limits::SUBSCRIPTIONS_PER_SESSION_MAX {
-                reasons.push(ReasonCode::QUOTA_EXCEEDED);
+            if !st.subs.contains_key(f) && st.subs.len() >= max_subs {
+                // 5.0: Quota exceeded; 3.1.1: the only failure code, 0x80.
+                reasons.push(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
+                if let Some(q) = self.conn(id).and_then(|c| c.quota.as_ref()) {
+                    q.subscriptions_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                self.quota_hit(id, now_ms, "max_subscriptions_per_client");
                 continue;
             }
             st.subs.insert(f.into(), SubEntry { opts: *opts, sub_id, checked: d.checked });

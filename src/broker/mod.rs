@@ -218,6 +218,16 @@ struct Conn {
     /// ACL denials not yet reported, and when the last report went out (ms).
     acl_denials: u32,
     acl_reported_ms: u64,
+    /// The org's quota (`None`: unlimited org).
+    quota: Option<Arc<crate::quota::OrgQuota>>,
+    /// Holds one of the org's connection slots (released on close).
+    quota_slot: bool,
+    /// Leased message tokens.
+    lease: crate::quota::Lease,
+    /// 3.1.1 connection over its org's rate: not read before this time (shard clock).
+    throttled_until_ms: u64,
+    /// Largest packet this client may send (listener's, lowered by the org's quota).
+    max_packet: u32,
 }
 
 /// The MQTT 5 Authentication Method for JWTs.
@@ -275,6 +285,8 @@ pub struct ShardStats {
     pub protocol_errors: u64,
     /// Audit events dropped because the control plane fell behind.
     pub audit_dropped: u64,
+    /// QoS 0 messages dropped (and QoS 1/2 refused) over an org's message rate.
+    pub quota_dropped: u64,
 }
 
 /// One shard's broker state. See the module docs.
@@ -312,6 +324,11 @@ pub struct ShardCore {
     audit_out: Vec<AuditRecord>,
     /// Counters.
     pub stats: ShardStats,
+    /// Readers of 3.1.1 connections throttled by their org's rate, woken by the timer.
+    throttled: Vec<Waker>,
+    /// Last quota audit event per (org, quota) on this shard, and hits since: one event per
+    /// second at most, carrying the count.
+    quota_audits: HashMap<(Arc<str>, &'static str), (u64, u64)>,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -348,6 +365,8 @@ impl ShardCore {
             fanout: Vec::new(),
             self_queue: VecDeque::new(),
             paused_readers: Vec::new(),
+            throttled: Vec::new(),
+            quota_audits: HashMap::new(),
             pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,
@@ -385,6 +404,11 @@ impl ShardCore {
             remote: peer.remote.as_str().into(),
             client_cn: peer.tls.as_ref().and_then(|t| t.client_cn.as_deref()).map(Arc::from),
             protocol: None,
+            quota: None,
+            quota_slot: false,
+            lease: crate::quota::Lease::default(),
+            throttled_until_ms: 0,
+            max_packet: self.cfg.max_packet_size,
             out: BytesMut::new(),
             writer: None,
             reader: None,
@@ -447,6 +471,11 @@ impl ShardCore {
             self.auth.verified(t, None);
         }
         let c = self.conns[id.idx as usize].take().expect("checked above");
+        if c.quota_slot {
+            if let Some(q) = &c.quota {
+                q.disconnect();
+            }
+        }
         if let (Some(ident), Some(key)) = (&c.identity, &c.key) {
             let reason =
                 c.close_reason.unwrap_or(if c.closing { "server_closed" } else { "connection_lost" });
@@ -497,6 +526,10 @@ impl ShardCore {
         // connected clients must not keep new clients (of any org) from logging in.
         if matches!(c.phase, Phase::AwaitConnect { .. }) {
             return true;
+        }
+        if c.throttled_until_ms > now_ms {
+            self.throttled.push(waker.clone());
+            return false;
         }
         if backlog >= limits::MESH_BACKLOG_PAUSE || pressured {
             self.paused_readers.push(waker.clone());
@@ -725,7 +758,22 @@ impl ShardCore {
                 self.fail(id, None, buf, ReasonCode::PROTOCOL_ERROR, now_ms);
                 return ReadVerdict::Close;
             }
-            let f = match frame(buf, self.cfg.max_packet_size) {
+            let max_packet = c.max_packet;
+            if protocol == Some(Protocol::V311)
+                && c.phase == Phase::Active
+                && buf.first().is_some_and(|b| b >> 4 == 3)
+                && !match &c.quota {
+                    Some(q) => c.lease.available(q, now_ms),
+                    None => true,
+                }
+            {
+                // Over the org's rate: 3.1.1 has no way to refuse a publish, so stop reading
+                // (SPEC §4: throttled, nothing dropped); the PUBLISH stays in the buffer.
+                c.throttled_until_ms = now_ms + limits::QUOTA_THROTTLE_MS;
+                self.quota_hit(id, now_ms, "messages_per_minute");
+                return ReadVerdict::Wait;
+            }
+            let f = match frame(buf, max_packet) {
                 Ok(Some(f)) => f,
                 Ok(None) => return ReadVerdict::Continue,
                 Err(e) => {
@@ -1045,7 +1093,24 @@ impl ShardCore {
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
             }
         }
-        self.conn_mut(id).expect("caller checked").acl = Some(acl);
+        let quota = self.cfg.auth.directory.load().orgs.get(&*org).and_then(|o| o.quota.clone());
+        if let Some(q) = &quota {
+            if !q.try_connect() {
+                self.conn_mut(id).expect("caller checked").key =
+                    Some(SessionKey { org: org.clone(), client_id: client_id.clone() });
+                self.quota_hit(id, now_ms, "max_connections");
+                return self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
+            }
+        }
+        let cn = self.conn_mut(id).expect("caller checked");
+        cn.acl = Some(acl);
+        if let Some(q) = &quota {
+            cn.quota_slot = true;
+            if let Some(m) = q.max_packet_size() {
+                cn.max_packet = cn.max_packet.min(m.min(u32::MAX as u64) as u32);
+            }
+        }
+        cn.quota = quota;
         let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
         let (transport, remote) = {
             let conn = self.conn(id).expect("caller checked");
@@ -1079,7 +1144,10 @@ impl ShardCore {
         } else {
             u32::MAX
         };
-        conn.send_window = c.props.receive_maximum.unwrap_or(u16::MAX).min(limits::INFLIGHT_MAX);
+        let quota_window =
+            conn.quota.as_ref().and_then(|q| q.max_inflight()).map_or(u16::MAX, |m| m.min(65_535) as u16);
+        conn.send_window =
+            c.props.receive_maximum.unwrap_or(u16::MAX).min(limits::INFLIGHT_MAX).min(quota_window.max(1));
         conn.client_max_packet = c.props.maximum_packet_size.unwrap_or(u32::MAX);
         conn.client_alias_max = c.props.topic_alias_maximum.unwrap_or(0);
         if let Some(w) = c.will {
@@ -1205,6 +1273,52 @@ impl ShardCore {
     }
 
     /// Binds the org's current policy (blank when it has none) to `identity`.
+    /// Counts a quota hit and records a `quota_exceeded` audit event: the first at once, then
+    /// at most one per second per (org, quota) on this shard, carrying the hits since.
+    pub(crate) fn quota_hit(&mut self, id: ConnId, now_ms: u64, quota: &'static str) {
+        let Some(c) = self.conn(id) else { return };
+        let Some(key) = c.key.clone() else { return };
+        let who = c.identity.as_ref().and_then(|i| i.audit_name());
+        let e = self.quota_audits.entry((key.org.clone(), quota)).or_insert((0, 0));
+        e.1 += 1;
+        if e.0 != 0 && now_ms < e.0 + 1000 {
+            return;
+        }
+        let count = std::mem::take(&mut e.1);
+        e.0 = now_ms.max(1);
+        let limit = self
+            .cfg
+            .auth
+            .directory
+            .load()
+            .orgs
+            .get(&*key.org)
+            .and_then(|o| o.quota.as_ref())
+            .map(|q| serde_json::to_value(q.limits()).unwrap_or_default());
+        let detail = [("quota", quota.into()), ("hits", count.into()), ("limits", limit.unwrap_or_default())];
+        self.audit(
+            now_ms,
+            key.org.clone(),
+            AuditKind::QuotaExceeded,
+            Some(&key.client_id),
+            who.as_deref(),
+            &detail,
+        );
+    }
+
+    /// Retained messages `org` may hold: its quota, never above the broker's bound.
+    pub(crate) fn retained_max(&self, org: &str) -> usize {
+        let q = self
+            .cfg
+            .auth
+            .directory
+            .load()
+            .orgs
+            .get(org)
+            .and_then(|o| o.quota.as_ref().and_then(|q| q.max_retained()));
+        q.map_or(self.cfg.retained_max, |m| (m as usize).min(self.cfg.retained_max))
+    }
+
     fn compile_acl(&self, identity: &Identity, client_id: &str, cert_cn: Option<&str>) -> CompiledAcl {
         let dir = self.cfg.auth.directory.load();
         let org_policy = dir.orgs.get(&identity.org).and_then(|o| o.policy.as_deref());

@@ -46,7 +46,18 @@ impl Cluster {
     pub fn set_policy(&mut self, org: &str, policy: crate::acl::Policy) {
         let shared = self.shards[0].auth_shared().clone();
         let mut dir = (**shared.directory.load()).clone();
-        let od = crate::auth::directory::OrgDir { policy: Some(Arc::new(policy)), ..Default::default() };
+        let mut od = dir.orgs.get(org).map(|o| (**o).clone()).unwrap_or_default();
+        od.policy = Some(Arc::new(policy));
+        dir.orgs.insert(Arc::from(org), Arc::new(od));
+        shared.directory.store(Arc::new(dir));
+    }
+
+    /// Gives `org` a quota with `limits` (for connections made afterwards); keeps its policy.
+    pub fn set_quota(&mut self, org: &str, limits: crate::quota::QuotaLimits) {
+        let shared = self.shards[0].auth_shared().clone();
+        let mut dir = (**shared.directory.load()).clone();
+        let mut od = dir.orgs.get(org).map(|o| (**o).clone()).unwrap_or_default();
+        od.quota = Some(Arc::new(crate::quota::OrgQuota::new(&limits, self.now_ms)));
         dir.orgs.insert(Arc::from(org), Arc::new(od));
         shared.directory.store(Arc::new(dir));
     }

@@ -193,6 +193,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v2/acl/simulate", post(simulate_acl))
         .route("/v2/acl/diff", post(diff_acl))
         .route("/v2/publish", post(rest_publish))
+        .route("/v2/quotas", get(get_quotas).put(put_quotas))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
         .with_state(ctl)
@@ -204,7 +205,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
     paths(
         healthz, create_org, list_orgs, get_org, delete_org, create_api_key, list_api_keys, delete_api_key,
         create_user, list_users, get_user, update_user, delete_user, create_token, list_tokens, revoke_token,
-        token_exchange, get_acl, put_acl, validate_acl, simulate_acl, diff_acl, rest_publish,
+        token_exchange, get_acl, put_acl, validate_acl, simulate_acl, diff_acl, rest_publish, get_quotas, put_quotas,
         list_sessions, disconnect_session, audit
     ),
     components(schemas(
@@ -248,6 +249,13 @@ struct OrgLabel {
     org: String,
 }
 
+/// Labels of a per-org, per-quota series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct QuotaLabel {
+    org: String,
+    quota: String,
+}
+
 /// Prometheus text exposition of per-org figures (operator key: org ids are not public).
 async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     use prometheus_client::metrics::counter::Counter;
@@ -272,6 +280,56 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
         retained.get_or_create(&l).set(f.retained as i64);
         received.get_or_create(&l).inc_by(f.received);
         sent.get_or_create(&l).inc_by(f.sent);
+    }
+    // Quotas: one series per org (and per quota for limits): cardinality = orgs × 7 at most.
+    let slots = Family::<OrgLabel, Gauge>::default();
+    let limit = Family::<QuotaLabel, Gauge>::default();
+    let rate_limited = Family::<OrgLabel, Counter>::default();
+    let conn_refused = Family::<OrgLabel, Counter>::default();
+    let ret_refused = Family::<OrgLabel, Counter>::default();
+    let sub_refused = Family::<OrgLabel, Counter>::default();
+    reg.register("org_connections", "Connection slots held (exact, all shards)", slots.clone());
+    reg.register("org_quota_limit", "Quota limits (absent: unlimited)", limit.clone());
+    reg.register(
+        "org_rate_limited",
+        "PUBLISH packets refused or dropped over the org's rate",
+        rate_limited.clone(),
+    );
+    reg.register("org_connections_refused", "CONNECTs refused at the connection limit", conn_refused.clone());
+    reg.register(
+        "org_retained_refused",
+        "Retained publishes not retained over the limit",
+        ret_refused.clone(),
+    );
+    reg.register(
+        "org_subscriptions_refused",
+        "Subscriptions refused over the per-client limit",
+        sub_refused.clone(),
+    );
+    let quotas: Vec<(String, Arc<crate::quota::OrgQuota>)> = ctl
+        .quotas
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for (org, q) in quotas {
+        let l = OrgLabel { org: org.clone() };
+        let u = q.usage();
+        slots.get_or_create(&l).set(u.connections as i64);
+        rate_limited.get_or_create(&l).inc_by(u.rate_limited);
+        conn_refused.get_or_create(&l).inc_by(u.connections_refused);
+        ret_refused.get_or_create(&l).inc_by(u.retained_refused);
+        sub_refused.get_or_create(&l).inc_by(u.subscriptions_refused);
+        if let serde_json::Value::Object(m) = serde_json::to_value(q.limits()).unwrap_or_default() {
+            for (k, v) in m {
+                if let Some(v) = v.as_u64() {
+                    limit
+                        .get_or_create(&QuotaLabel { org: org.clone(), quota: k })
+                        .set(v.min(i64::MAX as u64) as i64);
+                }
+            }
+        }
     }
     let dropped = Counter::<u64>::default();
     dropped.inc_by(ctl.audit_dropped.load(std::sync::atomic::Ordering::Relaxed));
@@ -1098,6 +1156,69 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 fn policy_error(e: crate::acl::PolicyError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_policy", e.to_string())
+}
+
+/// The org's quota limits (`null`: unlimited) and its usage now.
+#[utoipa::path(get, path = "/v2/quotas", responses((status = 200, description = "{org, limits, usage}")))]
+async fn get_quotas(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    Query(q): Query<OrgQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let (_, org) = scope(&ctl, &headers, &q)?;
+    if ctl.store.org(&org)?.is_none() {
+        return Err(ApiError::not_found(format!("org \"{org}\" does not exist")));
+    }
+    let quota = ctl.quota(&org);
+    Ok(Json(json!({ "org": org, "limits": quota.limits(), "usage": quota.usage() })))
+}
+
+/// Changes an org's limits (operator key): keys present replace the current value, `null`
+/// makes a limit unlimited, absent keys stay. Live connections see the change at their next
+/// check; connections above a lowered limit stay connected.
+#[utoipa::path(put, path = "/v2/quotas", request_body(content = Object, description = "{org, max_connections, messages_per_minute, ...}"), responses((status = 200, description = "{org, limits, usage}"), (status = 400, body = ErrorBody)))]
+async fn put_quotas(
+    State(ctl): State<Arc<Ctl>>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let who = operator(&ctl, &headers)?;
+    let doc: serde_json::Map<String, serde_json::Value> = body(b, false)?;
+    let org = doc
+        .get("org")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ApiError::bad("org: required (the organization whose quotas change)"))?
+        .to_string();
+    if ctl.store.org(&org)?.is_none() {
+        return Err(ApiError::not_found(format!("org \"{org}\" does not exist")));
+    }
+    let quota = ctl.quota(&org);
+    let mut merged = serde_json::to_value(quota.limits()).unwrap_or_default();
+    for (k, v) in &doc {
+        if k == "org" {
+            continue;
+        }
+        if merged.get(k).is_none() {
+            return Err(ApiError::bad(format!("{k}: unknown quota (known: max_connections, messages_per_minute, max_retained_messages, session_storage_bytes, max_subscriptions_per_client, max_packet_size, max_inflight)")));
+        }
+        if !(v.is_null() || v.as_u64().is_some()) {
+            return Err(ApiError::bad(format!("{k}: expected a non-negative integer or null")));
+        }
+        merged[k] = v.clone();
+    }
+    let limits: crate::quota::QuotaLimits =
+        serde_json::from_value(merged).map_err(|e| ApiError::bad(e.to_string()))?;
+    if limits.max_inflight.is_some_and(|v| v == 0 || v > 65_535) {
+        return Err(ApiError::bad("max_inflight: must be 1..=65535"));
+    }
+    if limits.max_packet_size.is_some_and(|v| v < 64) {
+        return Err(ApiError::bad("max_packet_size: must be at least 64 bytes"));
+    }
+    quota.set_limits(&limits);
+    let mut d = serde_json::Map::new();
+    d.insert("limits".into(), serde_json::to_value(limits).unwrap_or_default());
+    ctl.audit_admin_with(&org, &who.actor(), "quotas.update", &org, d);
+    Ok(Json(json!({ "org": org, "limits": quota.limits(), "usage": quota.usage() })))
 }
 
 /// The org's policy document (the blank preset when none was set).

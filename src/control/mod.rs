@@ -168,6 +168,9 @@ pub struct Ctl {
     pub(crate) http: reqwest::Client,
     /// Per-org figures the shards report every second (for /metrics).
     pub(crate) sys: Arc<crate::broker::sys::SysBoard>,
+    /// Per-org quotas: limits and live counters, shared with shards through the directory.
+    /// Kept across directory rebuilds (the counters must survive them).
+    pub(crate) quotas: Mutex<HashMap<String, Arc<crate::quota::OrgQuota>>>,
 }
 
 impl std::fmt::Debug for Ctl {
@@ -187,6 +190,16 @@ pub fn rfc3339(unix_ms: u64) -> String {
 }
 
 impl Ctl {
+    /// The quota of `org` (created unlimited for orgs made through the API).
+    pub(crate) fn quota(&self, org: &str) -> Arc<crate::quota::OrgQuota> {
+        let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        q.entry(org.to_string())
+            .or_insert_with(|| {
+                Arc::new(crate::quota::OrgQuota::new(&Default::default(), crate::shard::now_ms()))
+            })
+            .clone()
+    }
+
     /// Rebuilds the credential directory from the store and publishes it to shards.
     pub(crate) fn publish(&self) -> Result<(), StoreError> {
         let now = unix_now_ms();
@@ -228,6 +241,7 @@ impl Ctl {
                     }
                 }
             }
+            od.quota = Some(self.quota(&o.id));
             dir.orgs.insert(o.id.into(), Arc::new(od));
         }
         self.auth.directory.store(Arc::new(dir));
@@ -462,6 +476,14 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
         rings,
         http,
         sys,
+        quotas: Mutex::new(
+            cfg.orgs
+                .iter()
+                .map(|o| {
+                    (o.id.clone(), Arc::new(crate::quota::OrgQuota::new(&o.quotas, crate::shard::now_ms())))
+                })
+                .collect(),
+        ),
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;
