@@ -107,5 +107,5 @@ const _: () = assert!(SHARDS_MAX <= 64);
 const _: () = assert!(OUTPUT_PRESSURE_BYTES < CONN_OUTPUT_BYTES_MAX);
 
 /// How long a 3.1.1 connection over its org's message rate stays unread before it tries again
-/// (a chunk of the rate refills in about 100 ms).
-pub const QUOTA_THROTTLE_MS: u64 = 100;
+/// (the shard's 50 ms tick wakes it; a chunk of the rate refills in about 100 ms).
+pub const QUOTA_THROTTLE_MS: u64 = 50;

@@ -367,10 +367,6 @@ impl ShardCore {
 
     /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
-        // Throttled 3.1.1 readers look at their org's rate again.
-        for w in self.throttled.drain(..) {
-            w.wake();
-        }
         self.expire_pressure(now_ms);
         let mut expired_conns = Vec::new();
         for (i, c) in self.conns.iter().enumerate() {

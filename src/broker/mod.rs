@@ -538,6 +538,14 @@ impl ShardCore {
         true
     }
 
+    /// Lets 3.1.1 readers throttled by their org's rate look at it again (called every shard
+    /// tick, 50 ms, so a throttled flood is read in small, even bursts).
+    pub fn wake_throttled(&mut self) {
+        for w in self.throttled.drain(..) {
+            w.wake();
+        }
+    }
+
     /// Whether the mesh receivers may hand this shard more messages: not while a local
     /// subscriber has output pressure, so backpressure reaches publishers on other shards
     /// (their backlog fills and their readers pause). Registers `waker` if not.

@@ -510,6 +510,7 @@ async fn shard_main(
                 w.wake();
             }
         }
+        shard.core.borrow_mut().wake_throttled();
         shard.flush_audit();
         if ticks % 4 == 0 {
             shard.core.borrow_mut().handle_timeout(now_ms());
