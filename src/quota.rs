@@ -24,8 +24,8 @@ pub struct QuotaLimits {
     pub messages_per_minute: Option<u64>,
     /// Retained messages held for the org.
     pub max_retained_messages: Option<u64>,
-    /// Queued + in-flight bytes of the org's offline persistent sessions (reported; enforced
-    /// with durable sessions, issue 8).
+    /// Queued + in-flight bytes (topic + payload) of the org's offline persistent sessions;
+    /// beyond it, an offline session's oldest queued messages are dropped (counted).
     pub session_storage_bytes: Option<u64>,
     /// Subscriptions per session.
     pub max_subscriptions_per_client: Option<u64>,
@@ -75,6 +75,10 @@ pub struct OrgQuota {
     pub retained_refused: AtomicU64,
     /// SUBSCRIBE filters refused over the per-client limit.
     pub subscriptions_refused: AtomicU64,
+    /// Bytes (topic + payload) queued or in flight for the org's offline persistent sessions.
+    pub stored_bytes: AtomicU64,
+    /// Messages dropped (oldest first) to keep `stored_bytes` within the limit.
+    pub stored_dropped: AtomicU64,
 }
 
 /// What an org's usage looks like now (`GET /v2/quotas`, metrics).
@@ -90,6 +94,10 @@ pub struct QuotaUsage {
     pub retained_refused: u64,
     /// SUBSCRIBE filters refused over the per-client limit, since start.
     pub subscriptions_refused: u64,
+    /// Bytes held for offline persistent sessions now.
+    pub session_storage_bytes: u64,
+    /// Messages dropped over the session storage limit, since start.
+    pub session_storage_dropped: u64,
 }
 
 impl OrgQuota {
@@ -109,6 +117,8 @@ impl OrgQuota {
             connections_refused: AtomicU64::new(0),
             retained_refused: AtomicU64::new(0),
             subscriptions_refused: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
+            stored_dropped: AtomicU64::new(0),
         };
         q.set_limits(limits);
         if let Ok(mut b) = q.bucket.lock() {
@@ -149,6 +159,8 @@ impl OrgQuota {
             connections_refused: self.connections_refused.load(Ordering::Relaxed),
             retained_refused: self.retained_refused.load(Ordering::Relaxed),
             subscriptions_refused: self.subscriptions_refused.load(Ordering::Relaxed),
+            session_storage_bytes: self.stored_bytes.load(Ordering::Relaxed),
+            session_storage_dropped: self.stored_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -196,6 +208,23 @@ impl OrgQuota {
         let n = (b.milli / 1000).min(chunk);
         b.milli -= n * 1000;
         n
+    }
+
+    /// Offline session storage cap, bytes (None: unlimited).
+    pub fn session_storage_limit(&self) -> Option<u64> {
+        load(&self.session_storage_bytes)
+    }
+
+    /// Counts `n` more bytes held for offline sessions.
+    pub fn store_bytes(&self, n: u64) {
+        self.stored_bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` bytes no longer held for offline sessions.
+    pub fn release_bytes(&self, n: u64) {
+        let _ = self
+            .stored_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.saturating_sub(n)));
     }
 
     /// Largest retained count (None: unlimited).

@@ -163,10 +163,11 @@ impl ShardCore {
     /// Removes a session from this shard for a takeover, returning its state unless `discard`.
     fn take_session(&mut self, sref: SessionRef, discard: bool, now_ms: u64) -> Option<Box<SessionState>> {
         self.unsubscribe_all(sref);
-        let s = self.sessions[sref.0 as usize].take().expect("caller checked");
+        let mut s = self.sessions[sref.0 as usize].take().expect("caller checked");
         self.session_free.push(sref.0);
         self.session_index.remove(&SessionKey { org: s.org.clone(), client_id: s.client_id.clone() });
         if discard {
+            self.uncount_offline(&s.org, &mut s.state);
             if let Some((_, w)) = s.delayed_will {
                 self.publish_internal(&s.org, w, now_ms);
             }
@@ -229,6 +230,11 @@ impl ShardCore {
             _ => (true, 0, None),
         };
         let present = state.is_some() && !clean_start;
+        let mut state = state;
+        if let Some(st) = state.as_deref_mut() {
+            // Resumed (or discarded by a clean start): no longer offline storage.
+            self.uncount_offline(&key.org, st);
+        }
         let mut st =
             if clean_start { SessionState::default() } else { state.map(|b| *b).unwrap_or_default() };
         st.expiry_secs = expiry;
@@ -285,13 +291,16 @@ impl ShardCore {
             let s = self.session_mut(sref).expect("just inserted");
             if s.state.expiry_secs == 0 {
                 self.end_session(sref, now_ms);
-            } else if s.state.expiry_secs != u32::MAX {
-                s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
+            } else {
+                if s.state.expiry_secs != u32::MAX {
+                    s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
+                }
+                self.count_offline(sref);
             }
             return;
         }
-        let max_packet = self.cfg.max_packet_size;
         let c = self.conn_mut(id).expect("alive");
+        let max_packet = c.max_packet; // the listener's, lowered by the org's quota
         c.session = Some(sref);
         c.phase = Phase::Active;
         let v5 = c.protocol == Some(Protocol::V5);

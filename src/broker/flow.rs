@@ -249,6 +249,9 @@ impl ShardCore {
         }
         let arc = stored.get_or_insert_with(|| Arc::new(msg.to_owned_copy())).clone();
         let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect() };
+        if conn.is_none() {
+            return self.enqueue_offline(sref, d);
+        }
         let s = self.session_mut(sref).expect("checked above");
         s.state.enqueue(d);
         if let Some(id) = conn {
@@ -256,6 +259,46 @@ impl ShardCore {
             if self.session(sref).is_some_and(|s| s.state.queue.len() >= limits::QUEUE_PRESSURE) {
                 self.note_pressure(id, now_ms);
             }
+        }
+    }
+
+    /// Queues for an offline session, keeping its org's session storage within the quota:
+    /// the session's oldest messages go first (counted); a message that cannot fit alone is
+    /// dropped itself.
+    fn enqueue_offline(&mut self, sref: SessionRef, d: Delivery) {
+        let org = match self.session(sref) {
+            Some(s) => s.org.clone(),
+            None => return,
+        };
+        let quota = self.cfg.auth.directory.load().orgs.get(&*org).and_then(|o| o.quota.clone());
+        let persistent = self.session(sref).is_some_and(|s| s.state.expiry_secs != 0);
+        let s = self.session_mut(sref).expect("checked above");
+        let (Some(q), true) = (quota, persistent) else {
+            s.state.enqueue(d);
+            return;
+        };
+        let b = d.bytes();
+        if let Some(limit) = q.session_storage_limit() {
+            while q.stored_bytes.load(Ordering::Relaxed) + b > limit {
+                let Some(old) = s.state.queue.pop_front() else { break };
+                let ob = old.bytes();
+                q.release_bytes(ob);
+                s.state.stored_bytes = s.state.stored_bytes.saturating_sub(ob);
+                s.state.dropped += 1;
+                q.stored_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            if q.stored_bytes.load(Ordering::Relaxed) + b > limit {
+                s.state.dropped += 1;
+                q.stored_dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        q.store_bytes(b);
+        s.state.stored_bytes += b;
+        if let Some(old) = s.state.enqueue(d) {
+            let ob = old.bytes();
+            q.release_bytes(ob);
+            s.state.stored_bytes = s.state.stored_bytes.saturating_sub(ob);
         }
     }
 

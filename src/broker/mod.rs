@@ -723,6 +723,10 @@ impl ShardCore {
         let Some(s) = self.session_mut(sref) else { return };
         s.conn = None;
         let expiry = s.state.expiry_secs;
+        if expiry != 0 {
+            self.count_offline(sref);
+        }
+        let Some(s) = self.session_mut(sref) else { return };
         if let (true, Some(w)) = (publish_will, will) {
             if will_delay > 0 && expiry > 0 {
                 let delay = will_delay.min(expiry) as u64 * 1000;
@@ -1312,6 +1316,33 @@ impl ShardCore {
             who.as_deref(),
             &detail,
         );
+    }
+
+    /// The quota of `org`, if it has one.
+    pub(crate) fn org_quota(&self, org: &str) -> Option<Arc<crate::quota::OrgQuota>> {
+        self.cfg.auth.directory.load().orgs.get(org).and_then(|o| o.quota.clone())
+    }
+
+    /// A persistent session went offline: what it holds counts against its org's session
+    /// storage from now on.
+    pub(crate) fn count_offline(&mut self, sref: SessionRef) {
+        let Some(org) = self.session(sref).map(|s| s.org.clone()) else { return };
+        let Some(q) = self.org_quota(&org) else { return };
+        let s = self.session_mut(sref).expect("checked above");
+        let b = s.state.held_bytes();
+        q.release_bytes(s.state.stored_bytes);
+        q.store_bytes(b);
+        s.state.stored_bytes = b;
+    }
+
+    /// A session's state is resumed or discarded: it no longer counts as offline storage.
+    pub(crate) fn uncount_offline(&self, org: &str, state: &mut session::SessionState) {
+        if state.stored_bytes > 0 {
+            if let Some(q) = self.org_quota(org) {
+                q.release_bytes(state.stored_bytes);
+            }
+            state.stored_bytes = 0;
+        }
     }
 
     /// Retained messages `org` may hold: its quota, never above the broker's bound.

@@ -73,6 +73,8 @@ pub struct SessionState {
     pub protocol: Option<Protocol>,
     /// Messages dropped from the queue because it was full.
     pub dropped: u64,
+    /// Bytes of this (offline) session counted in its org's session storage.
+    pub stored_bytes: u64,
 }
 
 /// A session living on this shard.
@@ -111,13 +113,28 @@ impl SessionState {
         None
     }
 
-    /// Queues a delivery, dropping the oldest (QoS 0 first) at the bound.
-    pub fn enqueue(&mut self, d: Delivery) {
+    /// Queues a delivery, dropping the oldest (QoS 0 first) at the bound; returns the dropped one.
+    pub fn enqueue(&mut self, d: Delivery) -> Option<Delivery> {
+        let mut out = None;
         if self.queue.len() >= limits::SESSION_QUEUE_MAX {
             let victim = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce).unwrap_or(0);
-            self.queue.remove(victim);
+            out = self.queue.remove(victim);
             self.dropped += 1;
         }
         self.queue.push_back(d);
+        out
+    }
+
+    /// Bytes (topic + payload) of everything queued or in flight.
+    pub fn held_bytes(&self) -> u64 {
+        self.queue.iter().map(Delivery::bytes).sum::<u64>()
+            + self.inflight.values().map(|f| f.delivery.bytes()).sum::<u64>()
+    }
+}
+
+impl Delivery {
+    /// What this delivery counts against session storage: topic + payload bytes.
+    pub fn bytes(&self) -> u64 {
+        (self.msg.topic.len() + self.msg.payload.len()) as u64
     }
 }

@@ -288,6 +288,14 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
     let conn_refused = Family::<OrgLabel, Counter>::default();
     let ret_refused = Family::<OrgLabel, Counter>::default();
     let sub_refused = Family::<OrgLabel, Counter>::default();
+    let stored = Family::<OrgLabel, Gauge>::default();
+    let stored_dropped = Family::<OrgLabel, Counter>::default();
+    reg.register("org_session_storage_bytes", "Bytes held for offline persistent sessions", stored.clone());
+    reg.register(
+        "org_session_storage_dropped",
+        "Messages dropped over the session storage limit",
+        stored_dropped.clone(),
+    );
     reg.register("org_connections", "Connection slots held (exact, all shards)", slots.clone());
     reg.register("org_quota_limit", "Quota limits (absent: unlimited)", limit.clone());
     reg.register(
@@ -321,6 +329,8 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
         conn_refused.get_or_create(&l).inc_by(u.connections_refused);
         ret_refused.get_or_create(&l).inc_by(u.retained_refused);
         sub_refused.get_or_create(&l).inc_by(u.subscriptions_refused);
+        stored.get_or_create(&l).set(u.session_storage_bytes.min(i64::MAX as u64) as i64);
+        stored_dropped.get_or_create(&l).inc_by(u.session_storage_dropped);
         if let serde_json::Value::Object(m) = serde_json::to_value(q.limits()).unwrap_or_default() {
             for (k, v) in m {
                 if let Some(v) = v.as_u64() {

@@ -227,3 +227,40 @@ def test_bad_quota_config_names_the_field(tmp_path):
     cfg.write_text('[[org]]\nid = "q"\n[org.quotas]\nmax_inflight = 0\n')
     r = subprocess.run([BIN, "config", "check", str(cfg)], capture_output=True, text=True)
     assert r.returncode != 0 and "max_inflight" in (r.stdout + r.stderr), r.stdout + r.stderr
+
+
+def test_offline_session_storage_drops_oldest_and_is_released_on_resume():
+    b = QBroker("session_storage_bytes = 1000\n")
+    try:
+        from conftest import connect_props
+        sub = Client(b.port, "keeper", V5, clean=False, username="u@q", password="pw",
+                     props=connect_props(SessionExpiryInterval=3600))
+        sub.subscribe("s/#", qos=1)
+        sub.disconnect()
+        time.sleep(0.2)
+        pub = qclient(b, "filler")
+        for i in range(30):
+            pub.publish("s/1", b"%03d" % i + b"x" * 97, qos=1)  # 103 bytes with the topic
+        time.sleep(0.3)
+        st, q = b.api("GET", "/v2/quotas")
+        u = q["usage"]
+        assert u["session_storage_bytes"] <= 1000 and u["session_storage_bytes"] >= 900, u
+        assert u["session_storage_dropped"] == 21, u
+        # Back online: the newest nine, oldest dropped first; storage released.
+        sub2 = Client(b.port, "keeper", V5, clean=False, username="u@q", password="pw",
+                      props=connect_props(SessionExpiryInterval=3600))
+        got = [int(m.payload[:3]) for m in sub2.expect(9)]
+        assert got == list(range(21, 30)), got
+        time.sleep(0.2)
+        st, q = b.api("GET", "/v2/quotas")
+        assert q["usage"]["session_storage_bytes"] == 0, q
+        # Offline again with nothing queued, then the session expires on a clean start.
+        sub2.disconnect()
+        pub.publish("s/1", b"y" * 50, qos=1)
+        time.sleep(0.2)
+        assert b.api("GET", "/v2/quotas")[1]["usage"]["session_storage_bytes"] == 53
+        Client(b.port, "keeper", V5, clean=True, username="u@q", password="pw").disconnect()
+        time.sleep(0.2)
+        assert b.api("GET", "/v2/quotas")[1]["usage"]["session_storage_bytes"] == 0
+    finally:
+        assert b.stop() == 0, b.logs()
