@@ -106,8 +106,8 @@ impl ShardCore {
                 let sup = Supersede { to_shard, conn, generation, clean_start };
                 self.handle_takeover(key, old_generation, old_conn, sup, now_ms)
             }
-            MeshMsg::Granted { key, conn, generation, state } => {
-                self.handle_granted(key, conn, generation, state, now_ms)
+            MeshMsg::Granted { key, conn, generation, state, slot } => {
+                self.handle_granted(key, conn, generation, state, slot, now_ms)
             }
             MeshMsg::Release { key, generation } => {
                 if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
@@ -141,6 +141,7 @@ impl ShardCore {
             .get(&key)
             .copied()
             .filter(|s| self.session(*s).is_some_and(|s| s.generation == old_gen));
+        let mut slot = false;
         let state = match sref {
             None => None, // already ended; its release is on the way home
             Some(sref) => {
@@ -152,12 +153,23 @@ impl ShardCore {
                             c.will = None; // the session continues: a delayed will is cancelled
                         }
                     }
+                    // Its quota slot goes with the session: the org's count stays the same.
+                    if let Some(c) = self.conn_mut(live) {
+                        slot = std::mem::take(&mut c.quota_slot);
+                    }
                     self.close_conn(live, Some(ReasonCode::SESSION_TAKEN_OVER), now_ms);
                 }
-                self.take_session(sref, sup.clean_start, now_ms)
+                // Closing the old connection ends a session whose expiry is 0: the new
+                // connection then starts fresh.
+                if self.session(sref).is_some() {
+                    self.take_session(sref, sup.clean_start, now_ms)
+                } else {
+                    None
+                }
             }
         };
-        self.send(sup.to_shard, MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state });
+        let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state, slot };
+        self.send(sup.to_shard, msg);
     }
 
     /// Removes a session from this shard for a takeover, returning its state unless `discard`.
@@ -211,19 +223,48 @@ impl ShardCore {
         id: ConnId,
         generation: u64,
         state: Option<Box<SessionState>>,
+        slot_in: bool,
         now_ms: u64,
     ) {
         let (alive, sup) = match self.conn_mut(id) {
             Some(c) if c.phase == Phase::AwaitSession => (true, c.superseded.take()),
             _ => (false, None),
         };
+        let quota = self.org_quota(&key.org);
         if let Some(sup) = sup {
-            // A newer claim took this session before it was granted to us: pass it on.
+            // A newer claim took this session before it was granted to us: pass it on, with one
+            // connection slot if we hold any (ours, or the one handed to us); free the other.
             let state = if sup.clean_start { None } else { state };
+            let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.quota_slot));
+            if own && slot_in {
+                if let Some(q) = &quota {
+                    q.disconnect();
+                }
+            }
             self.close_conn(id, None, now_ms);
-            let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state };
+            let slot = own || slot_in;
+            let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state, slot };
             self.send(sup.to_shard, msg);
             return;
+        }
+        // Settle the connection slot: a handed-over slot replaces a missing one (takeover at the
+        // limit) or is freed (we took our own); without one, try once more, else refuse.
+        let mut refused = false;
+        if let Some(q) = &quota {
+            let c = self.conn_mut(id).filter(|_| alive);
+            match (c, slot_in) {
+                (Some(c), true) if c.slot_wait => {
+                    c.slot_wait = false;
+                    c.quota_slot = true;
+                }
+                (Some(c), false) if c.slot_wait => {
+                    c.slot_wait = false;
+                    c.quota_slot = q.try_connect();
+                    refused = !c.quota_slot;
+                }
+                (_, true) => q.disconnect(),
+                _ => {}
+            }
         }
         let (clean_start, expiry, protocol) = match self.conn(id) {
             Some(c) if alive => (c.clean_start, c.expiry_req, c.protocol),
@@ -243,7 +284,7 @@ impl ShardCore {
             org: key.org.clone(),
             client_id: key.client_id.clone(),
             generation,
-            conn: alive.then_some(id),
+            conn: (alive && !refused).then_some(id),
             expires_at_ms: None,
             delayed_will: None,
             state: st,
@@ -286,8 +327,21 @@ impl ShardCore {
                 self.announce(&key.org, &f, true, None);
             }
         }
-        if !alive {
-            // The connection went away while waiting: the session is offline from the start.
+        if !alive || refused {
+            // The connection went away while waiting, or the org is at its connection limit:
+            // the session is offline from the start.
+            if refused {
+                if let Some(q) = &quota {
+                    q.refused_connection();
+                }
+                self.quota_hit(id, now_ms, "max_connections");
+                let v = self.conn(id).and_then(|c| c.protocol).unwrap_or(Protocol::V311);
+                self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
+                if let Some(c) = self.conn_mut(id) {
+                    c.phase = Phase::Active; // no longer waiting for a session
+                    wake(&mut c.reader);
+                }
+            }
             let s = self.session_mut(sref).expect("just inserted");
             if s.state.expiry_secs == 0 {
                 self.end_session(sref, now_ms);

@@ -99,6 +99,9 @@ pub enum MeshMsg {
         generation: u64,
         /// Previous state (None: start fresh).
         state: Option<Box<SessionState>>,
+        /// The previous connection's quota slot is handed over with the session (a takeover
+        /// keeps the org's connection count, SPEC §4).
+        slot: bool,
     },
     /// To the home shard: the session ended (clean end or expiry).
     Release {

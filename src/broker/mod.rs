@@ -222,6 +222,9 @@ struct Conn {
     quota: Option<Arc<crate::quota::OrgQuota>>,
     /// Holds one of the org's connection slots (released on close).
     quota_slot: bool,
+    /// Found the org at its connection limit at CONNECT: admitted only if the session it
+    /// claims comes with a live connection's slot (a takeover), or a slot frees meanwhile.
+    slot_wait: bool,
     /// Leased message tokens.
     lease: crate::quota::Lease,
     /// 3.1.1 connection over its org's rate: not read before this time (shard clock).
@@ -406,6 +409,7 @@ impl ShardCore {
             protocol: None,
             quota: None,
             quota_slot: false,
+            slot_wait: false,
             lease: crate::quota::Lease::default(),
             throttled_until_ms: 0,
             max_packet: self.cfg.max_packet_size,
@@ -1106,18 +1110,13 @@ impl ShardCore {
             }
         }
         let quota = self.cfg.auth.directory.load().orgs.get(&*org).and_then(|o| o.quota.clone());
-        if let Some(q) = &quota {
-            if !q.try_connect() {
-                self.conn_mut(id).expect("caller checked").key =
-                    Some(SessionKey { org: org.clone(), client_id: client_id.clone() });
-                self.quota_hit(id, now_ms, "max_connections");
-                return self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
-            }
-        }
+        let slot = quota.as_ref().is_none_or(|q| q.try_connect());
         let cn = self.conn_mut(id).expect("caller checked");
         cn.acl = Some(acl);
         if let Some(q) = &quota {
-            cn.quota_slot = true;
+            // At the limit the claim still goes ahead: a takeover hands the old slot over.
+            cn.quota_slot = slot;
+            cn.slot_wait = !slot;
             if let Some(m) = q.max_packet_size() {
                 cn.max_packet = cn.max_packet.min(m.min(u32::MAX as u64) as u32);
             }
@@ -1574,7 +1573,7 @@ impl ShardCore {
         let generation = (self.next_generation << 8) | self.shard as u64;
         let prev = self.registry.insert(key.clone(), Owner { shard, conn, generation });
         match prev {
-            None => self.send(shard, MeshMsg::Granted { key, conn, generation, state: None }),
+            None => self.send(shard, MeshMsg::Granted { key, conn, generation, state: None, slot: false }),
             Some(o) => self.send(
                 o.shard,
                 MeshMsg::Takeover {

@@ -278,3 +278,23 @@ fn interest_is_acknowledged_before_suback() {
     cl.pump_pair(0, 1);
     assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));
 }
+
+#[test]
+fn takeover_of_a_session_that_ends_with_its_connection_on_the_same_shard() {
+    // Session expiry 0: closing the old connection ends the session before the takeover
+    // collects it (this panicked: "caller checked").
+    for (protocol, shards, at) in [(Protocol::V5, 1, 0), (Protocol::V311, 1, 0), (Protocol::V5, 2, 1)] {
+        let mut cl = Cluster::new(shards);
+        let (old, _) = cl.connect(0, protocol, "dev", true, Properties::default());
+        let (_new, acks) = cl.connect(at, protocol, "dev", false, Properties::default());
+        let ack = connack(&acks);
+        assert_eq!(ack.reason, ReasonCode::SUCCESS);
+        assert!(!ack.session_present, "the old session ended with its connection");
+        if protocol == Protocol::V5 {
+            let out = cl.recv(old);
+            assert!(out
+                .iter()
+                .any(|p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER)));
+        }
+    }
+}

@@ -206,7 +206,8 @@ def test_subscription_retained_and_packet_limits():
         p.publish("ret/1", b"new", qos=1, retain=True)
         late = qclient(b, "late")
         late.subscribe("ret/#")
-        got = sorted((m.topic, m.payload) for m in late.quiet(0.8))
+        late.quiet(0.8)  # retained messages may arrive before the SUBACK is processed
+        got = sorted((m.topic, m.payload) for m in late.messages)
         assert got == [("ret/1", b"new"), ("ret/2", b"ret/2")], got
         st, q = b.api("GET", "/v2/quotas")
         assert q["usage"]["retained_refused"] >= 1 and q["usage"]["subscriptions_refused"] >= 2, q
@@ -262,5 +263,30 @@ def test_offline_session_storage_drops_oldest_and_is_released_on_resume():
         Client(b.port, "keeper", V5, clean=True, username="u@q", password="pw").disconnect()
         time.sleep(0.2)
         assert b.api("GET", "/v2/quotas")[1]["usage"]["session_storage_bytes"] == 0
+    finally:
+        assert b.stop() == 0, b.logs()
+
+
+def test_a_takeover_at_the_connection_limit_keeps_its_slot():
+    b = QBroker("max_connections = 2\n")
+    try:
+        a = qclient(b, "dev-a", port=b.ports[0])
+        qclient(b, "dev-b", V311, port=b.ports[1])
+        qclient(b, "dev-c", expect_rc=0x97)
+        # dev-a reconnects while its old connection is alive (a takeover), on the other shard
+        # and then on the same one: admitted, the old connection is told 0x8E, the count stays.
+        a2 = qclient(b, "dev-a", port=b.ports[1])
+        a.wait(lambda: a.disconnect_rc is not None, what="takeover DISCONNECT")
+        assert int(a.disconnect_rc.value) == 0x8E
+        a3 = qclient(b, "dev-a", V311, port=b.ports[1])
+        a2.wait(lambda: a2.disconnect_rc is not None, what="takeover DISCONNECT")
+        time.sleep(0.3)
+        st, q = b.api("GET", "/v2/quotas")
+        assert q["usage"]["connections"] == 2, q
+        qclient(b, "dev-d", V311, expect_rc=0x88)  # paho's name for 3.1.1 return code 3
+        a3.disconnect()
+        time.sleep(0.3)
+        assert b.api("GET", "/v2/quotas")[1]["usage"]["connections"] == 1
+        qclient(b, "dev-e")
     finally:
         assert b.stop() == 0, b.logs()
