@@ -290,3 +290,30 @@ def test_a_takeover_at_the_connection_limit_keeps_its_slot():
         qclient(b, "dev-e")
     finally:
         assert b.stop() == 0, b.logs()
+
+
+def test_max_inflight_caps_unacknowledged_deliveries():
+    b = QBroker("max_inflight = 2\n")
+    try:
+        from conftest import enc_len, s16
+        from test_identity import raw_connect_user as rc
+        r = Raw(b.port)
+        r.send(rc(4, b"slow", b"u@q", b"pw"))
+        assert r.read_packet() == (0x20, b"\x00\x00")
+        body = b"\x00\x01" + s16(b"i/#") + b"\x01"
+        r.send(b"\x82" + enc_len(len(body)) + body)
+        assert r.read_packet()[0] == 0x90
+        pub = qclient(b, "ipub")
+        for i in range(5):
+            pub.publish("i/1", b"%d" % i, qos=1)
+        got = []
+        while True:
+            try:
+                t, _ = r.read_packet(timeout=1)
+            except Exception:
+                break
+            got.append(t)
+        # Two PUBLISH (QoS 1: 0x32) and no more until they are acknowledged.
+        assert got == [0x32, 0x32], got
+    finally:
+        assert b.stop() == 0, b.logs()
