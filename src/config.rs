@@ -58,8 +58,8 @@ pub struct OrgConfig {
     /// The ACL v2 policy from `policy` (a file, or `preset:NAME`); `None`: the stored one, else
     /// blank (deny-all).
     pub policy: Option<crate::acl::Policy>,
-    /// `[org.quotas]` (every limit unset: unlimited).
-    pub quotas: crate::quota::QuotaLimits,
+    /// `[org.quotas]`; `None`: the limits last set through the admin API, else unlimited.
+    pub quotas: Option<crate::quota::QuotaLimits>,
 }
 
 /// Where a JWT provider's keys come from.
@@ -109,7 +109,7 @@ impl OrgConfig {
             users: Vec::new(),
             jwt: Vec::new(),
             policy: None,
-            quotas: crate::quota::QuotaLimits::default(),
+            quotas: None,
         }
     }
 }
@@ -715,7 +715,7 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
         if q.max_packet_size.is_some_and(|v| v < 64) {
             return Err(ConfigError(format!("org[{i}].quotas.max_packet_size: must be at least 64 bytes")));
         }
-        org.quotas = q;
+        org.quotas = Some(q);
     }
     if let Some(p) = &o.policy {
         org.policy = Some(load_policy(&format!("org[{i}].policy"), p, base)?);

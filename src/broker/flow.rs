@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// Reason string on the PUBACK/PUBREC of a 5.0 retained publish over the org's retained limit.
+const RETAINED_FULL: &str = "retained message limit reached: delivered, not retained";
+
 impl ShardCore {
     pub(super) fn handle_publish(&mut self, id: ConnId, now_ms: u64, mut p: Publish) {
         let c = self.conn_mut(id).expect("caller checked");
@@ -66,12 +69,20 @@ impl ShardCore {
                 let _ = c.lease.take(q, now_ms); // checked available before reading
             }
         }
+        // Over the retained limit the message is still delivered; 5.0 hears why it was not kept.
+        let mut ack_props = Properties::default();
+        if p.retain && !denied && v == Protocol::V5 && !p.payload.is_empty() && p.qos != QoS::AtMostOnce {
+            let max = self.retained_max(&org);
+            if self.retained.is_full_for(&org, p.topic.as_str(), max) {
+                ack_props.reason_string = MqStr::copy_from(RETAINED_FULL);
+            }
+        }
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
                 let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
-                self.write(id, &Packet::PubAck(pubresp(pid, reason)));
+                self.write(id, &Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props }));
             }
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
@@ -89,7 +100,8 @@ impl ShardCore {
                     return self.close_conn(id, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), now_ms);
                 }
                 st.inbound_qos2.insert(pid.get());
-                self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)));
+                let rec = PubResp { packet_id: pid, reason: ReasonCode::SUCCESS, props: ack_props };
+                self.write(id, &Packet::PubRec(rec));
             }
         }
         if denied {

@@ -35,6 +35,12 @@ pub enum RetainOutcome {
 }
 
 impl Retained {
+    /// Whether a retained publish on `topic` would be refused for the org's limit `max`
+    /// (replacing or deleting a topic never is).
+    pub fn is_full_for(&self, org: &str, topic: &str, max: usize) -> bool {
+        self.orgs.get(org).is_some_and(|m| !m.contains_key(topic) && m.len() >= max)
+    }
+
     /// Applies a set (non-empty payload) or delete (empty payload) with sequence `seq`.
     /// `msg` must be an owned copy.
     pub fn apply(&mut self, org: &Arc<str>, msg: Msg, seq: u64, max: usize) -> RetainOutcome {

@@ -1184,7 +1184,8 @@ async fn get_quotas(
 }
 
 /// Changes an org's limits (operator key): keys present replace the current value, `null`
-/// makes a limit unlimited, absent keys stay. Live connections see the change at their next
+/// makes a limit unlimited, absent keys stay. Stored: kept across restarts unless the config
+/// has an `[org.quotas]` table for the org. Live connections see the change at their next
 /// check; connections above a lowered limit stay connected.
 #[utoipa::path(put, path = "/v2/quotas", request_body(content = Object, description = "{org, max_connections, messages_per_minute, ...}"), responses((status = 200, description = "{org, limits, usage}"), (status = 400, body = ErrorBody)))]
 async fn put_quotas(
@@ -1224,6 +1225,7 @@ async fn put_quotas(
     if limits.max_packet_size.is_some_and(|v| v < 64) {
         return Err(ApiError::bad("max_packet_size: must be at least 64 bytes"));
     }
+    change(&ctl, false, || Ok(ctl.store.put_quotas(&org, &limits)?))?;
     quota.set_limits(&limits);
     let mut d = serde_json::Map::new();
     d.insert("limits".into(), serde_json::to_value(limits).unwrap_or_default());

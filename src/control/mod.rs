@@ -190,12 +190,17 @@ pub fn rfc3339(unix_ms: u64) -> String {
 }
 
 impl Ctl {
-    /// The quota of `org` (created unlimited for orgs made through the API).
+    /// The quota of `org`: from the config, else the limits stored by `PUT /v2/quotas`, else
+    /// unlimited.
     pub(crate) fn quota(&self, org: &str) -> Arc<crate::quota::OrgQuota> {
         let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
         q.entry(org.to_string())
             .or_insert_with(|| {
-                Arc::new(crate::quota::OrgQuota::new(&Default::default(), crate::shard::now_ms()))
+                let stored = self.store.quotas(org).unwrap_or_else(|e| {
+                    tracing::error!(org, error = %e, "stored quotas unreadable; the org runs unlimited");
+                    None
+                });
+                Arc::new(crate::quota::OrgQuota::new(&stored.unwrap_or_default(), crate::shard::now_ms()))
             })
             .clone()
     }
@@ -476,12 +481,13 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
         rings,
         http,
         sys,
+        // A `[org.quotas]` table in the config wins; without one, the limits last set through
+        // the admin API apply (loaded on first use by `Ctl::quota`).
         quotas: Mutex::new(
             cfg.orgs
                 .iter()
-                .map(|o| {
-                    (o.id.clone(), Arc::new(crate::quota::OrgQuota::new(&o.quotas, crate::shard::now_ms())))
-                })
+                .filter_map(|o| o.quotas.as_ref().map(|q| (o.id.clone(), q)))
+                .map(|(id, q)| (id, Arc::new(crate::quota::OrgQuota::new(q, crate::shard::now_ms()))))
                 .collect(),
         ),
     });

@@ -127,6 +127,7 @@ pub struct Store {
     tokens: Keyspace,
     audit: Keyspace,
     policies: Keyspace,
+    quotas: Keyspace,
 }
 
 impl std::fmt::Debug for Store {
@@ -167,6 +168,7 @@ impl Store {
             tokens: ks("tokens")?,
             audit: ks("audit")?,
             policies: ks("policies")?,
+            quotas: ks("quotas")?,
             db,
         })
     }
@@ -218,6 +220,7 @@ impl Store {
             self.api_keys.remove(mac.into_bytes())?;
         }
         self.policies.remove(id.as_bytes())?;
+        self.quotas.remove(id.as_bytes())?;
         self.orgs.remove(id.as_bytes())?;
         Ok(())
     }
@@ -232,6 +235,16 @@ impl Store {
     /// An org's ACL document.
     pub fn policy(&self, org: &str) -> Result<Option<serde_json::Value>, StoreError> {
         self.policies.get(org.as_bytes())?.map(|v| decode(&v)).transpose()
+    }
+
+    /// Stores an org's quota limits (set through the admin API).
+    pub fn put_quotas(&self, org: &str, q: &crate::quota::QuotaLimits) -> Result<(), StoreError> {
+        Ok(self.quotas.insert(org.as_bytes(), encode(q))?)
+    }
+
+    /// An org's stored quota limits.
+    pub fn quotas(&self, org: &str) -> Result<Option<crate::quota::QuotaLimits>, StoreError> {
+        self.quotas.get(org.as_bytes())?.map(|v| decode(&v)).transpose()
     }
 
     // ---------------------------------------------------------------- users

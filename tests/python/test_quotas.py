@@ -200,8 +200,17 @@ def test_subscription_retained_and_packet_limits():
         p = qclient(b, "rp")
         live = qclient(b, "live")
         live.subscribe("ret/#")
-        for t in ["ret/1", "ret/2", "ret/3"]:
+        for t in ["ret/1", "ret/2"]:
             p.publish(t, t.encode(), qos=1, retain=True)
+        # 5.0: the PUBACK of the one not kept says why (a reason string; the code is success).
+        p.reason_strings = {}
+        p.c.on_publish = lambda c, u, mid, rc, props: (
+            p.reason_strings.__setitem__(mid, getattr(props, "ReasonString", None)),
+            Client._on_publish(p, c, u, mid, rc, props))
+        info = p.publish("ret/3", b"ret/3", qos=1, retain=True, wait=False)
+        p.wait(lambda: info.mid in p.pubacks, what="PUBACK")
+        assert int(p.pubacks[info.mid].value) == 0
+        assert "not retained" in (p.reason_strings[info.mid] or ""), p.reason_strings
         live.expect(3)
         p.publish("ret/1", b"new", qos=1, retain=True)
         late = qclient(b, "late")
@@ -317,3 +326,19 @@ def test_max_inflight_caps_unacknowledged_deliveries():
         assert got == [0x32, 0x32], got
     finally:
         assert b.stop() == 0, b.logs()
+
+
+def test_quotas_set_through_the_api_survive_a_restart_config_tables_win(conns):
+    st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "free", "max_connections": 1})
+    assert st == 200, body
+    st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "q", "max_connections": 9})
+    assert st == 200, body
+    assert conns.stop() == 0
+    conns.start()
+    st, q = conns.api("GET", "/v2/quotas?org=free", key=OPERATOR)
+    assert st == 200 and q["limits"]["max_connections"] == 1, q
+    # `q` has an [org.quotas] table in the config: the file wins at start.
+    st, q = conns.api("GET", "/v2/quotas?org=q", key=OPERATOR)
+    assert q["limits"]["max_connections"] == 3, q
+    qclient(conns, "f1", org="free")
+    qclient(conns, "f2", org="free", expect_rc=0x97)
