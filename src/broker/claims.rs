@@ -59,6 +59,16 @@ impl ShardCore {
         self.mesh_out.iter().map(|q| q.len()).sum()
     }
 
+    /// Pressure changed (not necessarily gone): paused readers look again; those still
+    /// pressured (same org) register once more.
+    pub fn wake_paused_readers_anyway(&mut self) {
+        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
+            for w in self.paused_readers.drain(..) {
+                w.wake();
+            }
+        }
+    }
+
     /// The mesh backlog went down: readers paused for backpressure may go on.
     pub fn wake_paused_readers(&mut self) {
         if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 && self.pressure.is_empty() {

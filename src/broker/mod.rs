@@ -517,7 +517,19 @@ impl ShardCore {
     pub fn can_read(&mut self, id: ConnId, now_ms: u64, waker: &Waker) -> bool {
         let backlog = self.mesh_backlog();
         self.expire_pressure(now_ms);
-        let pressured = !self.pressure.is_empty() && !self.pressure.contains(&id);
+        // Output pressure slows the publishers of the pressured subscriber's org only: another
+        // org's clients cannot publish to it (topics are per org), so pausing them would let
+        // one org's slow subscriber stall every org on the shard.
+        let pressured = !self.pressure.is_empty() && {
+            let org = self.conn(id).and_then(|c| c.key.as_ref()).map(|k| k.org.clone());
+            self.pressure.iter().any(|p| {
+                *p != id
+                    && match (&org, self.conn(*p).and_then(|c| c.key.as_ref())) {
+                        (Some(o), Some(k)) => *k.org == **o,
+                        _ => true, // not logged in yet: be conservative
+                    }
+            })
+        };
         let Some(c) = self.conn_mut(id) else { return true };
         if c.closing {
             return true;
@@ -565,6 +577,7 @@ impl ShardCore {
     /// Declares connections that held output pressure for too long stalled.
     fn expire_pressure(&mut self, now_ms: u64) {
         let mut i = 0;
+        let mut any = false;
         while i < self.pressure.len() {
             let id = self.pressure[i];
             let expired = match self.conn_mut(id) {
@@ -578,12 +591,13 @@ impl ShardCore {
             };
             if expired {
                 self.pressure.swap_remove(i);
+                any = true;
             } else {
                 i += 1;
             }
         }
-        if self.pressure.is_empty() && !self.paused_readers.is_empty() {
-            self.wake_paused_readers();
+        if any && !self.paused_readers.is_empty() {
+            self.wake_paused_readers_anyway();
         }
     }
 
@@ -609,9 +623,8 @@ impl ShardCore {
             c.stalled = false;
             if c.pressure_since.take().is_some() {
                 self.pressure.retain(|p| *p != id);
-                if self.pressure.is_empty() {
-                    self.wake_paused_readers();
-                }
+                // Readers paused for this connection's org may go on: they look again.
+                self.wake_paused_readers_anyway();
             }
         }
     }

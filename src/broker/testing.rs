@@ -17,7 +17,8 @@ pub struct Cluster {
     pub shards: Vec<ShardCore>,
     /// Simulated clock (ms).
     pub now_ms: u64,
-    listener: Arc<ListenerCtx>,
+    /// The listener new connections come through (its anonymous org decides theirs).
+    pub listener: Arc<ListenerCtx>,
 }
 
 /// A client attached to one shard.

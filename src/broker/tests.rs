@@ -203,16 +203,7 @@ fn a_slow_reader_keeps_slowing_publishers_one_that_stops_is_declared_stalled() {
     let (sub, _) = cl.connect(0, Protocol::V311, "sub", true, Properties::default());
     subscribe(&mut cl, sub, "t", QoS::AtMostOnce);
     let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
-    let pk = Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtMostOnce,
-        retain: false,
-        topic: s("t"),
-        packet_id: None,
-        props: Properties::default(),
-        payload: Bytes::from("x".repeat(10_000)),
-    });
-    let one = to_bytes(Protocol::V311, &pk);
+    let one = big_qos0_publish();
     // Fill the subscriber's output past the pressure mark; nothing drains it.
     while cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()) {
         cl.send_raw_held(p, &one);
@@ -297,4 +288,39 @@ fn takeover_of_a_session_that_ends_with_its_connection_on_the_same_shard() {
                 .any(|p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER)));
         }
     }
+}
+
+#[test]
+fn one_orgs_slow_subscriber_does_not_pause_another_orgs_publishers() {
+    use std::task::Waker;
+    let mut cl = Cluster::new(1);
+    let (sub, _) = cl.connect(0, Protocol::V311, "sub", true, Properties::default());
+    subscribe(&mut cl, sub, "t", QoS::AtMostOnce);
+    let (p, _) = cl.connect(0, Protocol::V311, "pub", true, Properties::default());
+    // A client of another org, on the same shard.
+    cl.listener = std::sync::Arc::new(super::ListenerCtx {
+        anonymous_org: Some(std::sync::Arc::from("other")),
+        transport: "test",
+    });
+    let (q, _) = cl.connect(0, Protocol::V311, "pub-other", true, Properties::default());
+    let one = big_qos0_publish();
+    while cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()) {
+        cl.send_raw_held(p, &one);
+    }
+    assert!(!cl.shards[0].can_read(p.conn, cl.now_ms, Waker::noop()), "same org: paused");
+    assert!(cl.shards[0].can_read(q.conn, cl.now_ms, Waker::noop()), "other org: not paused");
+}
+
+/// A 10 KB QoS 0 PUBLISH on `t` (3.1.1), to fill a subscriber's output quickly.
+fn big_qos0_publish() -> Bytes {
+    let pk = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: s("t"),
+        packet_id: None,
+        props: Properties::default(),
+        payload: Bytes::from("x".repeat(10_000)),
+    });
+    to_bytes(Protocol::V311, &pk)
 }
