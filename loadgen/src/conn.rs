@@ -89,7 +89,8 @@ pub fn run(a: ConnArgs) -> Res<()> {
     }
     while handles.iter().any(|h| !h.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
-        progress.update(start.elapsed(), opened.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        let (o, f) = (opened.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+        progress.update_msg(start.elapsed(), format!("opened {o}  failed {f}"));
     }
     progress.finish();
     let mut held = Vec::new();

@@ -129,8 +129,13 @@ impl Progress {
 
     /// Updates with the totals so far.
     pub fn update(&self, at: Duration, sent: u64, received: u64) {
+        self.update_msg(at, format!("sent {sent}  received {received}"));
+    }
+
+    /// Updates with a message of the scenario's own.
+    pub fn update_msg(&self, at: Duration, msg: String) {
         self.0.set_position(at.as_millis() as u64);
-        self.0.set_message(format!("sent {sent}  received {received}"));
+        self.0.set_message(msg);
     }
 
     /// Removes the bar.

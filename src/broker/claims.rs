@@ -69,12 +69,11 @@ impl ShardCore {
         }
     }
 
-    /// The mesh backlog went down: readers paused for backpressure may go on.
+    /// The mesh backlog went down: readers paused for backpressure may go on (unless some
+    /// connection still exerts output pressure; its clearing wakes them).
     pub fn wake_paused_readers(&mut self) {
-        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 && self.pressure.is_empty() {
-            for w in self.paused_readers.drain(..) {
-                w.wake();
-            }
+        if self.pressure.is_empty() {
+            self.wake_paused_readers_anyway();
         }
     }
 

@@ -70,19 +70,22 @@ impl ShardCore {
             }
         }
         // Over the retained limit the message is still delivered; 5.0 hears why it was not kept.
-        let mut ack_props = Properties::default();
-        if p.retain && !denied && v == Protocol::V5 && !p.payload.is_empty() && p.qos != QoS::AtMostOnce {
-            let max = self.retained_max(&org);
-            if self.retained.is_full_for(&org, p.topic.as_str(), max) {
-                ack_props.reason_string = MqStr::copy_from(RETAINED_FULL);
-            }
-        }
+        let retained_full = p.retain
+            && !denied
+            && v == Protocol::V5
+            && !p.payload.is_empty()
+            && p.qos != QoS::AtMostOnce
+            && self.retained.is_full_for(&org, p.topic.as_str(), self.retained_max(&org));
+        let ack_props = || Properties {
+            reason_string: if retained_full { MqStr::copy_from(RETAINED_FULL) } else { None },
+            ..Properties::default()
+        };
         match p.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
                 let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
-                self.write(id, &Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props }));
+                self.write(id, &Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props() }));
             }
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
@@ -100,7 +103,7 @@ impl ShardCore {
                     return self.close_conn(id, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), now_ms);
                 }
                 st.inbound_qos2.insert(pid.get());
-                let rec = PubResp { packet_id: pid, reason: ReasonCode::SUCCESS, props: ack_props };
+                let rec = PubResp { packet_id: pid, reason: ReasonCode::SUCCESS, props: ack_props() };
                 self.write(id, &Packet::PubRec(rec));
             }
         }
@@ -143,7 +146,7 @@ impl ShardCore {
         let max = self.retained_max(org);
         if let super::retained::RetainOutcome::Full = self.retained.apply(org, owned.clone(), seq, max) {
             // Delivered but not retained (SPEC §4); peers would refuse it the same way.
-            if let Some(q) = self.cfg.auth.directory.load().orgs.get(&**org).and_then(|o| o.quota.clone()) {
+            if let Some(q) = self.org_quota(org) {
                 q.retained_refused.fetch_add(1, Ordering::Relaxed);
             }
             return;
@@ -282,7 +285,7 @@ impl ShardCore {
             Some(s) => s.org.clone(),
             None => return,
         };
-        let quota = self.cfg.auth.directory.load().orgs.get(&*org).and_then(|o| o.quota.clone());
+        let quota = self.org_quota(&org);
         let persistent = self.session(sref).is_some_and(|s| s.state.expiry_secs != 0);
         let s = self.session_mut(sref).expect("checked above");
         let (Some(q), true) = (quota, persistent) else {

@@ -1122,7 +1122,7 @@ impl ShardCore {
                 return self.refuse(id, v, ReasonCode::NOT_AUTHORIZED);
             }
         }
-        let quota = self.cfg.auth.directory.load().orgs.get(&*org).and_then(|o| o.quota.clone());
+        let quota = self.org_quota(&org);
         let slot = quota.as_ref().is_none_or(|q| q.try_connect());
         let cn = self.conn_mut(id).expect("caller checked");
         cn.acl = Some(acl);
@@ -1310,15 +1310,7 @@ impl ShardCore {
         }
         let count = std::mem::take(&mut e.1);
         e.0 = now_ms.max(1);
-        let limit = self
-            .cfg
-            .auth
-            .directory
-            .load()
-            .orgs
-            .get(&*key.org)
-            .and_then(|o| o.quota.as_ref())
-            .map(|q| serde_json::to_value(q.limits()).unwrap_or_default());
+        let limit = self.org_quota(&key.org).map(|q| serde_json::to_value(q.limits()).unwrap_or_default());
         let detail = [("quota", quota.into()), ("hits", count.into()), ("limits", limit.unwrap_or_default())];
         self.audit(
             now_ms,
@@ -1359,14 +1351,7 @@ impl ShardCore {
 
     /// Retained messages `org` may hold: its quota, never above the broker's bound.
     pub(crate) fn retained_max(&self, org: &str) -> usize {
-        let q = self
-            .cfg
-            .auth
-            .directory
-            .load()
-            .orgs
-            .get(org)
-            .and_then(|o| o.quota.as_ref().and_then(|q| q.max_retained()));
+        let q = self.org_quota(org).and_then(|q| q.max_retained());
         q.map_or(self.cfg.retained_max, |m| (m as usize).min(self.cfg.retained_max))
     }
 

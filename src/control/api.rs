@@ -256,6 +256,16 @@ struct QuotaLabel {
     quota: String,
 }
 
+/// A metric (family) of type `F`, registered under `name`.
+fn registered<F>(reg: &mut prometheus_client::registry::Registry, name: &str, help: &str) -> F
+where
+    F: prometheus_client::registry::Metric + Clone + Default,
+{
+    let f = F::default();
+    reg.register(name, help, f.clone());
+    f
+}
+
 /// Prometheus text exposition of per-org figures (operator key: org ids are not public).
 async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<impl IntoResponse> {
     use prometheus_client::metrics::counter::Counter;
@@ -263,16 +273,12 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
     use prometheus_client::metrics::gauge::Gauge;
     operator(&ctl, &headers)?;
     let mut reg = prometheus_client::registry::Registry::with_prefix("coremq");
-    let connected = Family::<OrgLabel, Gauge>::default();
-    let subs = Family::<OrgLabel, Gauge>::default();
-    let retained = Family::<OrgLabel, Gauge>::default();
-    let received = Family::<OrgLabel, Counter>::default();
-    let sent = Family::<OrgLabel, Counter>::default();
-    reg.register("clients_connected", "Connected clients", connected.clone());
-    reg.register("subscriptions", "Subscriptions", subs.clone());
-    reg.register("retained_messages", "Retained messages", retained.clone());
-    reg.register("messages_received", "Messages received from clients", received.clone());
-    reg.register("messages_sent", "Messages sent to clients", sent.clone());
+    let connected: Family<OrgLabel, Gauge> = registered(&mut reg, "clients_connected", "Connected clients");
+    let subs: Family<OrgLabel, Gauge> = registered(&mut reg, "subscriptions", "Subscriptions");
+    let retained: Family<OrgLabel, Gauge> = registered(&mut reg, "retained_messages", "Retained messages");
+    let received: Family<OrgLabel, Counter> =
+        registered(&mut reg, "messages_received", "Messages received from clients");
+    let sent: Family<OrgLabel, Counter> = registered(&mut reg, "messages_sent", "Messages sent to clients");
     for (org, f) in ctl.sys.totals() {
         let l = OrgLabel { org: org.to_string() };
         connected.get_or_create(&l).set(f.connected as i64);
@@ -281,38 +287,25 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
         received.get_or_create(&l).inc_by(f.received);
         sent.get_or_create(&l).inc_by(f.sent);
     }
-    // Quotas: one series per org (and per quota for limits): cardinality = orgs × 7 at most.
-    let slots = Family::<OrgLabel, Gauge>::default();
-    let limit = Family::<QuotaLabel, Gauge>::default();
-    let rate_limited = Family::<OrgLabel, Counter>::default();
-    let conn_refused = Family::<OrgLabel, Counter>::default();
-    let ret_refused = Family::<OrgLabel, Counter>::default();
-    let sub_refused = Family::<OrgLabel, Counter>::default();
-    let stored = Family::<OrgLabel, Gauge>::default();
-    let stored_dropped = Family::<OrgLabel, Counter>::default();
-    reg.register("org_session_storage_bytes", "Bytes held for offline persistent sessions", stored.clone());
-    reg.register(
+    // Quotas: one series per org (and per set limit): at most 14 per org (docs/quotas.md).
+    let slots: Family<OrgLabel, Gauge> =
+        registered(&mut reg, "org_connections", "Connection slots held (exact, all shards)");
+    let limit: Family<QuotaLabel, Gauge> =
+        registered(&mut reg, "org_quota_limit", "Quota limits (absent: unlimited)");
+    let rate_limited: Family<OrgLabel, Counter> =
+        registered(&mut reg, "org_rate_limited", "PUBLISH packets refused or dropped over the org's rate");
+    let conn_refused: Family<OrgLabel, Counter> =
+        registered(&mut reg, "org_connections_refused", "CONNECTs refused at the connection limit");
+    let ret_refused: Family<OrgLabel, Counter> =
+        registered(&mut reg, "org_retained_refused", "Retained publishes not retained over the limit");
+    let sub_refused: Family<OrgLabel, Counter> =
+        registered(&mut reg, "org_subscriptions_refused", "Subscriptions refused over the per-client limit");
+    let stored: Family<OrgLabel, Gauge> =
+        registered(&mut reg, "org_session_storage_bytes", "Bytes held for offline persistent sessions");
+    let stored_dropped: Family<OrgLabel, Counter> = registered(
+        &mut reg,
         "org_session_storage_dropped",
         "Messages dropped over the session storage limit",
-        stored_dropped.clone(),
-    );
-    reg.register("org_connections", "Connection slots held (exact, all shards)", slots.clone());
-    reg.register("org_quota_limit", "Quota limits (absent: unlimited)", limit.clone());
-    reg.register(
-        "org_rate_limited",
-        "PUBLISH packets refused or dropped over the org's rate",
-        rate_limited.clone(),
-    );
-    reg.register("org_connections_refused", "CONNECTs refused at the connection limit", conn_refused.clone());
-    reg.register(
-        "org_retained_refused",
-        "Retained publishes not retained over the limit",
-        ret_refused.clone(),
-    );
-    reg.register(
-        "org_subscriptions_refused",
-        "Subscriptions refused over the per-client limit",
-        sub_refused.clone(),
     );
     let quotas: Vec<(String, Arc<crate::quota::OrgQuota>)> = ctl
         .quotas
