@@ -45,5 +45,5 @@ rep=()
 [ -n "$REPORT" ] && rep=(--report "$REPORT")
 taskset -c 1 target/release/coremq-loadgen noisy-neighbour --port "$PORT" --duration "$DUR" \
     --victim-user lg@victim --victim-password noisy-bench-pw --victim-rate "$VRATE" \
-    --noisy-user lg@noisy --noisy-password noisy-bench-pw --noisy-rate $((QUOTA / 6)) --noisy-pairs 2 \
+    --noisy-user lg@noisy --noisy-password noisy-bench-pw --noisy-rate $((QUOTA / 6)) --noisy-pairs 2 ${NOISY_ARGS:-} \
     --broker-pid "$BPID" --label coremq "${rep[@]}"

@@ -109,3 +109,12 @@ const _: () = assert!(OUTPUT_PRESSURE_BYTES < CONN_OUTPUT_BYTES_MAX);
 /// How long a 3.1.1 connection over its org's message rate stays unread before it tries again
 /// (the shard's 50 ms tick wakes it; a chunk of the rate refills in about 100 ms).
 pub const QUOTA_THROTTLE_MS: u64 = 50;
+
+/// Packets an org may process per shard turn while another org on the shard has work (per-org
+/// fair scheduling, `broker::fair`): bounds how long one org's flood delays another's message
+/// (about this many packets' work per turn) at the cost of one reactor poll per share.
+pub const FAIR_BUDGET: u32 = 128;
+
+/// Longest a shard runs tasks before it polls the kernel for I/O completions, µs (glommio's
+/// preemption timer; its default is 100 ms).
+pub const PREEMPT_US: u64 = 1000;

@@ -67,6 +67,10 @@ pub struct Group {
     pub pubs: Vec<PubSpec>,
     /// Subscribers.
     pub subs: Vec<SubSpec>,
+    /// Run this group's client threads under `SCHED_IDLE`: on a machine where the load
+    /// generator shares a core between groups, a background flood then never delays the
+    /// measured group's sends and receives on the client side.
+    pub background: bool,
 }
 
 /// What one group did.
@@ -182,7 +186,11 @@ pub fn run(
         for (spec, (c, rb)) in g.subs.iter().zip(subs) {
             let expects: Vec<u32> = spec.expects.iter().map(|i| pub_base + *i as u32).collect();
             let ctx = SubCtx { epoch, start, stop: stop_sub.clone(), live: live.clone(), expects };
-            sub_threads.push(std::thread::spawn(move || subscriber(c, rb, ctx)));
+            let background = g.background;
+            sub_threads.push(std::thread::spawn(move || {
+                set_background(background);
+                subscriber(c, rb, ctx)
+            }));
         }
         let per_pub = if g.rate > 0.0 { g.rate / g.pubs.len().max(1) as f64 } else { 0.0 };
         for (i, (spec, (c, rb))) in g.pubs.iter().zip(pubs).enumerate() {
@@ -198,7 +206,11 @@ pub fn run(
                 stop: stop_pub.clone(),
                 live: live.clone(),
             };
-            pub_threads.push(std::thread::spawn(move || publisher(c, rb, ctx)));
+            let background = g.background;
+            pub_threads.push(std::thread::spawn(move || {
+                set_background(background);
+                publisher(c, rb, ctx)
+            }));
         }
         pub_base += g.pubs.len() as u32;
     }
@@ -281,6 +293,19 @@ pub fn run(
         results.push(r);
     }
     Ok(RunResult { elapsed, groups: results })
+}
+
+/// Moves the calling thread to `SCHED_IDLE` (Linux schedules threads individually): it runs
+/// only when no normal thread wants its core.
+fn set_background(on: bool) {
+    if on {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain syscall on the calling thread (pid 0), with a valid parameter.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            eprintln!("warning: SCHED_IDLE refused: {}", std::io::Error::last_os_error());
+        }
+    }
 }
 
 struct PubCtx {

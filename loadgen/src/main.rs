@@ -205,6 +205,15 @@ struct Noisy {
     /// QoS of the noisy flood.
     #[arg(long, default_value_t = 0)]
     noisy_qos: u8,
+    /// Run the noisy clients' threads under SCHED_IDLE: where the load generator has fewer
+    /// cores than clients, keeps the flood's own client threads from adding client-side delay
+    /// to the victim's latency.
+    #[arg(long)]
+    noisy_background: bool,
+    /// The noisy org's topics have no subscribers: a flood that costs the broker CPU (decode,
+    /// route, ACL, quota) but no output, so the broker's own scheduling is what is measured.
+    #[arg(long)]
+    noisy_unsubscribed: bool,
     /// Payload bytes.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -250,6 +259,7 @@ fn group(name: &str, m: &Msg, qos: u8, pubs: Vec<PubSpec>, subs: Vec<SubSpec>) -
         inflight: m.inflight,
         pubs,
         subs,
+        background: false,
     })
 }
 
@@ -370,8 +380,12 @@ fn noisy(a: Noisy) -> Res<()> {
         inflight: 100,
         pubs: vp,
         subs: vs,
+        background: false,
     };
-    let (np, ns) = pairs("lg/noisy", a.noisy_pairs, &noisy_login);
+    let (np, mut ns) = pairs("lg/noisy", a.noisy_pairs, &noisy_login);
+    if a.noisy_unsubscribed {
+        ns.clear();
+    }
     let noisy = Group {
         name: "noisy".into(),
         qos: client::qos(a.noisy_qos)?,
@@ -380,6 +394,7 @@ fn noisy(a: Noisy) -> Res<()> {
         inflight: 100,
         pubs: np,
         subs: ns,
+        background: a.noisy_background,
     };
     let d = Duration::from_secs(c.duration);
     let solo_cpu = CpuMeter::start(c.broker_pid);

@@ -59,21 +59,22 @@ impl ShardCore {
         self.mesh_out.iter().map(|q| q.len()).sum()
     }
 
-    /// Pressure changed (not necessarily gone): paused readers look again; those still
-    /// pressured (same org) register once more.
-    pub fn wake_paused_readers_anyway(&mut self) {
+    /// Output pressure changed (not necessarily gone): readers paused for it look again;
+    /// those still pressured (same org) register once more.
+    pub(crate) fn wake_pressure_paused(&mut self) {
+        for w in self.pressure_paused.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// The mesh backlog went down: readers paused for it may go on (those also under output
+    /// pressure in their org then wait for that separately, so one org's slow subscriber
+    /// never holds back another org's readers).
+    pub fn wake_paused_readers(&mut self) {
         if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
             for w in self.paused_readers.drain(..) {
                 w.wake();
             }
-        }
-    }
-
-    /// The mesh backlog went down: readers paused for backpressure may go on (unless some
-    /// connection still exerts output pressure; its clearing wakes them).
-    pub fn wake_paused_readers(&mut self) {
-        if self.pressure.is_empty() {
-            self.wake_paused_readers_anyway();
         }
     }
 
@@ -362,10 +363,13 @@ impl ShardCore {
             }
             return;
         }
+        let fair = self.fair.join(&key.org);
         let c = self.conn_mut(id).expect("alive");
         let max_packet = c.max_packet; // the listener's, lowered by the org's quota
         c.session = Some(sref);
         c.phase = Phase::Active;
+        debug_assert!(c.fair.is_none(), "a connection logs in once");
+        c.fair = Some(fair);
         let v5 = c.protocol == Some(Protocol::V5);
         let mut props = Properties::default();
         if v5 {

@@ -7,6 +7,7 @@
 //! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
 
 mod claims;
+mod fair;
 mod flow;
 pub mod mesh;
 pub mod msg;
@@ -231,6 +232,10 @@ struct Conn {
     throttled_until_ms: u64,
     /// Largest packet this client may send (listener's, lowered by the org's quota).
     max_packet: u32,
+    /// Its org's share of the shard's turns (set once logged in).
+    fair: Option<fair::FairSlot>,
+    /// Stopped reading because its org spent its share of this turn.
+    fair_yielded: bool,
 }
 
 /// The MQTT 5 Authentication Method for JWTs.
@@ -311,7 +316,13 @@ pub struct ShardCore {
     fanout: Vec<Sub>,
     mesh_out: Vec<VecDeque<MeshMsg>>,
     self_queue: VecDeque<MeshMsg>,
+    /// Readers paused because the mesh backlog is high (woken when it drains).
     paused_readers: Vec<Waker>,
+    /// Readers paused for output pressure in their org, and mesh receivers paused for local
+    /// pressure (woken when a pressured connection clears).
+    pressure_paused: Vec<Waker>,
+    /// Per-org shares of this shard's turns.
+    fair: fair::Fair,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
     /// Bounded by the connection count; usually empty.
     pressure: Vec<ConnId>,
@@ -368,6 +379,8 @@ impl ShardCore {
             fanout: Vec::new(),
             self_queue: VecDeque::new(),
             paused_readers: Vec::new(),
+            pressure_paused: Vec::new(),
+            fair: fair::Fair::default(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
             pressure: Vec::new(),
@@ -413,6 +426,8 @@ impl ShardCore {
             lease: crate::quota::Lease::default(),
             throttled_until_ms: 0,
             max_packet: self.cfg.max_packet_size,
+            fair: None,
+            fair_yielded: false,
             out: BytesMut::new(),
             writer: None,
             reader: None,
@@ -475,6 +490,9 @@ impl ShardCore {
             self.auth.verified(t, None);
         }
         let c = self.conns[id.idx as usize].take().expect("checked above");
+        if let Some(s) = c.fair {
+            self.fair.leave(s);
+        }
         if c.quota_slot {
             if let Some(q) = &c.quota {
                 q.disconnect();
@@ -547,11 +565,33 @@ impl ShardCore {
             self.throttled.push(waker.clone());
             return false;
         }
-        if backlog >= limits::MESH_BACKLOG_PAUSE || pressured {
+        if backlog >= limits::MESH_BACKLOG_PAUSE {
             self.paused_readers.push(waker.clone());
             return false;
         }
+        if pressured {
+            self.pressure_paused.push(waker.clone());
+            return false;
+        }
+        if let Some(slot) = c.fair {
+            let yielded = std::mem::take(&mut c.fair_yielded);
+            if self.fair.must_wait(slot, yielded, waker) {
+                return false;
+            }
+        }
         true
+    }
+
+    /// Whether a reader waits for the next turn (per-org fair scheduling); registers the
+    /// shell's turn task `waker` if not. The shell then lets the reactor poll once and calls
+    /// [`ShardCore::next_turn`].
+    pub fn turn_wanted(&mut self, waker: &Waker) -> bool {
+        self.fair.turn_wanted(waker)
+    }
+
+    /// Starts a new turn: every org's share of the shard is whole again.
+    pub fn next_turn(&mut self) {
+        self.fair.next_turn();
     }
 
     /// Lets 3.1.1 readers throttled by their org's rate look at it again (called every shard
@@ -570,7 +610,7 @@ impl ShardCore {
         if self.pressure.is_empty() {
             return true;
         }
-        self.paused_readers.push(waker.clone());
+        self.pressure_paused.push(waker.clone());
         false
     }
 
@@ -596,8 +636,8 @@ impl ShardCore {
                 i += 1;
             }
         }
-        if any && !self.paused_readers.is_empty() {
-            self.wake_paused_readers_anyway();
+        if any {
+            self.wake_pressure_paused();
         }
     }
 
@@ -624,7 +664,7 @@ impl ShardCore {
             if c.pressure_since.take().is_some() {
                 self.pressure.retain(|p| *p != id);
                 // Readers paused for this connection's org may go on: they look again.
-                self.wake_paused_readers_anyway();
+                self.wake_pressure_paused();
             }
         }
     }
@@ -828,6 +868,17 @@ impl ShardCore {
             self.handle_packet(id, now_ms, packet);
             if self.mesh_backlog() >= limits::MESH_BACKLOG_PAUSE {
                 return ReadVerdict::Wait;
+            }
+            if let Some(c) = self.conn_mut(id) {
+                if let Some(slot) = c.fair {
+                    if self.fair.charge(slot) {
+                        // Its org spent its share of this turn while another org has work.
+                        if let Some(c) = self.conn_mut(id) {
+                            c.fair_yielded = true;
+                        }
+                        return ReadVerdict::Wait;
+                    }
+                }
             }
         }
     }

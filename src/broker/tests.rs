@@ -1,12 +1,13 @@
 //! Shard-core tests on the in-memory cluster with a simulated clock: timers, takeovers and
 //! their races (staged by holding mesh messages), backpressure bounds.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::testing::{Client, Cluster};
-use super::ReadVerdict;
+use super::{ReadVerdict, ShardCore};
 use crate::codec::encode::to_bytes;
 use crate::codec::*;
+use crate::limits;
 
 fn s(x: &str) -> MqStr {
     MqStr::copy_from(x).unwrap()
@@ -323,4 +324,73 @@ fn big_qos0_publish() -> Bytes {
         payload: Bytes::from("x".repeat(10_000)),
     });
     to_bytes(Protocol::V311, &pk)
+}
+
+#[test]
+fn a_flooding_org_yields_the_shard_to_another_org_every_turn() {
+    use std::task::Waker;
+    let budget = limits::FAIR_BUDGET as usize;
+    let mut cl = Cluster::new(1);
+    let (noisy, _) = cl.connect(0, Protocol::V311, "noisy", true, Properties::default());
+    let one = |t: &str| {
+        to_bytes(
+            Protocol::V311,
+            &Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: false,
+                topic: s(t),
+                packet_id: None,
+                props: Properties::default(),
+                payload: Bytes::from_static(b"x"),
+            }),
+        )
+    };
+    let flood: Vec<u8> = (0..10 * budget).flat_map(|_| one("n").to_vec()).collect();
+    // Alone on the shard, an org is never held back: the whole flood in one read.
+    let mut buf = BytesMut::from(&flood[..]);
+    assert_eq!(cl.shards[0].handle_read(noisy.conn, cl.now_ms, &mut buf), ReadVerdict::Continue);
+    assert!(buf.is_empty());
+    cl.set_policy("victim", crate::acl::Policy::permit_all());
+    cl.listener = std::sync::Arc::new(super::ListenerCtx {
+        anonymous_org: Some(std::sync::Arc::from("victim")),
+        transport: "test",
+    });
+    let (vsub, _) = cl.connect(0, Protocol::V311, "vsub", true, Properties::default());
+    subscribe(&mut cl, vsub, "v", QoS::AtMostOnce);
+    let (victim, _) = cl.connect(0, Protocol::V311, "victim", true, Properties::default());
+    let received = |cl: &ShardCore| cl.stats.received as usize;
+    // With the victim org active in this turn, the flood stops at its org's share.
+    cl.send_raw(victim, &one("v"));
+    let before = received(&cl.shards[0]);
+    let mut buf = BytesMut::from(&flood[..]);
+    assert_eq!(cl.shards[0].handle_read(noisy.conn, cl.now_ms, &mut buf), ReadVerdict::Wait);
+    assert!(received(&cl.shards[0]) - before <= budget, "at most one share per turn");
+    assert!(!cl.shards[0].can_read(noisy.conn, cl.now_ms, Waker::noop()), "waits for the next turn");
+    // The victim is read at once, within the same turn.
+    assert!(cl.shards[0].can_read(victim.conn, cl.now_ms, Waker::noop()));
+    cl.send_raw(victim, &one("v"));
+    assert_eq!(payloads(&cl.recv(vsub)).len(), 2);
+    // The shell starts the next turn; the flood goes on where it stopped, nothing lost.
+    assert!(cl.shards[0].turn_wanted(Waker::noop()));
+    cl.shards[0].next_turn();
+    assert!(cl.shards[0].can_read(noisy.conn, cl.now_ms, Waker::noop()));
+    let left = buf.len();
+    assert_eq!(cl.shards[0].handle_read(noisy.conn, cl.now_ms, &mut buf), ReadVerdict::Wait);
+    assert!(buf.len() < left && left - buf.len() <= budget * one("n").len());
+    // The victim went quiet: after one more contended turn the flood runs free again.
+    let mut turns = 0;
+    loop {
+        if !cl.shards[0].can_read(noisy.conn, cl.now_ms, Waker::noop()) {
+            assert!(cl.shards[0].turn_wanted(Waker::noop()));
+            cl.shards[0].next_turn();
+            turns += 1;
+        }
+        if cl.shards[0].handle_read(noisy.conn, cl.now_ms, &mut buf) == ReadVerdict::Continue {
+            break;
+        }
+    }
+    assert_eq!(turns, 1, "one contended turn after the victim's last packet, then free");
+    assert!(buf.is_empty(), "all of the flood processed, nothing dropped");
+    assert_eq!(received(&cl.shards[0]) - before, 10 * budget + 1);
 }
