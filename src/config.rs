@@ -29,6 +29,20 @@ pub struct Config {
     pub sys_interval_ms: u64,
     /// Largest packet accepted.
     pub max_packet_size: u32,
+    /// When stored messaging state reaches the disk (docs/durability.md).
+    pub durability: Durability,
+}
+
+/// `durability`: when writes to the shards' stores reach the disk (docs/durability.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Synced at least every 10 ms (group commit).
+    #[default]
+    Group,
+    /// Synced before each acknowledgement that depends on it.
+    Always,
+    /// Left to the OS: a crash loses what it had not written back.
+    None,
 }
 
 /// `[admin]`: the admin HTTP API (SPEC §8).
@@ -328,6 +342,7 @@ impl Config {
             audit_retention_ms: limits::AUDIT_RETENTION_DEFAULT_MS,
             sys_interval_ms: 10_000,
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
+            durability: Durability::Group,
         }
     }
 
@@ -355,13 +370,16 @@ impl Config {
                 return Err(ConfigError(format!("shards: must be 1..={}, got {n}", limits::SHARDS_MAX)))
             }
         };
-        if let Some(d) = &raw.durability {
-            if !matches!(d.as_str(), "always" | "group" | "none") {
+        let durability = match raw.durability.as_deref() {
+            None | Some("group") => Durability::Group,
+            Some("always") => Durability::Always,
+            Some("none") => Durability::None,
+            Some(d) => {
                 return Err(ConfigError(format!(
                     "durability: expected \"always\", \"group\" or \"none\", got \"{d}\""
-                )));
+                )))
             }
-        }
+        };
         let sys_interval_ms = match raw.sys_interval {
             None => 10_000,
             Some(d) => parse_duration_ms(&d).map_err(|e| ConfigError(format!("sys_interval: {e}")))?,
@@ -543,6 +561,7 @@ impl Config {
             audit_retention_ms,
             sys_interval_ms,
             max_packet_size,
+            durability,
         })
     }
 

@@ -36,4 +36,5 @@ pub mod limits;
 pub mod quota;
 pub mod router;
 pub mod shard;
+pub mod store;
 pub mod transport;

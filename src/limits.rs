@@ -118,3 +118,7 @@ pub const FAIR_BUDGET: u32 = 128;
 /// Longest a shard runs tasks before it polls the kernel for I/O completions, µs (glommio's
 /// preemption timer; its default is 100 ms).
 pub const PREEMPT_US: u64 = 1000;
+
+/// Group commit period (`durability = "group"`): writes to a shard's store are made durable at
+/// least this often, ms.
+pub const GROUP_COMMIT_MS: u64 = 10;

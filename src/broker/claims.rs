@@ -187,7 +187,9 @@ impl ShardCore {
         self.unsubscribe_all(sref);
         let mut s = self.sessions[sref.0 as usize].take().expect("caller checked");
         self.session_free.push(sref.0);
-        self.session_index.remove(&SessionKey { org: s.org.clone(), client_id: s.client_id.clone() });
+        let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
+        self.persist_forget(&key);
+        self.session_index.remove(&key);
         if discard {
             self.uncount_offline(&s.org, &mut s.state);
             if let Some((_, w)) = s.delayed_will {
@@ -360,9 +362,11 @@ impl ShardCore {
                     s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
                 }
                 self.count_offline(sref);
+                self.persist_offline(sref);
             }
             return;
         }
+        self.persist_resumed(sref);
         let fair = self.fair.join(&key.org);
         let c = self.conn_mut(id).expect("alive");
         let max_packet = c.max_packet; // the listener's, lowered by the org's quota

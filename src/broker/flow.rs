@@ -151,6 +151,7 @@ impl ShardCore {
             }
             return;
         }
+        self.persist_retain(org, &owned, seq);
         self.broadcast(|| MeshMsg::Retain { org: org.clone(), msg: owned.clone(), seq });
     }
 
@@ -263,7 +264,7 @@ impl ShardCore {
             return;
         }
         let arc = stored.get_or_insert_with(|| Arc::new(msg.to_owned_copy())).clone();
-        let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect() };
+        let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect(), seq: 0 };
         if conn.is_none() {
             return self.enqueue_offline(sref, d);
         }
@@ -280,16 +281,20 @@ impl ShardCore {
     /// Queues for an offline session, keeping its org's session storage within the quota:
     /// the session's oldest messages go first (counted); a message that cannot fit alone is
     /// dropped itself.
-    fn enqueue_offline(&mut self, sref: SessionRef, d: Delivery) {
+    fn enqueue_offline(&mut self, sref: SessionRef, mut d: Delivery) {
         let org = match self.session(sref) {
             Some(s) => s.org.clone(),
             None => return,
         };
         let quota = self.org_quota(&org);
         let persistent = self.session(sref).is_some_and(|s| s.state.expiry_secs != 0);
+        let mut gone: SmallVec<[Delivery; 2]> = SmallVec::new();
+        self.persist_queued(sref, &mut d);
         let s = self.session_mut(sref).expect("checked above");
         let (Some(q), true) = (quota, persistent) else {
-            s.state.enqueue(d);
+            if let Some(old) = s.state.enqueue(d) {
+                self.persist_unqueued(sref, &old);
+            }
             return;
         };
         let b = d.bytes();
@@ -301,10 +306,15 @@ impl ShardCore {
                 s.state.stored_bytes = s.state.stored_bytes.saturating_sub(ob);
                 s.state.dropped += 1;
                 q.stored_dropped.fetch_add(1, Ordering::Relaxed);
+                gone.push(old);
             }
             if q.stored_bytes.load(Ordering::Relaxed) + b > limit {
                 s.state.dropped += 1;
                 q.stored_dropped.fetch_add(1, Ordering::Relaxed);
+                gone.push(d);
+                for old in gone {
+                    self.persist_unqueued(sref, &old);
+                }
                 return;
             }
         }
@@ -314,6 +324,10 @@ impl ShardCore {
             let ob = old.bytes();
             q.release_bytes(ob);
             s.state.stored_bytes = s.state.stored_bytes.saturating_sub(ob);
+            gone.push(old);
+        }
+        for old in gone {
+            self.persist_unqueued(sref, &old);
         }
     }
 

@@ -11,6 +11,7 @@ mod fair;
 mod flow;
 pub mod mesh;
 pub mod msg;
+pub mod persist;
 pub mod retained;
 pub mod session;
 pub mod sys;
@@ -87,6 +88,8 @@ pub struct CoreConfig {
     pub retain_seq: Arc<AtomicU64>,
     /// Per-shard figures behind `$SYS`.
     pub sys: Arc<SysBoard>,
+    /// Record [`StoreOp`]s for persistent sessions and retained messages (SPEC §7).
+    pub persist: bool,
 }
 
 impl CoreConfig {
@@ -106,6 +109,7 @@ impl CoreConfig {
             unix_epoch_ms: 1_700_000_000_000,
             retain_seq: Arc::new(AtomicU64::new(1)),
             sys: Arc::new(SysBoard::new(n as usize)),
+            persist: false,
         }
     }
 }
@@ -323,6 +327,8 @@ pub struct ShardCore {
     pressure_paused: Vec<Waker>,
     /// Per-org shares of this shard's turns.
     fair: fair::Fair,
+    /// Writes for the shard's store, drained by the shell.
+    store_out: Vec<persist::StoreOp>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
     /// Bounded by the connection count; usually empty.
     pressure: Vec<ConnId>,
@@ -381,6 +387,7 @@ impl ShardCore {
             paused_readers: Vec::new(),
             pressure_paused: Vec::new(),
             fair: fair::Fair::default(),
+            store_out: Vec::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
             pressure: Vec::new(),
@@ -796,8 +803,11 @@ impl ShardCore {
         let s = self.session_mut(sref).expect("session still present");
         if expiry == 0 {
             self.end_session(sref, now_ms);
-        } else if expiry != u32::MAX {
-            s.expires_at_ms = Some(now_ms + expiry as u64 * 1000);
+        } else {
+            if expiry != u32::MAX {
+                s.expires_at_ms = Some(now_ms + expiry as u64 * 1000);
+            }
+            self.persist_offline(sref);
         }
     }
 
@@ -909,8 +919,14 @@ impl ShardCore {
             Packet::PubRec(r) => self.handle_pubrec(id, r),
             Packet::PubRel(r) => self.handle_pubrel(id, r),
             Packet::PubComp(r) => self.handle_puback(id, now_ms, r, true),
-            Packet::Subscribe(s) => self.handle_subscribe(id, now_ms, s),
-            Packet::Unsubscribe(u) => self.handle_unsubscribe(id, now_ms, u),
+            Packet::Subscribe(s) => {
+                self.handle_subscribe(id, now_ms, s);
+                self.persist_conn_meta(id);
+            }
+            Packet::Unsubscribe(u) => {
+                self.handle_unsubscribe(id, now_ms, u);
+                self.persist_conn_meta(id);
+            }
             Packet::PingReq => self.write(id, &Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(id, now_ms, d),
             Packet::Auth(a) => self.handle_auth(id, now_ms, a),

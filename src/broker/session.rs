@@ -42,6 +42,8 @@ pub struct Delivery {
     pub retain: bool,
     /// Subscription identifiers (5.0).
     pub sub_ids: SmallVec<[u32; 2]>,
+    /// Its key in the session's stored queue (0: not stored).
+    pub seq: u64,
 }
 
 /// An outbound message in flight.
@@ -75,6 +77,8 @@ pub struct SessionState {
     pub dropped: u64,
     /// Bytes of this (offline) session counted in its org's session storage.
     pub stored_bytes: u64,
+    /// Last sequence given to a message of its stored queue.
+    pub next_seq: u64,
 }
 
 /// A session living on this shard.

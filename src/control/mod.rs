@@ -151,6 +151,27 @@ pub struct ControlPlane {
     pub requests: flume::Sender<ControlRequest>,
     /// Audit events shards dropped because the queue was full (shown in /metrics).
     pub audit_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The control-plane thread, stopped once the shards have.
+    pub thread: ControlThread,
+}
+
+/// The running control-plane thread.
+#[derive(Debug)]
+pub struct ControlThread {
+    stop: Arc<tokio::sync::Notify>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl ControlThread {
+    /// Records the audit events still queued, syncs the store and ends the thread (after the
+    /// shards stopped, so nothing is written behind its back and the process exits with every
+    /// thread idle).
+    pub fn stop(self) {
+        self.stop.notify_one();
+        if self.handle.join().is_err() {
+            tracing::error!("control-plane thread panicked");
+        }
+    }
 }
 
 /// State shared by the admin API handlers and the background tasks.
@@ -509,12 +530,14 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
     let pool = HashPool::start(threads, crate::limits::HASH_QUEUE_MAX);
     let ctl2 = ctl.clone();
-    std::thread::Builder::new()
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stop2 = stop.clone();
+    let handle = std::thread::Builder::new()
         .name("coremq-control".into())
         .spawn(move || {
             let rt =
                 tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(run(ctl2, admin, audit_rx, req_rx, retention));
+            rt.block_on(run(ctl2, admin, audit_rx, req_rx, retention, stop2));
         })
         .map_err(|e| e.to_string())?;
     if let Some(a) = admin_addr {
@@ -528,6 +551,7 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
         admin_addr,
         requests: req_tx,
         audit_dropped: ctl.audit_dropped.clone(),
+        thread: ControlThread { stop, handle },
     })
 }
 
@@ -537,6 +561,7 @@ async fn run(
     audit_rx: flume::Receiver<Vec<AuditRecord>>,
     req_rx: flume::Receiver<ControlRequest>,
     retention_ms: u64,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     // Key refreshes asked for by shards (unknown kid), and scheduled ones.
     let c = ctl.clone();
@@ -577,8 +602,9 @@ async fn run(
     }
     // Audit events from shards.
     let c = ctl.clone();
+    let rx = audit_rx.clone();
     tokio::spawn(async move {
-        while let Ok(batch) = audit_rx.recv_async().await {
+        while let Ok(batch) = rx.recv_async().await {
             c.audit_batch(batch);
         }
     });
@@ -586,7 +612,19 @@ async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut n = 0u64;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.notified() => {
+                // The shards have stopped: record what they queued last, make it durable.
+                while let Ok(batch) = audit_rx.try_recv() {
+                    ctl.audit_batch(batch);
+                }
+                if let Err(e) = ctl.store.sync() {
+                    tracing::error!(error = %e, "final store sync failed");
+                }
+                return;
+            }
+        }
         n += 1;
         let dirty = std::mem::take(&mut ctl.audit.lock().expect("audit lock").dirty);
         if dirty {

@@ -19,12 +19,15 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use crate::audit::AuditRecord;
 use crate::auth::password::{HashJob, HashPool};
 use crate::broker::mesh::MeshMsg;
+use crate::broker::persist::StoreOp;
 use crate::broker::sys::SysBoard;
 use crate::broker::{AuthJob, ConnId, CoreConfig, ListenerCtx, ShardCore};
 use crate::codec::ReasonCode;
+use crate::config::Durability;
 use crate::config::{Config, Listener};
 use crate::control::{ControlRequest, ShardCommand};
 use crate::limits;
+use crate::store::{RestoredSession, RetainedStore, ShardStore};
 use crate::transport::tls::{self, ReloadingCert};
 
 /// The CPUs this process may run on (taskset, systemd `CPUAffinity=`), as glommio's topology;
@@ -124,6 +127,16 @@ pub(crate) struct Shard {
     audit_tx: flume::Sender<Vec<AuditRecord>>,
     control_tx: flume::Sender<ControlRequest>,
     audit_dropped: Arc<AtomicU64>,
+    /// This shard's database, and the retained-message one (shared).
+    store: Arc<ShardStore>,
+    retained_store: Arc<RetainedStore>,
+    /// Writes taken from the core, applied at the next flush.
+    store_ops: RefCell<Vec<StoreOp>>,
+    /// Writes applied since the last persist.
+    store_dirty: std::cell::Cell<bool>,
+    /// A store write failed: logged once.
+    store_failed: std::cell::Cell<bool>,
+    unix_epoch_ms: u64,
 }
 
 /// What each shard gets from the control plane.
@@ -134,6 +147,11 @@ struct ShardLinks {
     control_tx: flume::Sender<ControlRequest>,
     audit_dropped: Arc<AtomicU64>,
     commands: Arc<Vec<flume::Receiver<ShardCommand>>>,
+    /// The stores and what they held at start (each shard takes its sessions).
+    stores: Arc<Vec<Arc<ShardStore>>>,
+    retained_store: Arc<RetainedStore>,
+    restored: Arc<std::sync::Mutex<Vec<Vec<RestoredSession>>>>,
+    retained_msgs: Arc<Vec<crate::store::StoredRetained>>,
 }
 
 /// A future that completes at `at_ms` (shard clock), with tick resolution (50 ms).
@@ -229,6 +247,37 @@ impl Shard {
 }
 
 impl Shard {
+    /// Applies the core's store writes (staged; durable at the next persist).
+    fn apply_store_ops(&self) {
+        let mut ops = self.store_ops.borrow_mut();
+        self.core.borrow_mut().take_store_ops(&mut ops);
+        if ops.is_empty() {
+            return;
+        }
+        match self.store.apply(&mut ops, &self.retained_store, self.unix_epoch_ms) {
+            Ok(()) => self.store_dirty.set(true),
+            Err(e) => {
+                ops.clear();
+                if !self.store_failed.replace(true) {
+                    tracing::error!(error = %e, "store write failed: messaging state is not being persisted");
+                }
+            }
+        }
+    }
+
+    /// Makes the applied writes durable (on the blocking pool), if any.
+    async fn persist_stores(self: &Rc<Self>) {
+        if !self.store_dirty.replace(false) {
+            return;
+        }
+        let st = self.store.clone();
+        let rs = self.retained_store.clone();
+        let r = glommio::executor().spawn_blocking(move || st.persist().and_then(|()| rs.persist())).await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "store persist failed");
+        }
+    }
+
     /// Hands the audit events raised since the last tick to the control plane, as one batch:
     /// one cross-thread wake-up per tick, not one per event (on a shared core, a wake-up per
     /// CONNECT cost more than the CONNECT).
@@ -247,6 +296,7 @@ impl Shard {
 
     /// Hands password checks to the hashing pool and key refreshes to the control plane.
     fn flush_side(&self) {
+        self.apply_store_ops();
         loop {
             let jobs = {
                 let mut core = self.core.borrow_mut();
@@ -309,6 +359,17 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let sys = Arc::new(SysBoard::new(nr));
     let cp = crate::control::start(&cfg, sys.clone()).map_err(std::io::Error::other)?;
+    let t0 = std::time::Instant::now();
+    let opened = crate::store::open(&cfg.data_dir, nr, cfg.durability, crate::control::unix_now_ms())
+        .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
+    tracing::info!(
+        sessions = opened.sessions.iter().map(Vec::len).sum::<usize>(),
+        queued = opened.sessions.iter().flatten().map(|s| s.queue.len()).sum::<usize>(),
+        retained = opened.retained_msgs.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        durability = ?cfg.durability,
+        "stores loaded"
+    );
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
         max_packet_size: cfg.max_packet_size,
@@ -316,8 +377,9 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         retained_max: limits::RETAINED_PER_ORG_MAX,
         auth: cp.auth.clone(),
         unix_epoch_ms: crate::control::unix_now_ms().saturating_sub(now_ms()),
-        retain_seq: Arc::new(AtomicU64::new(1)),
+        retain_seq: Arc::new(AtomicU64::new(opened.retained_seq + 1)),
         sys,
+        persist: true,
     };
     let links = ShardLinks {
         pool: cp.pool.clone(),
@@ -325,6 +387,10 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         control_tx: cp.requests.clone(),
         audit_dropped: cp.audit_dropped.clone(),
         commands: Arc::new(cp.shard_commands),
+        stores: Arc::new(opened.shards),
+        retained_store: opened.retained,
+        restored: Arc::new(std::sync::Mutex::new(opened.sessions)),
+        retained_msgs: Arc::new(opened.retained_msgs),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
     let cpus = allowed_cpus();
@@ -362,6 +428,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
             Err(e) => failed = Some(std::io::Error::other(e.to_string())),
         }
     }
+    cp.thread.stop();
     match failed {
         Some(e) => Err(e),
         None => {
@@ -384,6 +451,7 @@ async fn shard_main(
     let id = senders.peer_id() as u8;
     let nr_peers = senders.nr_consumers();
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
+    let unix_epoch = core_cfg.unix_epoch_ms;
     let shard = Rc::new(Shard {
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
         senders,
@@ -396,7 +464,38 @@ async fn shard_main(
         audit_tx: links.audit_tx.clone(),
         control_tx: links.control_tx.clone(),
         audit_dropped: links.audit_dropped.clone(),
+        store: links.stores[id as usize].clone(),
+        retained_store: links.retained_store.clone(),
+        store_ops: RefCell::new(Vec::new()),
+        store_dirty: std::cell::Cell::new(false),
+        store_failed: std::cell::Cell::new(false),
+        unix_epoch_ms: unix_epoch,
     });
+    // What the stores held: this shard's sessions (homed here), every retained message.
+    {
+        let restored = std::mem::take(&mut links.restored.lock().expect("restore lock")[id as usize]);
+        let mut core = shard.core.borrow_mut();
+        let now = now_ms();
+        for m in links.retained_msgs.iter() {
+            core.restore_retained(&m.0, m.1.clone(), m.2);
+        }
+        for s in restored {
+            core.restore_session(now, s.key, &s.meta, s.queue);
+        }
+    }
+    shard.flush_mesh();
+    // Group commit: writes are applied at once; a persist every `GROUP_COMMIT_MS` makes them
+    // durable, on the blocking pool (an fsync never runs on the reactor).
+    if shard.store.durability() != Durability::None {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
+                shard.persist_stores().await;
+            }
+        })
+        .detach();
+    }
     // Password verdicts from the hashing pool.
     {
         let shard = shard.clone();
@@ -568,6 +667,10 @@ async fn shard_main(
     while shard.core.borrow().conn_count() > 0 && now_ms() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
+    // Sessions went offline above: their state goes to disk before the process ends.
+    shard.flush_mesh();
+    shard.store_dirty.set(true);
+    shard.persist_stores().await;
     Ok(())
 }
 

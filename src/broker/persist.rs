@@ -1,0 +1,342 @@
+//! What the core asks the store to write (SPEC §7): persistent sessions (subscriptions,
+//! expiry), the messages queued for them while they are offline, and retained messages. The
+//! core stays free of I/O: it records [`StoreOp`]s, the shell applies them to the shard's
+//! fjall database (`crate::store`) and reloads them at start with
+//! [`ShardCore::restore_session`].
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::mesh::SessionKey;
+use super::msg::Msg;
+use super::session::{Delivery, Session, SessionState, SubEntry};
+use super::*;
+use crate::codec::{MqStr, Protocol, QoS, RetainHandling, SubOptions};
+
+/// One write for the shard's store, in the order the core made them.
+#[derive(Debug)]
+pub enum StoreOp {
+    /// Creates or replaces a persistent session's record.
+    Session {
+        /// Whose.
+        key: SessionKey,
+        /// Its subscriptions and expiry.
+        meta: Box<StoredSession>,
+    },
+    /// A message queued for an offline persistent session, under its sequence.
+    Queued {
+        /// Whose.
+        key: SessionKey,
+        /// Position in the session's queue (increasing).
+        seq: u64,
+        /// The message and its per-subscription attributes.
+        delivery: Delivery,
+    },
+    /// A queued message left the queue (dropped for a bound).
+    Unqueued {
+        /// Whose.
+        key: SessionKey,
+        /// Which.
+        seq: u64,
+    },
+    /// The session is online again: its stored queue is no longer needed.
+    ClearQueue {
+        /// Whose.
+        key: SessionKey,
+    },
+    /// The session ended or left this shard: its record and queue go.
+    Forget {
+        /// Whose.
+        key: SessionKey,
+    },
+    /// A retained message set (non-empty payload) or deleted (empty), with its global sequence.
+    Retain {
+        /// Organization.
+        org: Arc<str>,
+        /// Owned copy of the message.
+        msg: Box<Msg>,
+        /// Global retained sequence (the highest wins).
+        seq: u64,
+    },
+}
+
+/// A persistent session's record (JSON in the store; `v` is the format version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    /// Format version (1).
+    pub v: u8,
+    /// Session expiry interval, seconds (`u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// Protocol level of its last connection (4 or 5).
+    pub protocol: u8,
+    /// When it expires if it stays offline (Unix ms), once offline.
+    pub expires_at_unix_ms: Option<u64>,
+    /// Next queue sequence.
+    pub next_seq: u64,
+    /// Subscriptions.
+    pub subs: Vec<StoredSub>,
+}
+
+/// One subscription of a [`StoredSession`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSub {
+    /// Topic filter.
+    pub filter: String,
+    /// Maximum QoS.
+    pub qos: u8,
+    /// No Local.
+    pub nl: bool,
+    /// Retain As Published.
+    pub rap: bool,
+    /// Retain Handling (0..=2).
+    pub rh: u8,
+    /// Subscription identifier.
+    pub id: Option<u32>,
+    /// Deliveries checked against the ACL.
+    pub checked: bool,
+}
+
+fn qos_of(q: u8) -> QoS {
+    match q {
+        2 => QoS::ExactlyOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::AtMostOnce,
+    }
+}
+
+impl StoredSub {
+    fn from_entry(filter: &str, e: &SubEntry) -> StoredSub {
+        StoredSub {
+            filter: filter.to_string(),
+            qos: e.opts.qos as u8,
+            nl: e.opts.no_local,
+            rap: e.opts.retain_as_published,
+            rh: e.opts.retain_handling as u8,
+            id: e.sub_id,
+            checked: e.checked,
+        }
+    }
+
+    fn entry(&self) -> SubEntry {
+        SubEntry {
+            opts: SubOptions {
+                qos: qos_of(self.qos),
+                no_local: self.nl,
+                retain_as_published: self.rap,
+                retain_handling: match self.rh {
+                    1 => RetainHandling::SendIfNew,
+                    2 => RetainHandling::DoNotSend,
+                    _ => RetainHandling::SendAlways,
+                },
+            },
+            sub_id: self.id,
+            checked: self.checked,
+        }
+    }
+}
+
+impl ShardCore {
+    /// Store writes made since the last call, in order.
+    pub fn take_store_ops(&mut self, out: &mut Vec<StoreOp>) {
+        out.append(&mut self.store_out);
+    }
+
+    fn key_of(&self, sref: SessionRef) -> Option<SessionKey> {
+        self.session(sref).map(|s| SessionKey { org: s.org.clone(), client_id: s.client_id.clone() })
+    }
+
+    /// Records a persistent session's subscriptions and expiry (no-op for expiry 0 or without
+    /// a store).
+    pub(super) fn persist_meta(&mut self, sref: SessionRef) {
+        if !self.cfg.persist {
+            return;
+        }
+        let unix = self.cfg.unix_epoch_ms;
+        let Some(s) = self.session(sref) else { return };
+        if s.state.expiry_secs == 0 {
+            return;
+        }
+        let meta = StoredSession {
+            v: 1,
+            expiry_secs: s.state.expiry_secs,
+            protocol: s.state.protocol.map_or(4, |p| p.level()),
+            expires_at_unix_ms: s.expires_at_ms.map(|t| t + unix),
+            next_seq: s.state.next_seq,
+            subs: s.state.subs.iter().map(|(f, e)| StoredSub::from_entry(f, e)).collect(),
+        };
+        let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
+        self.store_out.push(StoreOp::Session { key, meta: Box::new(meta) });
+    }
+
+    /// Records the session of connection `id` (after its subscriptions changed).
+    pub(super) fn persist_conn_meta(&mut self, id: ConnId) {
+        if let Some(sref) = self.conn(id).and_then(|c| c.session) {
+            self.persist_meta(sref);
+        }
+    }
+
+    /// A persistent session went offline: its record, then everything it still holds (in
+    /// flight first, then queued) as its stored queue.
+    pub(super) fn persist_offline(&mut self, sref: SessionRef) {
+        if !self.cfg.persist {
+            return;
+        }
+        let Some(key) = self.key_of(sref) else { return };
+        let Some(s) = self.session_mut(sref) else { return };
+        if s.state.expiry_secs == 0 {
+            return;
+        }
+        let mut ops = Vec::with_capacity(s.state.inflight.len() + s.state.queue.len() + 1);
+        ops.push(StoreOp::ClearQueue { key: key.clone() });
+        let st = &mut s.state;
+        for f in st.inflight.values() {
+            st.next_seq += 1;
+            ops.push(StoreOp::Queued { key: key.clone(), seq: st.next_seq, delivery: f.delivery.clone() });
+        }
+        for d in st.queue.iter_mut() {
+            st.next_seq += 1;
+            d.seq = st.next_seq;
+            ops.push(StoreOp::Queued { key: key.clone(), seq: d.seq, delivery: d.clone() });
+        }
+        self.persist_meta(sref);
+        self.store_out.extend(ops);
+    }
+
+    /// Gives a delivery queued for an offline persistent session its sequence and stores it.
+    pub(super) fn persist_queued(&mut self, sref: SessionRef, d: &mut Delivery) {
+        if !self.cfg.persist {
+            return;
+        }
+        let Some(key) = self.key_of(sref) else { return };
+        let Some(s) = self.session_mut(sref) else { return };
+        if s.state.expiry_secs == 0 {
+            return;
+        }
+        s.state.next_seq += 1;
+        d.seq = s.state.next_seq;
+        self.store_out.push(StoreOp::Queued { key, seq: d.seq, delivery: d.clone() });
+    }
+
+    /// A stored delivery left the queue without being sent (a bound dropped it).
+    pub(super) fn persist_unqueued(&mut self, sref: SessionRef, d: &Delivery) {
+        if !self.cfg.persist || d.seq == 0 {
+            return;
+        }
+        if let Some(key) = self.key_of(sref) {
+            self.store_out.push(StoreOp::Unqueued { key, seq: d.seq });
+        }
+    }
+
+    /// The session is online again on this shard: its record stays, its stored queue goes.
+    pub(super) fn persist_resumed(&mut self, sref: SessionRef) {
+        if !self.cfg.persist {
+            return;
+        }
+        let had_queue = self.session(sref).is_some_and(|s| s.state.next_seq > 0);
+        if let (true, Some(key)) = (had_queue, self.key_of(sref)) {
+            self.store_out.push(StoreOp::ClearQueue { key });
+        }
+        self.persist_meta(sref);
+    }
+
+    /// The session ended or moved to another shard.
+    pub(super) fn persist_forget(&mut self, key: &SessionKey) {
+        if self.cfg.persist {
+            self.store_out.push(StoreOp::Forget { key: key.clone() });
+        }
+    }
+
+    /// A retained write made on this shard.
+    pub(super) fn persist_retain(&mut self, org: &Arc<str>, msg: &Msg, seq: u64) {
+        if self.cfg.persist {
+            self.store_out.push(StoreOp::Retain { org: org.clone(), msg: Box::new(msg.clone()), seq });
+        }
+    }
+
+    /// Restores a stored retained message (at start, before any client connects).
+    pub fn restore_retained(&mut self, org: &Arc<str>, msg: Msg, seq: u64) {
+        self.retained.apply(org, msg, seq, usize::MAX);
+    }
+
+    /// Restores a persistent session from the store as an offline session homed here (at
+    /// start, before any client connects). `queue` is in sequence order; each delivery keeps
+    /// its stored sequence. A session already past its expiry is dropped (and forgotten).
+    pub fn restore_session(
+        &mut self,
+        now_ms: u64,
+        key: SessionKey,
+        meta: &StoredSession,
+        queue: Vec<Delivery>,
+    ) -> bool {
+        let unix_now = self.cfg.unix_epoch_ms + now_ms;
+        let expires_at_ms = match meta.expires_at_unix_ms {
+            Some(t) if t <= unix_now => {
+                self.persist_forget(&key);
+                return false;
+            }
+            Some(t) => Some(t - self.cfg.unix_epoch_ms),
+            // Stored while online (a crash): it went offline at start.
+            None if meta.expiry_secs != u32::MAX => Some(now_ms + meta.expiry_secs as u64 * 1000),
+            None => None,
+        };
+        let mut state = SessionState {
+            expiry_secs: meta.expiry_secs,
+            protocol: Some(if meta.protocol == 5 { Protocol::V5 } else { Protocol::V311 }),
+            next_seq: meta.next_seq.max(queue.last().map_or(0, |d| d.seq)),
+            ..SessionState::default()
+        };
+        for s in &meta.subs {
+            state.subs.insert(s.filter.as_str().into(), s.entry());
+        }
+        state.queue = queue.into();
+        self.next_generation += 1;
+        let generation = (self.next_generation << 8) | self.shard as u64;
+        let session = Session {
+            org: key.org.clone(),
+            client_id: key.client_id.clone(),
+            generation,
+            conn: None,
+            expires_at_ms,
+            delayed_will: None,
+            state,
+            acl: None,
+        };
+        let sref = match self.session_free.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = Some(session);
+                SessionRef(i)
+            }
+            None => {
+                self.sessions.push(Some(session));
+                SessionRef((self.sessions.len() - 1) as u32)
+            }
+        };
+        self.session_index.insert(key.clone(), sref);
+        let nobody = ConnId { idx: u32::MAX, gen: 0 };
+        self.registry.insert(key.clone(), Owner { shard: self.shard, conn: nobody, generation });
+        for s in &meta.subs {
+            let e = s.entry();
+            let ch = self.router.subscribe(
+                &key.org,
+                &s.filter,
+                Sub { session: sref, opts: e.opts, sub_id: e.sub_id, checked: e.checked },
+            );
+            if ch.interest_changed {
+                self.announce(&key.org, &s.filter, true, None);
+            }
+        }
+        self.count_offline(sref);
+        true
+    }
+}
+
+/// Builds a stored delivery (used by the store when it reloads a queue).
+pub fn stored_delivery(msg: Msg, qos: u8, retain: bool, sub_ids: &[u32], seq: u64) -> Delivery {
+    Delivery { msg: Arc::new(msg), qos: qos_of(qos), retain, sub_ids: sub_ids.iter().copied().collect(), seq }
+}
+
+/// A client id from the store.
+pub fn stored_client_id(s: &str) -> Option<MqStr> {
+    MqStr::copy_from(s)
+}

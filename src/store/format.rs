@@ -1,0 +1,194 @@
+//! The stored value formats (version 1), documented in docs/durability.md.
+//!
+//! - Session record: JSON ([`StoredSession`], field `v` = 1).
+//! - Queued message: `1, granted QoS, flags (bit 0: RETAIN to send), n, n × sub id (u32 BE),
+//!   received (Unix ms, u64 BE)`, then the message as an MQTT 5.0 PUBLISH packet.
+//! - Retained message: `1, sequence (u64 BE), received (Unix ms, u64 BE)`, then the PUBLISH.
+//!
+//! Messages are stored as MQTT 5.0 PUBLISH packets so every property survives, and the codec
+//! that validates clients' packets validates stored ones too: a corrupt value is an error, not
+//! a panic.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::msg::Msg;
+use crate::broker::persist::{stored_delivery, StoredSession};
+use crate::broker::session::Delivery;
+use crate::codec::decode::{decode_packet, frame};
+use crate::codec::encode::encode_packet;
+use crate::codec::{Packet, Protocol, Publish, QoS};
+
+const VERSION: u8 = 1;
+
+/// Encodes a session record.
+pub fn encode_session(meta: &StoredSession) -> Vec<u8> {
+    serde_json::to_vec(meta).expect("session records serialize")
+}
+
+/// Decodes a session record.
+pub fn decode_session(v: &[u8]) -> Result<StoredSession, String> {
+    let m: StoredSession = serde_json::from_slice(v).map_err(|e| format!("corrupt session record: {e}"))?;
+    if m.v != VERSION {
+        return Err(format!("session record version {} (this build reads {VERSION})", m.v));
+    }
+    Ok(m)
+}
+
+fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
+    let p = Publish {
+        dup: false,
+        qos: msg.qos,
+        retain: msg.retain,
+        topic: msg.topic.clone(),
+        packet_id: (msg.qos != QoS::AtMostOnce).then(|| std::num::NonZeroU16::new(1).expect("1 is non-zero")),
+        props: msg.props.clone(),
+        payload: msg.payload.clone(),
+    };
+    encode_packet(out, Protocol::V5, &Packet::Publish(p));
+}
+
+/// Decodes a stored PUBLISH; `None` when its message expiry passed while stored. The expiry
+/// interval is lowered by the time spent stored, and the message counts as received now.
+fn decode_publish(raw: &[u8], received_unix_ms: u64, now_unix_ms: u64) -> Result<Option<Msg>, String> {
+    let f = frame(raw, u32::MAX).map_err(|e| format!("corrupt message: {:?}", e.reason))?;
+    let f = f.ok_or("truncated message")?;
+    if f.total() != raw.len() {
+        return Err("corrupt message: trailing bytes".into());
+    }
+    let p = match decode_packet(Bytes::copy_from_slice(raw), &f, Some(Protocol::V5)) {
+        Ok(Packet::Publish(p)) => p,
+        Ok(_) => return Err("corrupt message: not a PUBLISH".into()),
+        Err(e) => return Err(format!("corrupt message: {:?}", e.reason)),
+    };
+    let mut props = p.props;
+    if let Some(secs) = props.message_expiry_interval {
+        let stored = now_unix_ms.saturating_sub(received_unix_ms) / 1000;
+        if stored >= secs as u64 {
+            return Ok(None);
+        }
+        props.message_expiry_interval = Some(secs - stored as u32);
+    }
+    Ok(Some(Msg {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        props,
+        received_ms: crate::shard::now_ms(),
+    }))
+}
+
+/// Encodes a queued delivery (`unix_epoch_ms`: Unix time at the shard clock's zero).
+pub fn encode_delivery(d: &Delivery, unix_epoch_ms: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(16 + d.msg.topic.len() + d.msg.payload.len() + 16);
+    out.extend_from_slice(&[VERSION, d.qos as u8, d.retain as u8, d.sub_ids.len().min(255) as u8]);
+    for id in d.sub_ids.iter().take(255) {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out.extend_from_slice(&(d.msg.received_ms + unix_epoch_ms).to_be_bytes());
+    publish_bytes(&mut out, &d.msg);
+    out.to_vec()
+}
+
+/// Decodes a queued delivery stored under `seq`; `None` if it expired while stored.
+pub fn decode_delivery(v: &[u8], seq: u64, now_unix_ms: u64) -> Result<Option<Delivery>, String> {
+    let [ver, qos, flags, n, rest @ ..] = v else { return Err("truncated queue entry".into()) };
+    if *ver != VERSION {
+        return Err(format!("queue entry version {ver} (this build reads {VERSION})"));
+    }
+    if *qos > 2 || *flags > 1 {
+        return Err("corrupt queue entry header".into());
+    }
+    let ids_len = *n as usize * 4;
+    if rest.len() < ids_len + 8 {
+        return Err("truncated queue entry".into());
+    }
+    let ids: Vec<u32> =
+        rest[..ids_len].chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
+    let received = u64::from_be_bytes(rest[ids_len..ids_len + 8].try_into().expect("8 bytes"));
+    let Some(msg) = decode_publish(&rest[ids_len + 8..], received, now_unix_ms)? else { return Ok(None) };
+    Ok(Some(stored_delivery(msg, *qos, *flags & 1 == 1, &ids, seq)))
+}
+
+/// Encodes a retained message with its global sequence.
+pub fn encode_retained(msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(17 + msg.topic.len() + msg.payload.len() + 16);
+    out.extend_from_slice(&[VERSION]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&(msg.received_ms + unix_epoch_ms).to_be_bytes());
+    publish_bytes(&mut out, msg);
+    out.to_vec()
+}
+
+/// The sequence of a stored retained message, if readable.
+pub fn retained_seq(v: &[u8]) -> Option<u64> {
+    (v.len() >= 9 && v[0] == VERSION).then(|| u64::from_be_bytes(v[1..9].try_into().expect("8 bytes")))
+}
+
+/// Decodes a retained message and its sequence; `None` if it expired while stored.
+pub fn decode_retained(v: &[u8], now_unix_ms: u64) -> Result<Option<(Msg, u64)>, String> {
+    if v.len() < 17 {
+        return Err("truncated retained message".into());
+    }
+    if v[0] != VERSION {
+        return Err(format!("retained message version {} (this build reads {VERSION})", v[0]));
+    }
+    let seq = u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"));
+    let received = u64::from_be_bytes(v[9..17].try_into().expect("8 bytes"));
+    Ok(decode_publish(&v[17..], received, now_unix_ms)?.map(|m| (m, seq)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{MqStr, Properties};
+
+    fn msg(expiry: Option<u32>) -> Msg {
+        Msg {
+            topic: MqStr::copy_from("a/b").unwrap(),
+            payload: Bytes::from_static(b"hello"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            props: Properties { message_expiry_interval: expiry, ..Properties::default() },
+            received_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_queued_delivery_round_trips_with_its_attributes() {
+        let d = stored_delivery(msg(None), 1, true, &[7, 9], 42);
+        let v = encode_delivery(&d, 1_700_000_000_000);
+        let back = decode_delivery(&v, 42, 1_700_000_005_000).unwrap().unwrap();
+        assert_eq!(back.msg.topic.as_str(), "a/b");
+        assert_eq!(&back.msg.payload[..], b"hello");
+        assert_eq!((back.qos, back.retain, back.seq), (QoS::AtLeastOnce, true, 42));
+        assert_eq!(&back.sub_ids[..], &[7, 9]);
+    }
+
+    #[test]
+    fn message_expiry_counts_the_time_spent_stored() {
+        let d = stored_delivery(msg(Some(10)), 1, false, &[], 1);
+        let v = encode_delivery(&d, 1_700_000_000_000); // received at ...001_000
+        let left = decode_delivery(&v, 1, 1_700_000_005_000).unwrap().unwrap();
+        assert_eq!(left.msg.props.message_expiry_interval, Some(6));
+        assert!(decode_delivery(&v, 1, 1_700_000_011_000).unwrap().is_none(), "expired while stored");
+    }
+
+    #[test]
+    fn corrupt_and_truncated_values_are_errors_not_panics() {
+        let d = stored_delivery(msg(None), 1, false, &[1], 1);
+        let v = encode_delivery(&d, 0);
+        for cut in 0..v.len() {
+            assert!(decode_delivery(&v[..cut], 1, 0).is_err(), "cut at {cut}");
+        }
+        let mut bad = v.clone();
+        bad[0] = 9;
+        assert!(decode_delivery(&bad, 1, 0).unwrap_err().contains("version"));
+        let r = encode_retained(&msg(None), 5, 0);
+        assert_eq!(retained_seq(&r), Some(5));
+        for cut in 0..r.len() {
+            assert!(decode_retained(&r[..cut], 0).is_err(), "cut at {cut}");
+        }
+        assert!(decode_session(b"{not json").is_err());
+    }
+}

@@ -1,0 +1,358 @@
+//! Durable messaging state (SPEC §7): one fjall database per shard under
+//! `data_dir/shards/<n>` holding persistent sessions (`sessions`: record per `org \0
+//! client_id`) and the queues of offline ones (`queue`: `org \0 client_id \0 seq`, big-endian
+//! sequence, so one session's queue is one prefix scan in order), and one database for retained
+//! messages under `data_dir/retained` (`org \0 topic` -> sequence + message; written by
+//! whichever shard received the publish, the highest sequence wins).
+//!
+//! The shard's core records [`StoreOp`]s; the shell applies them at once ([`ShardStore::apply`],
+//! memtable and journal buffer) and makes them durable per the `durability` mode
+//! ([`ShardStore::persist`] on glommio's blocking pool). At start, [`open`] reads every shard
+//! database (also those of a different shard count), moves each session to the database of its
+//! home shard, and hands each shard its sessions and every shard the retained messages.
+
+pub mod format;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use crate::broker::home_shard;
+use crate::broker::mesh::SessionKey;
+use crate::broker::msg::Msg;
+use crate::broker::persist::{StoreOp, StoredSession};
+use crate::broker::session::Delivery;
+use crate::config::Durability;
+
+/// A storage failure, naming the database and what was being done.
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn ctx(what: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
+/// `org \0 client_id`.
+fn session_key(key: &SessionKey) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.org.len() + key.client_id.len() + 1);
+    k.extend_from_slice(key.org.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.client_id.as_str().as_bytes());
+    k
+}
+
+/// `org \0 client_id \0` (the prefix of the session's queue).
+fn queue_prefix(key: &SessionKey) -> Vec<u8> {
+    let mut k = session_key(key);
+    k.push(0);
+    k
+}
+
+fn queue_key(key: &SessionKey, seq: u64) -> Vec<u8> {
+    let mut k = queue_prefix(key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn split_key(k: &[u8]) -> Option<(&str, &str)> {
+    let i = k.iter().position(|b| *b == 0)?;
+    Some((std::str::from_utf8(&k[..i]).ok()?, std::str::from_utf8(&k[i + 1..]).ok()?))
+}
+
+/// One shard's database.
+pub struct ShardStore {
+    dir: PathBuf,
+    db: Database,
+    sessions: Keyspace,
+    queue: Keyspace,
+    durability: Durability,
+}
+
+impl std::fmt::Debug for ShardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ShardStore({})", self.dir.display())
+    }
+}
+
+/// The retained-message database, shared by all shards.
+pub struct RetainedStore {
+    db: Database,
+    ks: Keyspace,
+    /// Serializes compare-by-sequence writes from different shards.
+    write: Mutex<()>,
+}
+
+impl std::fmt::Debug for RetainedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetainedStore(..)")
+    }
+}
+
+fn open_db(dir: &Path) -> Result<Database, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError(format!("{}: cannot create: {e}", dir.display())))?;
+    Database::builder(dir)
+        .worker_threads(1)
+        .manual_journal_persist(true)
+        .open()
+        .map_err(|e| StoreError(format!("{}: cannot open: {e}", dir.display())))
+}
+
+impl ShardStore {
+    fn open(dir: &Path, durability: Durability) -> Result<ShardStore, StoreError> {
+        let db = open_db(dir)?;
+        let what = dir.display().to_string();
+        Ok(ShardStore {
+            sessions: db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
+            queue: db.keyspace("queue", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
+            db,
+            dir: dir.to_path_buf(),
+            durability,
+        })
+    }
+
+    /// The `durability` mode it runs under.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// Applies the core's writes (staged: in the memtable and the journal's buffer).
+    pub fn apply(
+        &self,
+        ops: &mut Vec<StoreOp>,
+        retained: &RetainedStore,
+        unix_epoch_ms: u64,
+    ) -> Result<(), StoreError> {
+        let what = self.dir.display().to_string();
+        let mut batch = self.db.batch();
+        for op in ops.drain(..) {
+            match op {
+                StoreOp::Session { key, meta } => {
+                    batch.insert(&self.sessions, session_key(&key), format::encode_session(&meta));
+                }
+                StoreOp::Queued { key, seq, delivery } => {
+                    batch.insert(
+                        &self.queue,
+                        queue_key(&key, seq),
+                        format::encode_delivery(&delivery, unix_epoch_ms),
+                    );
+                }
+                StoreOp::Unqueued { key, seq } => batch.remove(&self.queue, queue_key(&key, seq)),
+                StoreOp::ClearQueue { key } => {
+                    // Committed first: the range is read from the tree, which must hold what
+                    // this batch queued before.
+                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
+                    self.clear_queue(&key)?;
+                }
+                StoreOp::Forget { key } => {
+                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
+                    self.sessions.remove(session_key(&key)).map_err(ctx(&what))?;
+                    self.clear_queue(&key)?;
+                }
+                StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
+            }
+        }
+        batch.commit().map_err(ctx(&what))
+    }
+
+    fn clear_queue(&self, key: &SessionKey) -> Result<(), StoreError> {
+        let what = self.dir.display().to_string();
+        let keys: Vec<_> = self
+            .queue
+            .prefix(queue_prefix(key))
+            .map(|g| g.key())
+            .collect::<Result<_, _>>()
+            .map_err(ctx(&what))?;
+        let mut batch = self.db.batch();
+        for k in keys {
+            batch.remove(&self.queue, k);
+        }
+        batch.commit().map_err(ctx(&what))
+    }
+
+    /// Makes every applied write durable (`fsync` of the journal); blocking.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData).map_err(ctx(&self.dir.display().to_string()))
+    }
+
+    /// Every stored session with its queue (in sequence order).
+    fn read_all(&self, now_unix_ms: u64) -> Result<Vec<RestoredSession>, StoreError> {
+        let what = self.dir.display().to_string();
+        let mut out = Vec::new();
+        for g in self.sessions.iter() {
+            let (k, v) = g.into_inner().map_err(ctx(&what))?;
+            let (org, cid) =
+                split_key(&k).ok_or_else(|| StoreError(format!("{what}: corrupt session key")))?;
+            let meta = format::decode_session(&v)
+                .map_err(|e| StoreError(format!("{what}: session {org}/{cid}: {e}")))?;
+            let client_id = crate::broker::persist::stored_client_id(cid)
+                .ok_or_else(|| StoreError(format!("{what}: corrupt client id")))?;
+            let key = SessionKey { org: Arc::from(org), client_id };
+            let mut queue = Vec::new();
+            for g in self.queue.prefix(queue_prefix(&key)) {
+                let (k, v) = g.into_inner().map_err(ctx(&what))?;
+                let seq =
+                    k.len().checked_sub(8).map(|i| u64::from_be_bytes(k[i..].try_into().expect("8 bytes")));
+                let seq = seq.ok_or_else(|| StoreError(format!("{what}: corrupt queue key")))?;
+                match format::decode_delivery(&v, seq, now_unix_ms) {
+                    Ok(Some(d)) => queue.push(d),
+                    Ok(None) => {} // expired while stored
+                    Err(e) => return Err(StoreError(format!("{what}: queued message of {org}/{cid}: {e}"))),
+                }
+            }
+            out.push(RestoredSession { key, meta, queue });
+        }
+        Ok(out)
+    }
+
+    fn write_session(&self, s: &RestoredSession, unix_epoch_ms: u64) -> Result<(), StoreError> {
+        let what = self.dir.display().to_string();
+        let mut batch = self.db.batch();
+        batch.insert(&self.sessions, session_key(&s.key), format::encode_session(&s.meta));
+        for d in &s.queue {
+            batch.insert(&self.queue, queue_key(&s.key, d.seq), format::encode_delivery(d, unix_epoch_ms));
+        }
+        batch.commit().map_err(ctx(&what))
+    }
+
+    fn forget(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.sessions.remove(session_key(key)).map_err(ctx(&self.dir.display().to_string()))?;
+        self.clear_queue(key)
+    }
+}
+
+impl RetainedStore {
+    fn open(dir: &Path) -> Result<RetainedStore, StoreError> {
+        let db = open_db(dir)?;
+        let ks = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(ctx("retained store"))?;
+        Ok(RetainedStore { db, ks, write: Mutex::new(()) })
+    }
+
+    /// Stores (or, for an empty payload, deletes) a retained message unless a newer write is
+    /// already stored.
+    fn put(&self, org: &str, msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Result<(), StoreError> {
+        let mut k = Vec::with_capacity(org.len() + 1 + msg.topic.len());
+        k.extend_from_slice(org.as_bytes());
+        k.push(0);
+        k.extend_from_slice(msg.topic.as_str().as_bytes());
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = self.ks.get(&k).map_err(ctx("retained store"))? {
+            if format::retained_seq(&old).is_some_and(|s| s >= seq) {
+                return Ok(());
+            }
+        }
+        if msg.payload.is_empty() {
+            self.ks.remove(k).map_err(ctx("retained store"))
+        } else {
+            self.ks.insert(k, format::encode_retained(msg, seq, unix_epoch_ms)).map_err(ctx("retained store"))
+        }
+    }
+
+    /// Makes retained writes durable; blocking.
+    pub fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData).map_err(ctx("retained store"))
+    }
+
+    fn read_all(&self, now_unix_ms: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
+        let mut out = Vec::new();
+        let mut max = 0;
+        for g in self.ks.iter() {
+            let (k, v) = g.into_inner().map_err(ctx("retained store"))?;
+            let (org, _) = split_key(&k).ok_or_else(|| StoreError("retained store: corrupt key".into()))?;
+            match format::decode_retained(&v, now_unix_ms) {
+                Ok(Some((msg, seq))) => {
+                    max = max.max(seq);
+                    out.push((Arc::from(org), msg, seq));
+                }
+                Ok(None) => {} // expired while stored
+                Err(e) => return Err(StoreError(format!("retained store: {org}: {e}"))),
+            }
+        }
+        Ok((out, max))
+    }
+}
+
+/// A retained message read back at start: org, message, sequence.
+pub type StoredRetained = (Arc<str>, Msg, u64);
+
+/// A session read back at start.
+#[derive(Debug)]
+pub struct RestoredSession {
+    /// Whose.
+    pub key: SessionKey,
+    /// Its record.
+    pub meta: StoredSession,
+    /// Its queue, in order (expired messages left out).
+    pub queue: Vec<Delivery>,
+}
+
+/// The stores, opened, with what they held at start.
+#[derive(Debug)]
+pub struct Opened {
+    /// One per shard.
+    pub shards: Vec<Arc<ShardStore>>,
+    /// Shared by all shards.
+    pub retained: Arc<RetainedStore>,
+    /// Sessions per home shard.
+    pub sessions: Vec<Vec<RestoredSession>>,
+    /// Retained messages (org, message, sequence).
+    pub retained_msgs: Vec<StoredRetained>,
+    /// Highest retained sequence stored (new writes continue above it).
+    pub retained_seq: u64,
+}
+
+/// Opens the stores under `data_dir` for `nr` shards, reads them back, and moves sessions whose
+/// home shard changed (a different shard count) into their new home's database.
+pub fn open(
+    data_dir: &Path,
+    nr: usize,
+    durability: Durability,
+    unix_now_ms: u64,
+) -> Result<Opened, StoreError> {
+    let root = data_dir.join("shards");
+    let mut dirs: Vec<(usize, PathBuf)> = (0..nr).map(|i| (i, root.join(i.to_string()))).collect();
+    if let Ok(rd) = std::fs::read_dir(&root) {
+        for e in rd.flatten() {
+            if let Some(i) = e.file_name().to_str().and_then(|n| n.parse::<usize>().ok()) {
+                if i >= nr {
+                    dirs.push((i, e.path()));
+                }
+            }
+        }
+    }
+    let mut stores = Vec::new();
+    for (_, d) in &dirs {
+        stores.push(Arc::new(ShardStore::open(d, durability)?));
+    }
+    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"))?);
+    let unix_epoch_ms = unix_now_ms.saturating_sub(crate::shard::now_ms());
+    let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
+    let mut moved = false;
+    for (i, st) in stores.iter().enumerate() {
+        for s in st.read_all(unix_now_ms)? {
+            let home = home_shard(&s.key, nr as u8) as usize;
+            if home != i {
+                stores[home].write_session(&s, unix_epoch_ms)?;
+                st.forget(&s.key)?;
+                moved = true;
+            }
+            sessions[home].push(s);
+        }
+    }
+    if moved {
+        for st in &stores {
+            st.persist()?;
+        }
+    }
+    let (retained_msgs, retained_seq) = retained.read_all(unix_now_ms)?;
+    stores.truncate(nr);
+    Ok(Opened { shards: stores, retained, sessions, retained_msgs, retained_seq })
+}
