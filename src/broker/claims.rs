@@ -12,6 +12,20 @@ impl ShardCore {
         self.sessions.get(s.0 as usize)?.as_ref()
     }
 
+    /// Puts a session into a free slot of the session table.
+    pub(super) fn insert_session(&mut self, session: Session) -> SessionRef {
+        match self.session_free.pop() {
+            Some(i) => {
+                self.sessions[i as usize] = Some(session);
+                SessionRef(i)
+            }
+            None => {
+                self.sessions.push(Some(session));
+                SessionRef((self.sessions.len() - 1) as u32)
+            }
+        }
+    }
+
     /// Sends a mesh message (to ourselves through a local queue, so handlers never re-enter).
     pub(super) fn send(&mut self, to: u8, msg: MeshMsg) {
         if to == self.shard {
@@ -302,16 +316,7 @@ impl ShardCore {
             state: st,
             acl: None,
         };
-        let sref = match self.session_free.pop() {
-            Some(i) => {
-                self.sessions[i as usize] = Some(session);
-                SessionRef(i)
-            }
-            None => {
-                self.sessions.push(Some(session));
-                SessionRef((self.sessions.len() - 1) as u32)
-            }
-        };
+        let sref = self.insert_session(session);
         self.session_index.insert(key.clone(), sref);
         // The session now belongs to this connection's identity: what it may not subscribe to
         // any more is dropped before it is restored.

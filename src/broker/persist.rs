@@ -302,16 +302,7 @@ impl ShardCore {
             state,
             acl: None,
         };
-        let sref = match self.session_free.pop() {
-            Some(i) => {
-                self.sessions[i as usize] = Some(session);
-                SessionRef(i)
-            }
-            None => {
-                self.sessions.push(Some(session));
-                SessionRef((self.sessions.len() - 1) as u32)
-            }
-        };
+        let sref = self.insert_session(session);
         self.session_index.insert(key.clone(), sref);
         let nobody = ConnId { idx: u32::MAX, gen: 0 };
         self.registry.insert(key.clone(), Owner { shard: self.shard, conn: nobody, generation });

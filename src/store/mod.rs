@@ -25,17 +25,7 @@ use crate::broker::persist::{StoreOp, StoredSession};
 use crate::broker::session::Delivery;
 use crate::config::Durability;
 
-/// A storage failure, naming the database and what was being done.
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
+pub use crate::control::store::StoreError;
 
 fn ctx(what: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {e}"))
@@ -336,16 +326,20 @@ pub fn open(
     let unix_epoch_ms = unix_now_ms.saturating_sub(crate::shard::now_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
     let mut moved = false;
+    // Read everything first: a session moved into a database not read yet must not be read
+    // twice.
+    let mut all = Vec::new();
     for (i, st) in stores.iter().enumerate() {
-        for s in st.read_all(unix_now_ms)? {
-            let home = home_shard(&s.key, nr as u8) as usize;
-            if home != i {
-                stores[home].write_session(&s, unix_epoch_ms)?;
-                st.forget(&s.key)?;
-                moved = true;
-            }
-            sessions[home].push(s);
+        all.extend(st.read_all(unix_now_ms)?.into_iter().map(|s| (i, s)));
+    }
+    for (i, s) in all {
+        let home = home_shard(&s.key, nr as u8) as usize;
+        if home != i {
+            stores[home].write_session(&s, unix_epoch_ms)?;
+            stores[i].forget(&s.key)?;
+            moved = true;
         }
+        sessions[home].push(s);
     }
     if moved {
         for st in &stores {

@@ -1,0 +1,131 @@
+"""Durable messaging state (issue 8): persistent sessions, their offline queues and retained
+messages survive a restart of the real broker process; paho-mqtt (3.1.1 and 5.0) and
+mosquitto_sub -c as independent clients."""
+import subprocess
+import time
+
+import pytest
+
+from conftest import Broker, Client, V311, V5, connect_props, publish_props
+
+
+@pytest.fixture
+def db():
+    b = Broker(shards=2)
+    yield b
+    assert b.stop() == 0, b.logs()
+
+
+def restart(b, shards=None):
+    assert b.stop() == 0, b.logs()
+    if shards is not None:
+        with open(b.config) as f:
+            text = f.read()
+        with open(b.config, "w") as f:
+            f.write(text.replace("shards = 2", f"shards = {shards}"))
+    b.start()
+
+
+def payloads(msgs):
+    return [m.payload.decode() for m in msgs]
+
+
+@pytest.mark.parametrize("protocol", [V311, V5])
+def test_an_offline_sessions_queue_survives_a_restart_in_order(db, protocol):
+    props = connect_props(SessionExpiryInterval=600) if protocol == V5 else None
+    sub = Client(db.port, "keeper", protocol=protocol, clean=False, props=props)
+    sub.subscribe("d/#", qos=1)
+    sub.disconnect()
+    pub = Client(db.port, "pub", protocol=protocol)
+    for i in range(20):
+        pub.publish("d/x", f"m{i}", qos=1)
+    pub.disconnect()
+    restart(db)
+    assert "stores loaded" in db.logs() and "sessions=1 queued=20" in db.logs(), db.logs()[-2000:]
+    sub = Client(db.port, "keeper", protocol=protocol, clean=False, props=props)
+    assert sub.connack[0] == 1, "session present after the restart"
+    assert payloads(sub.expect(20)) == [f"m{i}" for i in range(20)]
+    # Its subscription came back too: new messages still arrive.
+    pub = Client(db.port, "pub2", protocol=protocol)
+    pub.publish("d/y", "after", qos=1)
+    assert payloads(sub.expect(21))[-1] == "after"
+    assert sub.quiet(0.3) == [], "nothing delivered twice"
+    sub.disconnect()
+    pub.disconnect()
+
+
+def test_mosquitto_sub_with_a_fixed_client_id_resumes_across_a_restart(db):
+    base = ["mosquitto_sub", "-p", str(db.port), "-c", "-i", "msub", "-q", "1", "-t", "s/#", "-v"]
+    subprocess.run(base + ["-W", "1"], capture_output=True, timeout=10)  # subscribe, go offline
+    for i in range(3):
+        subprocess.run(["mosquitto_pub", "-p", str(db.port), "-q", "1", "-t", f"s/{i}", "-m", f"v{i}"],
+                       check=True, timeout=10)
+    restart(db)
+    r = subprocess.run(base + ["-C", "3", "-W", "5"], capture_output=True, text=True, timeout=15)
+    assert r.stdout.split("\n")[:3] == ["s/0 v0", "s/1 v1", "s/2 v2"], r.stdout + r.stderr
+
+
+def test_retained_messages_survive_and_deletes_stay_deleted(db):
+    pub = Client(db.port, "rpub", protocol=V5)
+    pub.publish("r/kept", "k1", qos=1, retain=True)
+    pub.publish("r/kept", "k2", qos=1, retain=True)  # replaces k1
+    pub.publish("r/gone", "g", qos=1, retain=True)
+    pub.publish("r/gone", b"", qos=1, retain=True)  # deletes it
+    pub.publish("r/expiring", "e", qos=1, retain=True, props=publish_props(MessageExpiryInterval=1))
+    pub.disconnect()
+    restart(db)
+    time.sleep(1.2)  # the expiring one's interval passes (downtime counts)
+    sub = Client(db.port, "rsub", protocol=V5)
+    sub.subscribe("r/#", qos=1)
+    got = sub.quiet(0.5) + sub.messages
+    assert sorted({(m.topic, m.payload.decode()) for m in got}) == [("r/kept", "k2")]
+    # New retained writes after the restart win over what was stored before it.
+    pub = Client(db.port, "rpub2")
+    pub.publish("r/kept", "k3", qos=1, retain=True)
+    restart(db)
+    sub = Client(db.port, "rsub2")
+    sub.subscribe("r/kept", qos=1)
+    assert payloads(sub.expect(1)) == ["k3"]
+
+
+def test_session_expiry_counts_the_time_the_broker_was_down(db):
+    sub = Client(db.port, "short", protocol=V5, clean=False, props=connect_props(SessionExpiryInterval=2))
+    sub.subscribe("x/#", qos=1)
+    sub.disconnect()
+    assert db.stop() == 0
+    time.sleep(2.5)
+    db.start()
+    again = Client(db.port, "short", protocol=V5, clean=False, props=connect_props(SessionExpiryInterval=2))
+    assert again.connack[0] == 0, "expired while the broker was down"
+    again.disconnect()
+
+
+def test_a_session_is_found_after_the_shard_count_changes(db):
+    ids = [f"move-{i}" for i in range(8)]  # some land on a different home shard with 3 shards
+    for cid in ids:
+        c = Client(db.port, cid, clean=False)
+        c.subscribe(f"m/{cid}", qos=1)
+        c.disconnect()
+    pub = Client(db.port, "mpub")
+    for cid in ids:
+        pub.publish(f"m/{cid}", f"for {cid}", qos=1)
+    pub.disconnect()
+    restart(db, shards=3)
+    for cid in ids:
+        c = Client(db.port, cid, clean=False)
+        assert c.connack[0] == 1, cid
+        assert payloads(c.expect(1)) == [f"for {cid}"]
+        c.disconnect()
+    restart(db, shards=2)  # and back
+    c = Client(db.port, ids[0], clean=False)
+    assert c.connack[0] == 1
+    c.disconnect()
+
+
+def test_a_clean_session_leaves_nothing_stored(db):
+    c = Client(db.port, "temp", clean=False)
+    c.subscribe("t/#", qos=1)
+    c.disconnect()
+    Client(db.port, "temp", clean=True).disconnect()  # discards the session
+    restart(db)
+    assert "sessions=0" in db.logs(), db.logs()[-1500:]
