@@ -115,10 +115,6 @@ pub const QUOTA_THROTTLE_MS: u64 = 50;
 /// (about this many packets' work per turn) at the cost of one reactor poll per share.
 pub const FAIR_BUDGET: u32 = 128;
 
-/// Longest a shard runs tasks before it polls the kernel for I/O completions, µs (glommio's
-/// preemption timer; its default is 100 ms).
-pub const PREEMPT_US: u64 = 1000;
-
 /// Group commit period (`durability = "group"`): writes to a shard's store are made durable at
 /// least this often, ms.
 pub const GROUP_COMMIT_MS: u64 = 10;

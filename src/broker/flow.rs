@@ -56,10 +56,12 @@ impl ShardCore {
             self.quota_hit(id, now_ms, "messages_per_minute");
             match (p.qos, p.packet_id) {
                 (QoS::AtLeastOnce, Some(pid)) => {
-                    self.write(id, &Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)))
+                    let seq = self.store_seq();
+                    self.ack(id, Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq)
                 }
                 (QoS::ExactlyOnce, Some(pid)) => {
-                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)))
+                    let seq = self.store_seq();
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq)
                 }
                 _ => {}
             }
@@ -80,34 +82,44 @@ impl ShardCore {
             reason_string: if retained_full { MqStr::copy_from(RETAINED_FULL) } else { None },
             ..Properties::default()
         };
-        match p.qos {
-            QoS::AtMostOnce => {}
+        // The acknowledgement goes out after routing: with durability gating it waits for the
+        // store writes routing made (offline queues, retained) to reach the disk.
+        let since = self.store_seq();
+        let ack = match p.qos {
+            QoS::AtMostOnce => None,
             QoS::AtLeastOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
                 let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
-                self.write(id, &Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props() }));
+                Some(Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props() }))
             }
             QoS::ExactlyOnce => {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
                 let st = &mut self.session_mut(sref).expect("live session").state;
                 if denied {
-                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)));
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)), since);
                     return;
                 }
                 if st.inbound_qos2.contains(&pid.get()) {
                     // A resend of a message we already have: acknowledge, do not deliver twice.
-                    self.write(id, &Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)));
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)), since);
                     return;
                 }
                 if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
                     return self.close_conn(id, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), now_ms);
                 }
                 st.inbound_qos2.insert(pid.get());
-                let rec = PubResp { packet_id: pid, reason: ReasonCode::SUCCESS, props: ack_props() };
-                self.write(id, &Packet::PubRec(rec));
+                self.persist_qos2(sref, pid.get(), true);
+                Some(Packet::PubRec(PubResp {
+                    packet_id: pid,
+                    reason: ReasonCode::SUCCESS,
+                    props: ack_props(),
+                }))
             }
-        }
+        };
         if denied {
+            if let Some(a) = ack {
+                self.ack(id, a, since);
+            }
             return;
         }
         let _ = v;
@@ -123,6 +135,9 @@ impl ShardCore {
             self.apply_retain(&org, &msg);
         }
         self.route(&org, &msg, Some(sref), false, now_ms);
+        if let Some(a) = ack {
+            self.ack(id, a, since);
+        }
     }
 
     /// Whether the ACL of session `sref` lets a message on `topic` through a subscription that
@@ -482,13 +497,17 @@ impl ShardCore {
 
     pub(super) fn handle_pubrel(&mut self, id: ConnId, r: PubResp) {
         let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let since = self.store_seq();
         let st = &mut self.session_mut(sref).expect("live session").state;
         let reason = if st.inbound_qos2.remove(&r.packet_id.get()) {
+            // Durable before PUBCOMP: a release lost in a crash would make the id's next
+            // message look like a resend.
+            self.persist_qos2(sref, r.packet_id.get(), false);
             ReasonCode::SUCCESS
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.write(id, &Packet::PubComp(pubresp(r.packet_id, reason)));
+        self.ack(id, Packet::PubComp(pubresp(r.packet_id, reason)), since);
     }
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, now_ms: u64, s: Subscribe) {

@@ -90,6 +90,9 @@ pub struct CoreConfig {
     pub sys: Arc<SysBoard>,
     /// Record [`StoreOp`]s for persistent sessions and retained messages (SPEC §7).
     pub persist: bool,
+    /// Hold PUBACK/PUBREC/PUBCOMP until the store writes they depend on are durable
+    /// (`durability` group or always).
+    pub gate_acks: bool,
 }
 
 impl CoreConfig {
@@ -110,6 +113,7 @@ impl CoreConfig {
             retain_seq: Arc::new(AtomicU64::new(1)),
             sys: Arc::new(SysBoard::new(n as usize)),
             persist: false,
+            gate_acks: false,
         }
     }
 }
@@ -240,6 +244,8 @@ struct Conn {
     fair: Option<fair::FairSlot>,
     /// Stopped reading because its org spent its share of this turn.
     fair_yielded: bool,
+    /// Its acknowledgements held for durability (later ones wait behind them).
+    held_acks: u32,
 }
 
 /// The MQTT 5 Authentication Method for JWTs.
@@ -327,8 +333,11 @@ pub struct ShardCore {
     pressure_paused: Vec<Waker>,
     /// Per-org shares of this shard's turns.
     fair: fair::Fair,
-    /// Writes for the shard's store, drained by the shell.
+    /// Writes for the shard's store, drained by the shell, and the sequence of the last one.
     store_out: Vec<persist::StoreOp>,
+    store_seq: u64,
+    /// Acknowledgements waiting for store writes to be durable: (write sequence, to, ack).
+    held_acks: VecDeque<(u64, ConnId, Packet)>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
     /// Bounded by the connection count; usually empty.
     pressure: Vec<ConnId>,
@@ -388,6 +397,8 @@ impl ShardCore {
             pressure_paused: Vec::new(),
             fair: fair::Fair::default(),
             store_out: Vec::new(),
+            store_seq: 0,
+            held_acks: VecDeque::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
             pressure: Vec::new(),
@@ -435,6 +446,7 @@ impl ShardCore {
             max_packet: self.cfg.max_packet_size,
             fair: None,
             fair_yielded: false,
+            held_acks: 0,
             out: BytesMut::new(),
             writer: None,
             reader: None,

@@ -50,6 +50,16 @@ pub enum StoreOp {
         /// Whose.
         key: SessionKey,
     },
+    /// An inbound QoS 2 packet id of a persistent session became pending (PUBREC sent) or was
+    /// released (PUBREL): a resend after a restart is then recognised, not delivered twice.
+    Qos2 {
+        /// Whose.
+        key: SessionKey,
+        /// Packet id.
+        pid: u16,
+        /// Pending (true) or released.
+        pending: bool,
+    },
     /// A retained message set (non-empty payload) or deleted (empty), with its global sequence.
     Retain {
         /// Organization.
@@ -137,9 +147,58 @@ impl StoredSub {
 }
 
 impl ShardCore {
-    /// Store writes made since the last call, in order.
-    pub fn take_store_ops(&mut self, out: &mut Vec<StoreOp>) {
+    /// Store writes made since the last call, in order; returns the sequence of the last one
+    /// (pass it to [`ShardCore::durable`] once they are on disk).
+    pub fn take_store_ops(&mut self, out: &mut Vec<StoreOp>) -> u64 {
         out.append(&mut self.store_out);
+        self.store_seq
+    }
+
+    fn push_op(&mut self, op: StoreOp) {
+        self.store_seq += 1;
+        self.store_out.push(op);
+    }
+
+    /// Sequence of the last store write made.
+    pub(super) fn store_seq(&self) -> u64 {
+        self.store_seq
+    }
+
+    /// Sends an acknowledgement that may depend on store writes made since `since` (a
+    /// [`ShardCore::store_seq`] taken before): with gating on and such writes made, it is held
+    /// until [`ShardCore::durable`] covers them. Acks of a connection keep their order
+    /// [MQTT-4.6.0-2]: behind a held one, every later one waits too.
+    pub(super) fn ack(&mut self, id: ConnId, p: Packet, since: u64) {
+        let needs = self.cfg.gate_acks && self.store_seq > since;
+        let seq = self.store_seq;
+        let Some(c) = self.conn_mut(id) else { return };
+        if needs || c.held_acks > 0 {
+            c.held_acks += 1;
+            self.held_acks.push_back((seq, id, p));
+        } else {
+            self.write(id, &p);
+        }
+    }
+
+    /// Store writes up to `upto` are durable: the acknowledgements waiting for them go out.
+    pub fn durable(&mut self, upto: u64) {
+        while self.held_acks.front().is_some_and(|(s, _, _)| *s <= upto) {
+            let (_, id, p) = self.held_acks.pop_front().expect("checked");
+            if let Some(c) = self.conn_mut(id) {
+                c.held_acks -= 1;
+                self.write(id, &p);
+            }
+        }
+    }
+
+    /// Records a pending/released inbound QoS 2 packet id of a persistent session.
+    pub(super) fn persist_qos2(&mut self, sref: SessionRef, pid: u16, pending: bool) {
+        if !self.cfg.persist || self.session(sref).is_none_or(|s| s.state.expiry_secs == 0) {
+            return;
+        }
+        if let Some(key) = self.key_of(sref) {
+            self.push_op(StoreOp::Qos2 { key, pid, pending });
+        }
     }
 
     fn key_of(&self, sref: SessionRef) -> Option<SessionKey> {
@@ -166,7 +225,7 @@ impl ShardCore {
             subs: s.state.subs.iter().map(|(f, e)| StoredSub::from_entry(f, e)).collect(),
         };
         let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
-        self.store_out.push(StoreOp::Session { key, meta: Box::new(meta) });
+        self.push_op(StoreOp::Session { key, meta: Box::new(meta) });
     }
 
     /// Records the session of connection `id` (after its subscriptions changed).
@@ -215,7 +274,7 @@ impl ShardCore {
         }
         s.state.next_seq += 1;
         d.seq = s.state.next_seq;
-        self.store_out.push(StoreOp::Queued { key, seq: d.seq, delivery: d.clone() });
+        self.push_op(StoreOp::Queued { key, seq: d.seq, delivery: d.clone() });
     }
 
     /// A stored delivery left the queue without being sent (a bound dropped it).
@@ -224,7 +283,7 @@ impl ShardCore {
             return;
         }
         if let Some(key) = self.key_of(sref) {
-            self.store_out.push(StoreOp::Unqueued { key, seq: d.seq });
+            self.push_op(StoreOp::Unqueued { key, seq: d.seq });
         }
     }
 
@@ -235,7 +294,7 @@ impl ShardCore {
         }
         let had_queue = self.session(sref).is_some_and(|s| s.state.next_seq > 0);
         if let (true, Some(key)) = (had_queue, self.key_of(sref)) {
-            self.store_out.push(StoreOp::ClearQueue { key });
+            self.push_op(StoreOp::ClearQueue { key });
         }
         self.persist_meta(sref);
     }
@@ -243,14 +302,15 @@ impl ShardCore {
     /// The session ended or moved to another shard.
     pub(super) fn persist_forget(&mut self, key: &SessionKey) {
         if self.cfg.persist {
-            self.store_out.push(StoreOp::Forget { key: key.clone() });
+            self.push_op(StoreOp::Forget { key: key.clone() });
         }
     }
 
     /// A retained write made on this shard.
     pub(super) fn persist_retain(&mut self, org: &Arc<str>, msg: &Msg, seq: u64) {
-        if self.cfg.persist {
-            self.store_out.push(StoreOp::Retain { org: org.clone(), msg: Box::new(msg.clone()), seq });
+        // `$SYS` topics are the broker's own, republished every interval: not stored.
+        if self.cfg.persist && !msg.topic.as_str().starts_with("$SYS") {
+            self.push_op(StoreOp::Retain { org: org.clone(), msg: Box::new(msg.clone()), seq });
         }
     }
 
@@ -268,6 +328,7 @@ impl ShardCore {
         key: SessionKey,
         meta: &StoredSession,
         queue: Vec<Delivery>,
+        qos2_pending: &[u16],
     ) -> bool {
         let unix_now = self.cfg.unix_epoch_ms + now_ms;
         let expires_at_ms = match meta.expires_at_unix_ms {
@@ -290,6 +351,7 @@ impl ShardCore {
             state.subs.insert(s.filter.as_str().into(), s.entry());
         }
         state.queue = queue.into();
+        state.inbound_qos2.extend(qos2_pending.iter().copied());
         self.next_generation += 1;
         let generation = (self.next_generation << 8) | self.shard as u64;
         let session = Session {

@@ -134,6 +134,10 @@ pub(crate) struct Shard {
     store_ops: RefCell<Vec<StoreOp>>,
     /// Writes applied since the last persist.
     store_dirty: std::cell::Cell<bool>,
+    /// Sequence of the last write applied (made durable by the next persist).
+    store_applied: std::cell::Cell<u64>,
+    /// The commit task, woken when writes were applied.
+    commit_waker: RefCell<Option<std::task::Waker>>,
     /// A store write failed: logged once.
     store_failed: std::cell::Cell<bool>,
     unix_epoch_ms: u64,
@@ -250,12 +254,18 @@ impl Shard {
     /// Applies the core's store writes (staged; durable at the next persist).
     fn apply_store_ops(&self) {
         let mut ops = self.store_ops.borrow_mut();
-        self.core.borrow_mut().take_store_ops(&mut ops);
+        let seq = self.core.borrow_mut().take_store_ops(&mut ops);
         if ops.is_empty() {
             return;
         }
         match self.store.apply(&mut ops, &self.retained_store, self.unix_epoch_ms) {
-            Ok(()) => self.store_dirty.set(true),
+            Ok(()) => {
+                self.store_dirty.set(true);
+                self.store_applied.set(seq);
+                if let Some(w) = self.commit_waker.borrow_mut().take() {
+                    w.wake();
+                }
+            }
             Err(e) => {
                 ops.clear();
                 if !self.store_failed.replace(true) {
@@ -270,11 +280,17 @@ impl Shard {
         if !self.store_dirty.replace(false) {
             return;
         }
+        let upto = self.store_applied.get();
         let st = self.store.clone();
         let rs = self.retained_store.clone();
         let r = glommio::executor().spawn_blocking(move || st.persist().and_then(|()| rs.persist())).await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "store persist failed");
+        match r {
+            Ok(()) => {
+                // The acknowledgements that waited for these writes go out.
+                self.core.borrow_mut().durable(upto);
+                self.flush_mesh();
+            }
+            Err(e) => tracing::error!(error = %e, "store persist failed"),
         }
     }
 
@@ -380,6 +396,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         retain_seq: Arc::new(AtomicU64::new(opened.retained_seq + 1)),
         sys,
         persist: true,
+        gate_acks: cfg.durability != Durability::None,
     };
     let links = ShardLinks {
         pool: cp.pool.clone(),
@@ -404,12 +421,6 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     tracing::info!(shards = nr, "coremq {} starting", env!("CARGO_PKG_VERSION"));
     let handles = LocalExecutorPoolBuilder::new(placement)
         .name("coremq-shard")
-        // How long runnable tasks may run before the reactor polls for completions. Readers and
-        // writers whose socket is ready never touch the ring (glommio tries the syscall
-        // first), so under a flood the task queue stays full and this bounds how long another
-        // connection's ready socket goes unnoticed: glommio's 100 ms default showed up as a
-        // 100 ms p99 for a light org next to a flooding one.
-        .preempt_timer(Duration::from_micros(limits::PREEMPT_US))
         .on_all_shards(move || {
             let mesh = mesh.clone();
             let core_cfg = core_cfg.clone();
@@ -468,6 +479,8 @@ async fn shard_main(
         retained_store: links.retained_store.clone(),
         store_ops: RefCell::new(Vec::new()),
         store_dirty: std::cell::Cell::new(false),
+        store_applied: std::cell::Cell::new(0),
+        commit_waker: RefCell::new(None),
         store_failed: std::cell::Cell::new(false),
         unix_epoch_ms: unix_epoch,
     });
@@ -480,17 +493,31 @@ async fn shard_main(
             core.restore_retained(&m.0, m.1.clone(), m.2);
         }
         for s in restored {
-            core.restore_session(now, s.key, &s.meta, s.queue);
+            core.restore_session(now, s.key, &s.meta, s.queue, &s.qos2);
         }
     }
     shard.flush_mesh();
-    // Group commit: writes are applied at once; a persist every `GROUP_COMMIT_MS` makes them
-    // durable, on the blocking pool (an fsync never runs on the reactor).
+    // Commits: writes are applied at once; a persist on the blocking pool (an fsync never runs
+    // on the reactor) makes them durable and releases the acknowledgements that waited. `group`
+    // gathers writes for `GROUP_COMMIT_MS` after the first; `always` starts at once (writes
+    // arriving during an fsync go into the next).
+    let group = shard.store.durability() == Durability::Group;
     if shard.store.durability() != Durability::None {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
-                glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
+                futures_lite::future::poll_fn(|cx| {
+                    if shard.store_dirty.get() {
+                        std::task::Poll::Ready(())
+                    } else {
+                        *shard.commit_waker.borrow_mut() = Some(cx.waker().clone());
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+                if group {
+                    glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
+                }
                 shard.persist_stores().await;
             }
         })

@@ -64,6 +64,7 @@ pub struct ShardStore {
     db: Database,
     sessions: Keyspace,
     queue: Keyspace,
+    qos2: Keyspace,
     durability: Durability,
 }
 
@@ -103,6 +104,7 @@ impl ShardStore {
         Ok(ShardStore {
             sessions: db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             queue: db.keyspace("queue", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
+            qos2: db.keyspace("qos2", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             db,
             dir: dir.to_path_buf(),
             durability,
@@ -136,6 +138,15 @@ impl ShardStore {
                     );
                 }
                 StoreOp::Unqueued { key, seq } => batch.remove(&self.queue, queue_key(&key, seq)),
+                StoreOp::Qos2 { key, pid, pending } => {
+                    let mut k = queue_prefix(&key);
+                    k.extend_from_slice(&pid.to_be_bytes());
+                    if pending {
+                        batch.insert(&self.qos2, k, []);
+                    } else {
+                        batch.remove(&self.qos2, k);
+                    }
+                }
                 StoreOp::ClearQueue { key } => {
                     // Committed first: the range is read from the tree, which must hold what
                     // this batch queued before.
@@ -144,8 +155,7 @@ impl ShardStore {
                 }
                 StoreOp::Forget { key } => {
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    self.sessions.remove(session_key(&key)).map_err(ctx(&what))?;
-                    self.clear_queue(&key)?;
+                    self.forget(&key)?;
                 }
                 StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
             }
@@ -198,7 +208,13 @@ impl ShardStore {
                     Err(e) => return Err(StoreError(format!("{what}: queued message of {org}/{cid}: {e}"))),
                 }
             }
-            out.push(RestoredSession { key, meta, queue });
+            let mut qos2 = Vec::new();
+            for g in self.qos2.prefix(queue_prefix(&key)) {
+                let k = g.key().map_err(ctx(&what))?;
+                let pid = k.len().checked_sub(2).map(|i| u16::from_be_bytes([k[i], k[i + 1]]));
+                qos2.push(pid.ok_or_else(|| StoreError(format!("{what}: corrupt qos2 key")))?);
+            }
+            out.push(RestoredSession { key, meta, queue, qos2 });
         }
         Ok(out)
     }
@@ -210,11 +226,26 @@ impl ShardStore {
         for d in &s.queue {
             batch.insert(&self.queue, queue_key(&s.key, d.seq), format::encode_delivery(d, unix_epoch_ms));
         }
+        for pid in &s.qos2 {
+            let mut k = queue_prefix(&s.key);
+            k.extend_from_slice(&pid.to_be_bytes());
+            batch.insert(&self.qos2, k, []);
+        }
         batch.commit().map_err(ctx(&what))
     }
 
     fn forget(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.sessions.remove(session_key(key)).map_err(ctx(&self.dir.display().to_string()))?;
+        let what = self.dir.display().to_string();
+        self.sessions.remove(session_key(key)).map_err(ctx(&what))?;
+        let pids: Vec<_> = self
+            .qos2
+            .prefix(queue_prefix(key))
+            .map(|g| g.key())
+            .collect::<Result<_, _>>()
+            .map_err(ctx(&what))?;
+        for k in pids {
+            self.qos2.remove(k).map_err(ctx(&what))?;
+        }
         self.clear_queue(key)
     }
 }
@@ -282,6 +313,8 @@ pub struct RestoredSession {
     pub meta: StoredSession,
     /// Its queue, in order (expired messages left out).
     pub queue: Vec<Delivery>,
+    /// Inbound QoS 2 packet ids received and not yet released.
+    pub qos2: Vec<u16>,
 }
 
 /// The stores, opened, with what they held at start.
