@@ -1,0 +1,55 @@
+//! The shard stores on a real fjall database: what a corrupt or foreign value does at start
+//! (a clear error naming the database, the session and the reason; never a silent skip),
+//! and that what `open` reads back is what was stored.
+
+use coremq::config::Durability;
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+
+fn write_raw(dir: &std::path::Path, keyspace: &str, key: &[u8], value: &[u8]) {
+    let db = Database::builder(dir.join("shards").join("0")).open().unwrap();
+    let ks = db.keyspace(keyspace, KeyspaceCreateOptions::default).unwrap();
+    ks.insert(key, value).unwrap();
+    db.persist(PersistMode::SyncAll).unwrap();
+}
+
+fn open_err(dir: &std::path::Path) -> String {
+    coremq::store::open(dir, 1, Durability::Group, 1_800_000_000_000).unwrap_err().to_string()
+}
+
+#[test]
+fn a_corrupt_session_record_stops_the_start_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path(), "sessions", b"acme\0sensor-1", b"{not json");
+    let e = open_err(dir.path());
+    assert!(e.contains("acme/sensor-1") && e.contains("corrupt session record"), "{e}");
+}
+
+#[test]
+fn a_record_of_a_newer_format_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = br#"{"v":2,"expiry_secs":60,"protocol":5,"expires_at_unix_ms":null,"next_seq":0,"subs":[]}"#;
+    write_raw(dir.path(), "sessions", b"acme\0s", rec);
+    let e = open_err(dir.path());
+    assert!(e.contains("version 2"), "{e}");
+}
+
+#[test]
+fn a_truncated_queued_message_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = br#"{"v":1,"expiry_secs":600,"protocol":4,"expires_at_unix_ms":null,"next_seq":1,"subs":[]}"#;
+    write_raw(dir.path(), "sessions", b"acme\0s", rec);
+    let mut qk = b"acme\0s\0".to_vec();
+    qk.extend_from_slice(&1u64.to_be_bytes());
+    write_raw(dir.path(), "queue", &qk, &[1, 1, 0, 0, 0, 0]);
+    let e = open_err(dir.path());
+    assert!(e.contains("queued message of acme/s") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn an_empty_data_dir_opens_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = coremq::store::open(dir.path(), 2, Durability::Group, 1_800_000_000_000).unwrap();
+    assert_eq!(o.shards.len(), 2);
+    assert!(o.sessions.iter().all(Vec::is_empty) && o.retained_msgs.is_empty());
+    assert_eq!(o.retained_seq, 0);
+}
