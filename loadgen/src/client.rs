@@ -42,14 +42,38 @@ impl Target {
 /// Sends CONNECT on an open transport and waits for a successful CONNACK. Returns the
 /// connection and any bytes read past the CONNACK.
 pub fn mqtt_connect(
-    mut s: Conn,
+    s: Conn,
     id: &str,
     login: Option<(&str, &str)>,
     keep_alive: u16,
 ) -> Res<(Conn, BytesMut)> {
+    mqtt_connect_clean(s, id, login, keep_alive, true)
+}
+
+/// Opens a connection to `t` and connects with the given Clean Session flag (false: a
+/// persistent session the broker keeps while the client is away).
+pub fn mqtt_connect_session(
+    t: &Target,
+    id: &str,
+    login: Option<(&str, &str)>,
+    keep_alive: u16,
+    clean: bool,
+) -> Res<(Conn, BytesMut)> {
+    let s = Conn::connect(&t.host, t.port, t.kind, t.tls.as_ref())?;
+    mqtt_connect_clean(s, id, login, keep_alive, clean)
+}
+
+fn mqtt_connect_clean(
+    mut s: Conn,
+    id: &str,
+    login: Option<(&str, &str)>,
+    keep_alive: u16,
+    clean: bool,
+) -> Res<(Conn, BytesMut)> {
     let mut buf = BytesMut::new();
     let mut c = v4::Connect::new(id);
     c.keep_alive = keep_alive;
+    c.clean_session = clean;
     if let Some((u, p)) = login {
         c.set_login(u, p);
     }

@@ -1,7 +1,8 @@
 //! coremq-loadgen: end-to-end load against any MQTT broker (coremq, Mosquitto, rumqttd, ...).
 //!
 //! Scenarios: `p2p`, `qos1`, `qos2`, `latency` (open loop, coordinated omission corrected),
-//! `fanin`, `fanout`, `multi-tenant`, `noisy-neighbour`, `conn` (idle connections, RSS per
+//! `fanin`, `fanout`, `multi-tenant`, `noisy-neighbour`, `durable` (QoS 1 into offline
+//! persistent sessions), `conn` (idle connections, RSS per
 //! connection) and `handshake` (TLS handshakes per second); `--transport tls|ws|wss` on each.
 //! Every run prints sent / received / lost / duplicated / out-of-order, throughput, latency
 //! percentiles (HDR histogram), the broker's and our own CPU seconds (flagging runs where we
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 
 mod client;
 mod conn;
+mod durable;
 mod flows;
 mod handshake;
 mod report;
@@ -60,6 +62,8 @@ enum Scenario {
     Conn(conn::ConnArgs),
     /// Full TLS handshakes per second (no session resumption), optionally with MQTT CONNECT.
     Handshake(handshake::Handshake),
+    /// QoS 1 into offline persistent sessions: stored-then-acknowledged rate and ack latency.
+    Durable(durable::Durable),
 }
 
 /// Options every scenario shares.
@@ -243,6 +247,7 @@ fn main() {
         Scenario::NoisyNeighbour(a) => noisy(a),
         Scenario::Conn(a) => conn::run(a),
         Scenario::Handshake(a) => handshake::run(a),
+        Scenario::Durable(a) => durable::run(a),
     };
     if let Err(e) = r {
         eprintln!("coremq-loadgen: {e}");

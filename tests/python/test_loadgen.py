@@ -115,3 +115,14 @@ def test_noisy_neighbour_runs_both_phases(orgs_broker):
     assert phases == [("solo", "victim"), ("shared", "victim"), ("shared", "noisy")], phases
     assert j["victim_msg_per_s_solo"] > 500 and j["noisy_sent"] > 2000
     assert "isolation" in text and isinstance(j["pass"], bool)
+
+
+def test_durable_scenario_gets_back_every_acknowledged_message(lgbroker):
+    j, text = loadgen("durable", "--port", lgbroker.port, "--publishers", 2, "--duration", 1,
+                      "--broker-pid", lgbroker.proc.pid)
+    assert j["scenario"] == "durable" and j["acked"] > 100, j
+    # Below the session queue bound (10,000 per subscriber), every acknowledged message comes
+    # back when the subscribers reconnect.
+    if j["acked"] < 2 * 10_000:
+        assert j["delivered"] == j["acked"], j
+    assert j["ack_p99_us"] > 0 and "ack latency us" in text
