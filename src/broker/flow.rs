@@ -57,11 +57,11 @@ impl ShardCore {
             match (p.qos, p.packet_id) {
                 (QoS::AtLeastOnce, Some(pid)) => {
                     let seq = self.store_seq();
-                    self.ack(id, Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq)
+                    self.ack(id, Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
                 }
                 (QoS::ExactlyOnce, Some(pid)) => {
                     let seq = self.store_seq();
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq)
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
                 }
                 _ => {}
             }
@@ -96,12 +96,12 @@ impl ShardCore {
                 let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
                 let st = &mut self.session_mut(sref).expect("live session").state;
                 if denied {
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)), since);
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)), since, now_ms);
                     return;
                 }
                 if st.inbound_qos2.contains(&pid.get()) {
                     // A resend of a message we already have: acknowledge, do not deliver twice.
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)), since);
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)), since, now_ms);
                     return;
                 }
                 if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
@@ -118,7 +118,7 @@ impl ShardCore {
         };
         if denied {
             if let Some(a) = ack {
-                self.ack(id, a, since);
+                self.ack(id, a, since, now_ms);
             }
             return;
         }
@@ -136,7 +136,7 @@ impl ShardCore {
         }
         self.route(&org, &msg, Some(sref), false, now_ms);
         if let Some(a) = ack {
-            self.ack(id, a, since);
+            self.ack(id, a, since, now_ms);
         }
     }
 
@@ -495,7 +495,7 @@ impl ShardCore {
         self.write(id, &Packet::PubRel(pubresp(r.packet_id, reply)));
     }
 
-    pub(super) fn handle_pubrel(&mut self, id: ConnId, r: PubResp) {
+    pub(super) fn handle_pubrel(&mut self, id: ConnId, now_ms: u64, r: PubResp) {
         let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
         let since = self.store_seq();
         let st = &mut self.session_mut(sref).expect("live session").state;
@@ -507,7 +507,7 @@ impl ShardCore {
         } else {
             ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
         };
-        self.ack(id, Packet::PubComp(pubresp(r.packet_id, reason)), since);
+        self.ack(id, Packet::PubComp(pubresp(r.packet_id, reason)), since, now_ms);
     }
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, now_ms: u64, s: Subscribe) {

@@ -336,6 +336,8 @@ pub struct ShardCore {
     /// Writes for the shard's store, drained by the shell, and the sequence of the last one.
     store_out: Vec<persist::StoreOp>,
     store_seq: u64,
+    /// The store failed: acknowledgements that depend on it are refused.
+    store_broken: bool,
     /// Acknowledgements waiting for store writes to be durable: (write sequence, to, ack).
     held_acks: VecDeque<(u64, ConnId, Packet)>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
@@ -398,6 +400,7 @@ impl ShardCore {
             fair: fair::Fair::default(),
             store_out: Vec::new(),
             store_seq: 0,
+            store_broken: false,
             held_acks: VecDeque::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
@@ -929,7 +932,7 @@ impl ShardCore {
             Packet::Publish(p) => self.handle_publish(id, now_ms, p),
             Packet::PubAck(r) => self.handle_puback(id, now_ms, r, false),
             Packet::PubRec(r) => self.handle_pubrec(id, r),
-            Packet::PubRel(r) => self.handle_pubrel(id, r),
+            Packet::PubRel(r) => self.handle_pubrel(id, now_ms, r),
             Packet::PubComp(r) => self.handle_puback(id, now_ms, r, true),
             Packet::Subscribe(s) => {
                 self.handle_subscribe(id, now_ms, s);

@@ -12,7 +12,10 @@ use super::mesh::SessionKey;
 use super::msg::Msg;
 use super::session::{Delivery, Session, SessionState, SubEntry};
 use super::*;
-use crate::codec::{MqStr, Protocol, QoS, RetainHandling, SubOptions};
+use crate::codec::{MqStr, Packet, Protocol, QoS, ReasonCode, RetainHandling, SubOptions};
+
+/// Reason string of a PUBACK/PUBREC refused because the store fails.
+const STORE_FAILING: &str = "the broker's store is failing; not stored";
 
 /// One write for the shard's store, in the order the core made them.
 #[derive(Debug)]
@@ -168,8 +171,11 @@ impl ShardCore {
     /// [`ShardCore::store_seq`] taken before): with gating on and such writes made, it is held
     /// until [`ShardCore::durable`] covers them. Acks of a connection keep their order
     /// [MQTT-4.6.0-2]: behind a held one, every later one waits too.
-    pub(super) fn ack(&mut self, id: ConnId, p: Packet, since: u64) {
+    pub(super) fn ack(&mut self, id: ConnId, p: Packet, since: u64, now_ms: u64) {
         let needs = self.cfg.gate_acks && self.store_seq > since;
+        if needs && self.store_broken {
+            return self.refuse_ack(id, p, now_ms);
+        }
         let seq = self.store_seq;
         let Some(c) = self.conn_mut(id) else { return };
         if needs || c.held_acks > 0 {
@@ -188,6 +194,47 @@ impl ShardCore {
                 c.held_acks -= 1;
                 self.write(id, &p);
             }
+        }
+    }
+
+    /// The store failed (a full disk, an I/O error): what waited for it is refused, and so is
+    /// every later acknowledgement that would depend on it. Nothing is acknowledged as stored
+    /// that was not.
+    pub fn store_failed(&mut self, now_ms: u64) {
+        self.store_broken = true;
+        while let Some((_, id, p)) = self.held_acks.pop_front() {
+            if let Some(c) = self.conn_mut(id) {
+                c.held_acks -= 1;
+                self.refuse_ack(id, p, now_ms);
+            }
+        }
+    }
+
+    /// Whether the store failed.
+    pub fn store_is_broken(&self) -> bool {
+        self.store_broken
+    }
+
+    /// An acknowledgement that cannot promise durability: 5.0 gets PUBACK/PUBREC 0x80
+    /// (Unspecified error; the sender may retry later); 3.1.1 has no way to say it, so the
+    /// connection closes unacknowledged (the client resends after reconnecting).
+    fn refuse_ack(&mut self, id: ConnId, p: Packet, now_ms: u64) {
+        let v5 = self.conn(id).is_some_and(|c| c.protocol == Some(Protocol::V5));
+        match p {
+            Packet::PubAck(_) | Packet::PubRec(_) if !v5 => self.close_conn(id, None, now_ms),
+            Packet::PubAck(r) if r.reason != ReasonCode::SUCCESS => self.write(id, &Packet::PubAck(r)),
+            Packet::PubRec(r) if r.reason != ReasonCode::SUCCESS => self.write(id, &Packet::PubRec(r)),
+            Packet::PubAck(mut r) => {
+                r.reason = ReasonCode::UNSPECIFIED_ERROR;
+                r.props.reason_string = MqStr::copy_from(STORE_FAILING);
+                self.write(id, &Packet::PubAck(r));
+            }
+            Packet::PubRec(mut r) => {
+                r.reason = ReasonCode::UNSPECIFIED_ERROR;
+                r.props.reason_string = MqStr::copy_from(STORE_FAILING);
+                self.write(id, &Packet::PubRec(r));
+            }
+            other => self.write(id, &other),
         }
     }
 

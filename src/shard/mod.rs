@@ -268,8 +268,9 @@ impl Shard {
             }
             Err(e) => {
                 ops.clear();
+                self.core.borrow_mut().store_failed(now_ms());
                 if !self.store_failed.replace(true) {
-                    tracing::error!(error = %e, "store write failed: messaging state is not being persisted");
+                    tracing::error!(error = %e, "store write failed: acknowledgements that need the store are refused until restart");
                 }
             }
         }
@@ -290,7 +291,13 @@ impl Shard {
                 self.core.borrow_mut().durable(upto);
                 self.flush_mesh();
             }
-            Err(e) => tracing::error!(error = %e, "store persist failed"),
+            Err(e) => {
+                self.core.borrow_mut().store_failed(now_ms());
+                self.flush_mesh();
+                if !self.store_failed.replace(true) {
+                    tracing::error!(error = %e, "store persist failed: acknowledgements that need the store are refused until restart");
+                }
+            }
         }
     }
 

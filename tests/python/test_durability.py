@@ -1,6 +1,7 @@
 """Durable messaging state (issue 8): persistent sessions, their offline queues and retained
 messages survive a restart of the real broker process; paho-mqtt (3.1.1 and 5.0) and
 mosquitto_sub -c as independent clients."""
+import os
 import re
 import subprocess
 import time
@@ -132,3 +133,47 @@ def test_a_clean_session_leaves_nothing_stored(db):
     Client(db.port, "temp", clean=True).disconnect()  # discards the session
     restart(db)
     assert "sessions=0" in db.logs(), db.logs()[-1500:]
+
+
+def test_a_full_disk_refuses_new_persistent_writes_with_a_reason_code(tmp_path):
+    """The data directory on a small tmpfs: once the store cannot write, QoS 1 publishes that
+    need it get PUBACK 0x80 with a reason string (5.0), the broker keeps serving, and nothing
+    is acknowledged as stored that was not."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + r.stderr.decode())
+    try:
+        b = Broker(shards=1, setup=lambda b: os.symlink(str(mnt), os.path.join(b.dir, "data")))
+        try:
+            sub = Client(b.port, "full-sub", protocol=V5, clean=False, props=connect_props(SessionExpiryInterval=600))
+            sub.subscribe("full/#", qos=1)
+            sub.disconnect()
+            pub = Client(b.port, "full-pub", protocol=V5)
+            payload = os.urandom(8192)  # incompressible: the journal compresses
+            codes = []
+            for i in range(2000):
+                rc = pub.publish("full/t", payload, qos=1)
+                codes.append(int(rc.value if hasattr(rc, "value") else rc))
+                if codes[-1] != 0:
+                    break
+            assert codes[-1] == 0x80, f"no refusal after {len(codes)} publishes: " + b.logs()[-3000:]
+            ok = codes.count(0)
+            assert "acknowledgements that need the store are refused" in b.logs()
+            # The broker still serves: a live QoS 0 exchange works.
+            live = Client(b.port, "live", protocol=V5)
+            live.subscribe("live/t", qos=0)
+            live.publish("live/t", "still here", qos=0)
+            assert payloads(live.expect(1)) == ["still here"]
+            # Every message acknowledged as stored reaches the subscriber.
+            sub = Client(b.port, "full-sub", protocol=V5, clean=False, props=connect_props(SessionExpiryInterval=600))
+            got = sub.expect(ok, timeout=15)
+            assert len(got) >= ok
+            for c in (sub, live, pub):
+                c.disconnect()
+        finally:
+            b.proc.kill()
+            b.proc.wait()
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
