@@ -143,6 +143,7 @@ def test_live_update_removes_subscriptions(ab):
     policy = preset("agent-pipelines")
     policy["rules"].append({"topic": "broadcast/#", "action": "publish", "effect": "allow", "roles": ["orchestrator"]})
     assert ab.api("PUT", "/v2/acl", policy)[0] == 200
+    time.sleep(0.3)  # the new policy reaches the shards' connections (as below)
     orch.publish("broadcast/news", "one", qos=1)
     assert [m.payload for m in sub.expect(1)] == [b"one"]
     policy["rules"] = [r for r in policy["rules"] if not (r["topic"] == "broadcast/#" and r["action"] == "subscribe")]
