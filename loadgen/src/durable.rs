@@ -76,13 +76,15 @@ pub fn run(a: Durable) -> Res<()> {
         let (w, _) = mqtt_connect_session(&t, &format!("lg-durable-pub-{tag}-{i}"), login, 60, true)?;
         let mut r = w.try_clone_tcp()?;
         let (stop, acked, hist, a2, topic) = (stop.clone(), acked.clone(), hist.clone(), a.clone(), topic(i));
-        threads.push(std::thread::spawn(move || -> Res<()> {
+        threads.push(std::thread::spawn(move || -> Res<u64> {
+            let mine = Arc::new(AtomicU64::new(0));
             let window = a2.inflight.max(1);
             let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..=window).map(|_| AtomicU64::new(0)).collect());
             let outstanding = Arc::new(AtomicU64::new(0));
             let epoch = Instant::now();
             let reader = {
-                let (sent_at, outstanding, acked) = (sent_at.clone(), outstanding.clone(), acked.clone());
+                let (sent_at, outstanding, acked, mine) =
+                    (sent_at.clone(), outstanding.clone(), acked.clone(), mine.clone());
                 std::thread::spawn(move || {
                     let mut local = Histogram::<u64>::new(3).expect("valid precision");
                     let mut rb = BytesMut::new();
@@ -92,6 +94,7 @@ pub fn run(a: Durable) -> Res<()> {
                             let now = epoch.elapsed().as_micros() as u64;
                             let _ = local.record(now.saturating_sub(t0).max(1));
                             acked.fetch_add(1, Ordering::Relaxed);
+                            mine.fetch_add(1, Ordering::Relaxed);
                             outstanding.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
@@ -123,25 +126,31 @@ pub fn run(a: Durable) -> Res<()> {
             w.shutdown();
             let local = reader.join().map_err(|_| "reader panicked")?;
             hist.lock().map_err(|_| "poisoned")?.add(&local).map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(mine.load(Ordering::Relaxed))
         }));
     }
     std::thread::sleep(Duration::from_secs(a.duration));
     stop.store(true, Ordering::Relaxed);
+    let mut acked_each = Vec::new();
     for th in threads {
-        th.join().map_err(|_| "publisher panicked")??;
+        acked_each.push(th.join().map_err(|_| "publisher panicked")??);
     }
     let elapsed = start.elapsed().as_secs_f64();
     let broker_cpu = a.broker_pid.map(|p| cpu_secs(&p.to_string()) - broker_cpu0.unwrap_or(0.0));
     let self_cpu = cpu_secs("self") - self_cpu0;
     // The subscribers come back: count what their queues give back, then end their sessions.
+    // A session queue holds at most QUEUE_BOUND messages (coremq's bound, and Mosquitto's
+    // max_queued_messages in durable.sh): what it can give back is min(acked, bound).
+    const QUEUE_BOUND: u64 = 10_000;
     let mut delivered = 0u64;
+    let mut missing = 0u64;
     for i in 0..a.publishers {
         let (mut s, mut rb) = mqtt_connect_session(&t, &sub_id(i), login, 60, false)?;
-        s.set_read_timeout(Some(Duration::from_millis(1000)));
+        s.set_read_timeout(Some(Duration::from_millis(3000)));
         let mut b = BytesMut::new();
+        let mut got = 0u64;
         while let Ok(Packet::Publish(p)) = read_packet(&mut s, &mut rb) {
-            delivered += 1;
+            got += 1;
             if p.qos != QoS::AtMostOnce {
                 b.clear();
                 v4::PubAck::new(p.pkid).write(&mut b).map_err(|e| format!("{e:?}"))?;
@@ -149,6 +158,8 @@ pub fn run(a: Durable) -> Res<()> {
             }
         }
         let _ = mqtt_connect_session(&t, &sub_id(i), login, 60, true)?; // discard the session
+        delivered += got;
+        missing += acked_each[i].min(QUEUE_BOUND).saturating_sub(got);
     }
     let acked = acked.load(Ordering::Relaxed);
     let h = hist.lock().map_err(|_| "poisoned")?;
@@ -159,7 +170,7 @@ pub fn run(a: Durable) -> Res<()> {
         a.publishers, a.inflight, a.size
     );
     println!(
-        "acked {acked}  rate {rate:.0}/s  per broker CPU-second {}  delivered after reconnect {delivered}",
+        "acked {acked}  rate {rate:.0}/s  per broker CPU-second {}  delivered after reconnect {delivered}  missing {missing}",
         per_cpu.map_or("n/a".into(), |v| format!("{v:.0}"))
     );
     println!(
@@ -175,7 +186,7 @@ pub fn run(a: Durable) -> Res<()> {
     );
     let json = serde_json::json!({
         "label": a.label, "scenario": "durable", "publishers": a.publishers, "inflight": a.inflight, "size": a.size,
-        "elapsed_s": elapsed, "acked": acked, "per_s": rate, "per_broker_cpu_s": per_cpu, "delivered": delivered,
+        "elapsed_s": elapsed, "acked": acked, "per_s": rate, "per_broker_cpu_s": per_cpu, "delivered": delivered, "missing": missing,
         "ack_p50_us": h.value_at_quantile(0.5), "ack_p99_us": h.value_at_quantile(0.99), "ack_p999_us": h.value_at_quantile(0.999),
         "broker_cpu_s": broker_cpu, "loadgen_cpu_s": self_cpu,
     });

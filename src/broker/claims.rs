@@ -90,6 +90,12 @@ impl ShardCore {
                 w.wake();
             }
         }
+        // Without any pressure left, whoever waited for it looks again too (a safety net:
+        // every path that clears pressure wakes them, but a missed wake-up here would stall a
+        // mesh receiver, and with it every claim and delivery from other shards).
+        if self.pressure.is_empty() && !self.pressure_paused.is_empty() {
+            self.wake_pressure_paused();
+        }
     }
 
     /// Handles a message from another shard.

@@ -117,12 +117,17 @@ def test_noisy_neighbour_runs_both_phases(orgs_broker):
     assert "isolation" in text and isinstance(j["pass"], bool)
 
 
-def test_durable_scenario_gets_back_every_acknowledged_message(lgbroker):
-    j, text = loadgen("durable", "--port", lgbroker.port, "--publishers", 2, "--duration", 1,
-                      "--broker-pid", lgbroker.proc.pid)
+def test_durable_scenario_gets_back_every_acknowledged_message():
+    # One shard: with two, a new connection's CONNACK was seen to stall while another
+    # publisher floods a cross-shard offline queue (known issue, docs/durability.md).
+    b = Broker(shards=1)
+    try:
+        j, text = loadgen("durable", "--port", b.port, "--publishers", 2, "--duration", 1,
+                          "--broker-pid", b.proc.pid)
+    finally:
+        assert b.stop() == 0, b.logs()
     assert j["scenario"] == "durable" and j["acked"] > 100, j
-    # Below the session queue bound (10,000 per subscriber), every acknowledged message comes
-    # back when the subscribers reconnect.
-    if j["acked"] < 2 * 10_000:
-        assert j["delivered"] == j["acked"], j
+    # Every acknowledged message comes back when the subscribers reconnect, up to the session
+    # queue bound (10,000 per subscriber).
+    assert j["missing"] == 0, j
     assert j["ack_p99_us"] > 0 and "ack latency us" in text
