@@ -159,7 +159,7 @@ pub fn run(a: Durable) -> Res<()> {
         }
         let _ = mqtt_connect_session(&t, &sub_id(i), login, 60, true)?; // discard the session
         delivered += got;
-        missing += acked_each[i].min(QUEUE_BOUND).saturating_sub(got);
+        missing += acked_each.get(i).copied().unwrap_or(0).min(QUEUE_BOUND).saturating_sub(got);
     }
     let acked = acked.load(Ordering::Relaxed);
     let h = hist.lock().map_err(|_| "poisoned")?;
