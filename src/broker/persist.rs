@@ -240,16 +240,20 @@ impl ShardCore {
 
     /// Records a pending/released inbound QoS 2 packet id of a persistent session.
     pub(super) fn persist_qos2(&mut self, sref: SessionRef, pid: u16, pending: bool) {
-        if !self.cfg.persist || self.session(sref).is_none_or(|s| s.state.expiry_secs == 0) {
-            return;
-        }
-        if let Some(key) = self.key_of(sref) {
+        if let Some(key) = self.stored_key(sref) {
             self.push_op(StoreOp::Qos2 { key, pid, pending });
         }
     }
 
     fn key_of(&self, sref: SessionRef) -> Option<SessionKey> {
         self.session(sref).map(|s| SessionKey { org: s.org.clone(), client_id: s.client_id.clone() })
+    }
+
+    /// The key of `sref` if its writes are stored: a store is configured and the session is
+    /// persistent (expiry > 0).
+    fn stored_key(&self, sref: SessionRef) -> Option<SessionKey> {
+        let s = self.session(sref).filter(|s| self.cfg.persist && s.state.expiry_secs != 0)?;
+        Some(SessionKey { org: s.org.clone(), client_id: s.client_id.clone() })
     }
 
     /// Records a persistent session's subscriptions and expiry (no-op for expiry 0 or without
@@ -285,14 +289,8 @@ impl ShardCore {
     /// A persistent session went offline: its record, then everything it still holds (in
     /// flight first, then queued) as its stored queue.
     pub(super) fn persist_offline(&mut self, sref: SessionRef) {
-        if !self.cfg.persist {
-            return;
-        }
-        let Some(key) = self.key_of(sref) else { return };
-        let Some(s) = self.session_mut(sref) else { return };
-        if s.state.expiry_secs == 0 {
-            return;
-        }
+        let Some(key) = self.stored_key(sref) else { return };
+        let s = self.session_mut(sref).expect("stored_key found it");
         let mut ops = Vec::with_capacity(s.state.inflight.len() + s.state.queue.len() + 1);
         ops.push(StoreOp::ClearQueue { key: key.clone() });
         let st = &mut s.state;
@@ -306,19 +304,15 @@ impl ShardCore {
             ops.push(StoreOp::Queued { key: key.clone(), seq: d.seq, delivery: d.clone() });
         }
         self.persist_meta(sref);
-        self.store_out.extend(ops);
+        for op in ops {
+            self.push_op(op);
+        }
     }
 
     /// Gives a delivery queued for an offline persistent session its sequence and stores it.
     pub(super) fn persist_queued(&mut self, sref: SessionRef, d: &mut Delivery) {
-        if !self.cfg.persist {
-            return;
-        }
-        let Some(key) = self.key_of(sref) else { return };
-        let Some(s) = self.session_mut(sref) else { return };
-        if s.state.expiry_secs == 0 {
-            return;
-        }
+        let Some(key) = self.stored_key(sref) else { return };
+        let s = self.session_mut(sref).expect("stored_key found it");
         s.state.next_seq += 1;
         d.seq = s.state.next_seq;
         self.push_op(StoreOp::Queued { key, seq: d.seq, delivery: d.clone() });

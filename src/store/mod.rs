@@ -164,16 +164,17 @@ impl ShardStore {
     }
 
     fn clear_queue(&self, key: &SessionKey) -> Result<(), StoreError> {
+        self.remove_prefix(&self.queue, &queue_prefix(key))
+    }
+
+    /// Deletes every key of `ks` under `prefix`, in one batch.
+    fn remove_prefix(&self, ks: &Keyspace, prefix: &[u8]) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
-        let keys: Vec<_> = self
-            .queue
-            .prefix(queue_prefix(key))
-            .map(|g| g.key())
-            .collect::<Result<_, _>>()
-            .map_err(ctx(&what))?;
+        let keys: Vec<_> =
+            ks.prefix(prefix).map(|g| g.key()).collect::<Result<_, _>>().map_err(ctx(&what))?;
         let mut batch = self.db.batch();
         for k in keys {
-            batch.remove(&self.queue, k);
+            batch.remove(ks, k);
         }
         batch.commit().map_err(ctx(&what))
     }
@@ -235,17 +236,8 @@ impl ShardStore {
     }
 
     fn forget(&self, key: &SessionKey) -> Result<(), StoreError> {
-        let what = self.dir.display().to_string();
-        self.sessions.remove(session_key(key)).map_err(ctx(&what))?;
-        let pids: Vec<_> = self
-            .qos2
-            .prefix(queue_prefix(key))
-            .map(|g| g.key())
-            .collect::<Result<_, _>>()
-            .map_err(ctx(&what))?;
-        for k in pids {
-            self.qos2.remove(k).map_err(ctx(&what))?;
-        }
+        self.sessions.remove(session_key(key)).map_err(ctx(&self.dir.display().to_string()))?;
+        self.remove_prefix(&self.qos2, &queue_prefix(key))?;
         self.clear_queue(key)
     }
 }
