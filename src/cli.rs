@@ -41,6 +41,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AclAction,
     },
+    /// Data tools: export and import every store (a versioned format), make encryption keys.
+    Data {
+        /// What to do.
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Read one password line from standard input (no echo on a terminal) and print its
     /// Argon2id PHC string, for `password_hash` in the config.
     Passwd,
@@ -313,6 +319,31 @@ pub enum ConfigAction {
         /// The file.
         file: PathBuf,
     },
+}
+
+/// `coremq data …`.
+#[derive(Debug, Subcommand)]
+pub enum DataAction {
+    /// Write every store under data_dir to DIR (JSON Lines, docs/durability.md). The broker
+    /// must be stopped. The export is plain text: keep it private.
+    Export {
+        /// A new (or empty) directory.
+        dir: PathBuf,
+        /// Configuration file (data_dir and encryption keys); default: the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Read an export from DIR into an empty data_dir (sessions go to their home shard for the
+    /// configured shard count; values are sealed with the configured keys).
+    Import {
+        /// An export written by `coremq data export`.
+        dir: PathBuf,
+        /// Configuration file (data_dir, shards and encryption keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a new random encryption key (64 hex digits) for [[encryption.key]].
+    Keygen,
 }
 
 /// `coremq certs ...`.

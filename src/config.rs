@@ -31,6 +31,47 @@ pub struct Config {
     pub max_packet_size: u32,
     /// When stored messaging state reaches the disk (docs/durability.md).
     pub durability: Durability,
+    /// Encryption at rest (`[encryption]`); no keys: values are stored plain.
+    pub encryption: EncryptionConfig,
+}
+
+/// `[encryption]`: keys that seal stored values (docs/durability.md, "Encryption at rest").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EncryptionConfig {
+    /// `[[encryption.key]]`, in order: the last global key and the last key of each org seal
+    /// new values; all of them open stored ones.
+    pub keys: Vec<KeyConfig>,
+    /// Ids of deleted keys: values they sealed are dropped at start (crypto-shredding).
+    pub destroyed_keys: Vec<String>,
+}
+
+/// One encryption key (`[[encryption.key]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// Id stored with each value it seals (`[A-Za-z0-9_.-]{1,64}`).
+    pub id: String,
+    /// The org whose values it seals (`None`: every org without a key of its own).
+    pub org: Option<String>,
+    /// Where the 64 hex digits are.
+    pub material: KeyMaterial,
+}
+
+/// Where a key's material is read from (never the config file itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMaterial {
+    /// A file (mode 0600) holding 64 hex digits.
+    File(PathBuf),
+    /// An environment variable holding 64 hex digits.
+    Env(String),
+}
+
+/// `[org.retention]`: how long an org's stored messages are kept at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Queued messages older than this (since received) are dropped, not delivered.
+    pub queued_max_age_ms: Option<u64>,
+    /// Retained messages older than this (since set) are dropped.
+    pub retained_max_age_ms: Option<u64>,
 }
 
 /// `durability`: when writes to the shards' stores reach the disk (docs/durability.md).
@@ -74,6 +115,8 @@ pub struct OrgConfig {
     pub policy: Option<crate::acl::Policy>,
     /// `[org.quotas]`; `None`: the limits last set through the admin API, else unlimited.
     pub quotas: Option<crate::quota::QuotaLimits>,
+    /// `[org.retention]`.
+    pub retention: Retention,
 }
 
 /// Where a JWT provider's keys come from.
@@ -124,6 +167,7 @@ impl OrgConfig {
             jwt: Vec::new(),
             policy: None,
             quotas: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -223,6 +267,32 @@ struct RawConfig {
     org: Vec<RawOrg>,
     admin: Option<RawAdmin>,
     audit_retention: Option<RawDuration>,
+    encryption: Option<RawEncryption>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEncryption {
+    #[serde(default)]
+    key: Vec<RawKey>,
+    #[serde(default)]
+    destroyed_keys: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    id: String,
+    org: Option<String>,
+    file: Option<PathBuf>,
+    env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    queued_max_age: Option<RawDuration>,
+    retained_max_age: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,6 +347,7 @@ struct RawOrg {
     #[serde(default)]
     user: Vec<RawUser>,
     quotas: Option<crate::quota::QuotaLimits>,
+    retention: Option<RawRetention>,
     #[serde(default)]
     jwt: Vec<RawJwt>,
 }
@@ -343,6 +414,7 @@ impl Config {
             sys_interval_ms: 10_000,
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
             durability: Durability::Group,
+            encryption: EncryptionConfig::default(),
         }
     }
 
@@ -562,6 +634,7 @@ impl Config {
             sys_interval_ms,
             max_packet_size,
             durability,
+            encryption: parse_encryption(raw.encryption.as_ref(), base)?,
         })
     }
 
@@ -569,6 +642,47 @@ impl Config {
     pub fn org(&self, id: &str) -> Option<&OrgConfig> {
         self.orgs.iter().find(|o| o.id == id)
     }
+}
+
+fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+fn parse_encryption(raw: Option<&RawEncryption>, base: &Path) -> Result<EncryptionConfig, ConfigError> {
+    let Some(raw) = raw else { return Ok(EncryptionConfig::default()) };
+    let mut out = EncryptionConfig::default();
+    for (i, k) in raw.key.iter().enumerate() {
+        let key = format!("encryption.key[{i}]");
+        if !valid_key_id(&k.id) {
+            return Err(ConfigError(format!("{key}.id: \"{}\" is not [A-Za-z0-9_.-]{{1,64}}", k.id)));
+        }
+        if out.keys.iter().any(|o: &KeyConfig| o.id == k.id) || raw.destroyed_keys.contains(&k.id) {
+            return Err(ConfigError(format!("{key}.id: \"{}\" is used twice", k.id)));
+        }
+        if let Some(org) = &k.org {
+            if !valid_org_id(org) {
+                return Err(ConfigError(format!("{key}.org: \"{org}\" is not [a-z0-9_-]{{1,64}}")));
+            }
+        }
+        let material = match (&k.file, &k.env) {
+            (Some(f), None) => KeyMaterial::File(base.join(f)),
+            (None, Some(e)) => {
+                check_env_name(&format!("{key}.env"), e)?;
+                KeyMaterial::Env(e.clone())
+            }
+            _ => return Err(ConfigError(format!("{key}: exactly one of file or env is required"))),
+        };
+        out.keys.push(KeyConfig { id: k.id.clone(), org: k.org.clone(), material });
+    }
+    for (i, id) in raw.destroyed_keys.iter().enumerate() {
+        if !valid_key_id(id) {
+            return Err(ConfigError(format!(
+                "encryption.destroyed_keys[{i}]: \"{id}\" is not [A-Za-z0-9_.-]{{1,64}}"
+            )));
+        }
+    }
+    out.destroyed_keys = raw.destroyed_keys.clone();
+    Ok(out)
 }
 
 fn check_env_name(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -736,6 +850,22 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
         }
         org.quotas = Some(q);
     }
+    if let Some(r) = &o.retention {
+        let age = |d: &Option<RawDuration>, field: &str| -> Result<Option<u64>, ConfigError> {
+            match d {
+                None => Ok(None),
+                Some(d) => match parse_duration_ms(d) {
+                    Ok(0) => Err(ConfigError(format!("org[{i}].retention.{field}: must be above 0"))),
+                    Ok(ms) => Ok(Some(ms)),
+                    Err(e) => Err(ConfigError(format!("org[{i}].retention.{field}: {e}"))),
+                },
+            }
+        };
+        org.retention = Retention {
+            queued_max_age_ms: age(&r.queued_max_age, "queued_max_age")?,
+            retained_max_age_ms: age(&r.retained_max_age, "retained_max_age")?,
+        };
+    }
     if let Some(p) = &o.policy {
         org.policy = Some(load_policy(&format!("org[{i}].policy"), p, base)?);
     }
@@ -845,6 +975,28 @@ mod tests {
             Some(crate::acl::Policy::permit_all()),
             "undeclared anonymous org: permit-all"
         );
+    }
+
+    #[test]
+    fn encryption_and_retention() {
+        let c = parse(
+            "[[listener]]\nkind=\"tcp\"\n[[org]]\nid=\"acme\"\n[org.retention]\nqueued_max_age=\"7d\"\n\
+             [encryption]\ndestroyed_keys=[\"old\"]\n[[encryption.key]]\nid=\"k1\"\nfile=\"k1.key\"\n\
+             [[encryption.key]]\nid=\"acme-1\"\norg=\"acme\"\nenv=\"ACME_KEY\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.encryption.keys.len(), 2);
+        assert_eq!(c.encryption.keys[0].material, KeyMaterial::File(PathBuf::from("/etc/coremq/k1.key")));
+        assert_eq!(c.encryption.keys[1].org.as_deref(), Some("acme"));
+        assert_eq!(c.encryption.destroyed_keys, vec!["old".to_string()]);
+        assert_eq!(c.org("acme").unwrap().retention.queued_max_age_ms, Some(7 * 86_400_000));
+        let e = |t: &str| parse(&format!("[[listener]]\nkind=\"tcp\"\n{t}")).unwrap_err().0;
+        assert!(e("[[encryption.key]]\nid=\"k\"\n").contains("encryption.key[0]: exactly one of file or env"));
+        assert!(e("[[encryption.key]]\nid=\"a b\"\nenv=\"X\"\n").contains("encryption.key[0].id"));
+        assert!(e("[encryption]\ndestroyed_keys=[\"k\"]\n[[encryption.key]]\nid=\"k\"\nenv=\"X\"\n")
+            .contains("used twice"));
+        assert!(e("[[org]]\nid=\"a\"\n[org.retention]\nqueued_max_age=0\n")
+            .contains("org[0].retention.queued_max_age"));
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub const SUBSCRIPTIONS_PER_SESSION_MAX: usize = 10_000;
 /// oldest QoS 0 message, else the oldest message, is dropped and counted.
 pub const SESSION_QUEUE_MAX: usize = 10_000;
 
+/// How far into a full queue a QoS 0 message is looked for to drop before the oldest one.
+pub const QUEUE_VICTIM_SCAN: usize = 64;
+
+/// Reads a connection makes in a row (each up to `READ_CHUNK_BYTES`) before it lets the
+/// shard's other tasks run.
+pub const READS_BEFORE_YIELD: usize = 16;
+
+/// Mesh messages a receiver hands the core before it lets the shard's other tasks run (a
+/// receiver whose queue never empties must not keep readers and accepts from running).
+pub const MESH_RECV_BATCH: usize = 64;
+
 /// Unacknowledged outbound QoS 1/2 messages per session when the client sets no Receive
 /// Maximum (3.1.1), and our own Receive Maximum for inbound QoS 1/2 (5.0).
 pub const INFLIGHT_MAX: u16 = 128;

@@ -118,7 +118,10 @@ fn main() {
         },
         Command::Config { action: ConfigAction::Check { file } } => {
             match Config::load(&file).map_err(|e| e.to_string()).and_then(|c| {
-                coremq::shard::build_listeners(&c).map(|_| c).map_err(|e| format!("{}: {e}", file.display()))
+                coremq::shard::build_listeners(&c).map_err(|e| format!("{}: {e}", file.display()))?;
+                coremq::store::seal::Sealer::load(&c.encryption)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                Ok(c)
             }) {
                 Ok(c) => {
                     println!(
@@ -137,6 +140,7 @@ fn main() {
             }
         }
         Command::Acl { action } => acl(action),
+        Command::Data { action } => data(action),
         Command::Passwd => match admin_client::read_password() {
             Ok(p) => {
                 println!("{}", coremq::auth::password::hash_password(p.as_bytes()));
@@ -172,4 +176,38 @@ fn exit_now(code: i32) -> ! {
     // SAFETY: `_exit` only ends the process; nothing of ours runs after it, and the buffers
     // that matter were flushed above.
     unsafe { libc::_exit(code) }
+}
+
+/// `coremq data …`: 0 on success, 1 on an error (printed with the file, line or field).
+fn data(action: coremq::cli::DataAction) -> i32 {
+    use coremq::cli::DataAction;
+    let load = |c: &Option<std::path::PathBuf>| match c {
+        None => Ok(Config::embedded_default()),
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+    };
+    let r = match action {
+        DataAction::Keygen => {
+            println!("{}", coremq::store::seal::generate_key_hex());
+            return 0;
+        }
+        DataAction::Export { dir, config } => {
+            load(&config).and_then(|c| coremq::store::export::export(&c, &dir))
+        }
+        DataAction::Import { dir, config } => {
+            load(&config).and_then(|c| coremq::store::export::import(&c, &dir))
+        }
+    };
+    match r {
+        Ok(m) => {
+            println!(
+                "ok: {} control rows, {} sessions, {} queued messages, {} retained messages (format {} v{})",
+                m.control_rows, m.sessions, m.queued, m.retained, m.format, m.version
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("coremq: {e}");
+            1
+        }
+    }
 }

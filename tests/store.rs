@@ -2,7 +2,10 @@
 //! (a clear error naming the database, the session and the reason; never a silent skip),
 //! and that what `open` reads back is what was stored.
 
+use std::sync::Arc;
+
 use coremq::config::Durability;
+use coremq::store::seal::Sealer;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
 fn write_raw(dir: &std::path::Path, keyspace: &str, key: &[u8], value: &[u8]) {
@@ -13,7 +16,9 @@ fn write_raw(dir: &std::path::Path, keyspace: &str, key: &[u8], value: &[u8]) {
 }
 
 fn open_err(dir: &std::path::Path) -> String {
-    coremq::store::open(dir, 1, Durability::Group, 1_800_000_000_000).unwrap_err().to_string()
+    coremq::store::open(dir, 1, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -48,8 +53,18 @@ fn a_truncated_queued_message_stops_the_start() {
 #[test]
 fn an_empty_data_dir_opens_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let o = coremq::store::open(dir.path(), 2, Durability::Group, 1_800_000_000_000).unwrap();
+    let o =
+        coremq::store::open(dir.path(), 2, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000)
+            .unwrap();
     assert_eq!(o.shards.len(), 2);
     assert!(o.sessions.iter().all(Vec::is_empty) && o.retained_msgs.is_empty());
     assert_eq!(o.retained_seq, 0);
+}
+
+#[test]
+fn a_sealed_value_without_its_key_stops_the_start_with_the_key_id() {
+    let dir = tempfile::tempdir().unwrap();
+    write_raw(dir.path(), "sessions", b"acme\0s", b"\xC5\x02k1............................");
+    let e = open_err(dir.path());
+    assert!(e.contains("acme/s") && e.contains("encryption key 'k1', which is not configured"), "{e}");
 }

@@ -164,6 +164,8 @@ pub struct OrgDir {
     pub policy: Option<Arc<crate::acl::Policy>>,
     /// The org's quota (`None`: unlimited).
     pub quota: Option<Arc<crate::quota::OrgQuota>>,
+    /// Maximum ages of the org's stored messages (`[org.retention]`).
+    pub retention: crate::config::Retention,
 }
 
 /// Everything shards need to authenticate a CONNECT. Immutable once published.

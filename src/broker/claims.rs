@@ -106,8 +106,9 @@ impl ShardCore {
 
     fn dispatch(&mut self, now_ms: u64, msg: MeshMsg) {
         match msg {
-            MeshMsg::Forward { org, msg, shared } => {
-                self.route(&org, &msg, None, true, now_ms);
+            MeshMsg::Forward { org, msg, shared, ack } => {
+                let since = self.store_seq();
+                self.route(&org, &msg, None, true, None, now_ms);
                 for full in shared {
                     if let Some(sub) = self.router.pick_shared_local(&org, &full) {
                         let mut stored = None;
@@ -117,7 +118,11 @@ impl ShardCore {
                         self.deliver(sub.session, &msg, q, retain, &ids, &mut stored, now_ms);
                     }
                 }
+                if let Some((origin, token)) = ack {
+                    self.confirm_forward(origin, token, since);
+                }
             }
+            MeshMsg::Stored { token, ok } => self.forward_confirmed(token, ok, now_ms),
             MeshMsg::Interest { org, filter, shard, add, ack } => {
                 self.router.set_remote(&org, &filter, shard, add);
                 if let Some((conn, token)) = ack {
@@ -377,6 +382,7 @@ impl ShardCore {
             }
             return;
         }
+        let since = self.store_seq();
         self.persist_resumed(sref);
         let fair = self.fair.join(&key.org);
         let c = self.conn_mut(id).expect("alive");
@@ -399,6 +405,8 @@ impl ShardCore {
         }
         let ack = Packet::ConnAck(ConnAck { session_present: present, reason: ReasonCode::SUCCESS, props });
         self.write(id, &ack);
+        // The session record written for it (a persistent session) reaches the disk first.
+        self.gate_output(id, since);
         let c = self.conn(id).expect("alive");
         if let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) {
             let detail = [
@@ -512,6 +520,10 @@ impl ShardCore {
         for s in ended {
             self.end_session(s, now_ms);
         }
+        if now_ms >= self.last_retention_ms + 1000 {
+            self.last_retention_ms = now_ms;
+            self.expire_retention(now_ms);
+        }
         if now_ms >= self.last_report_ms + 1000 {
             // Figures for /metrics every second, whether or not $SYS is published.
             self.last_report_ms = now_ms;
@@ -522,6 +534,51 @@ impl ShardCore {
             self.publish_sys(now_ms);
         }
         self.drain_self(now_ms);
+    }
+
+    /// Drops what is older than its org's `[org.retention]` maximum ages: the head of offline
+    /// queues, and retained messages (in the replica here and, once per message, in the store).
+    fn expire_retention(&mut self, now_ms: u64) {
+        let dir = self.cfg.auth.directory.load();
+        if dir.orgs.values().all(|o| o.retention == crate::config::Retention::default()) {
+            return;
+        }
+        let mut trimmed = Vec::new();
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            if s.conn.is_some() {
+                continue; // a connected session's queue is checked as it is sent (pump)
+            }
+            let Some(max) = dir.orgs.get(&s.org).and_then(|o| o.retention.queued_max_age_ms) else {
+                continue;
+            };
+            while let Some(d) = s.state.queue.front() {
+                if now_ms.saturating_sub(d.msg.received_ms) <= max {
+                    break;
+                }
+                trimmed.push((SessionRef(i as u32), s.state.queue.pop_front().expect("checked")));
+            }
+        }
+        let mut touched: Vec<SessionRef> = Vec::new();
+        for (sref, d) in trimmed {
+            self.persist_unqueued(sref, &d);
+            if touched.last() != Some(&sref) {
+                touched.push(sref);
+            }
+        }
+        for sref in touched {
+            self.count_offline(sref);
+        }
+        let orgs: Vec<(Arc<str>, u64)> = dir
+            .orgs
+            .iter()
+            .filter_map(|(o, d)| d.retention.retained_max_age_ms.map(|m| (o.clone(), m)))
+            .collect();
+        for (org, max) in orgs {
+            for (topic, seq) in self.retained.expire(&org, now_ms.saturating_sub(max)) {
+                self.persist_retain_expired(&org, topic, seq);
+            }
+        }
     }
 
     fn report_figures(&mut self) {

@@ -134,9 +134,15 @@ impl ShardCore {
         if msg.retain {
             self.apply_retain(&org, &msg);
         }
-        self.route(&org, &msg, Some(sref), false, now_ms);
+        // With gating, forwards carry a token: the shards they reach confirm once stored.
+        let token = (ack.is_some() && self.cfg.gate_acks && self.cfg.nr_shards > 1).then(|| {
+            self.next_token += 1;
+            self.next_token
+        });
+        let forwards = self.route(&org, &msg, Some(sref), false, token, now_ms);
         if let Some(a) = ack {
-            self.ack(id, a, since, now_ms);
+            let waits = token.filter(|_| forwards > 0).map(|t| (t, forwards));
+            self.ack_waiting(id, a, since, waits, now_ms);
         }
     }
 
@@ -152,7 +158,7 @@ impl ShardCore {
         if msg.retain {
             self.apply_retain(org, &msg);
         }
-        self.route(org, &msg, None, false, now_ms);
+        self.route(org, &msg, None, false, None, now_ms);
     }
 
     fn apply_retain(&mut self, org: &Arc<str>, msg: &Msg) {
@@ -178,9 +184,11 @@ impl ShardCore {
         msg: &Msg,
         publisher: Option<SessionRef>,
         from_remote: bool,
+        ack_token: Option<u64>,
         now_ms: u64,
-    ) {
+    ) -> u16 {
         let mut m = std::mem::take(&mut self.matches);
+        let mut forwards = 0;
         self.router.route(org, msg.topic.as_str(), !from_remote, &mut m);
         let mut subs = std::mem::take(&mut self.fanout);
         subs.clear();
@@ -227,12 +235,15 @@ impl ShardCore {
                 for p in m.shared_remote.iter().filter(|p| p.shard == shard) {
                     shared.push(p.filter.clone());
                 }
-                let f = MeshMsg::Forward { org: org.clone(), msg: msg.clone(), shared };
+                let ack = ack_token.map(|t| (self.shard, t));
+                forwards += 1;
+                let f = MeshMsg::Forward { org: org.clone(), msg: msg.clone(), shared, ack };
                 self.mesh_out[shard as usize].push_back(f);
             }
         }
         self.fanout = subs;
         self.matches = m;
+        forwards
     }
 
     /// Delivers to one session: straight into its connection's output when possible, else into
@@ -370,6 +381,10 @@ impl ShardCore {
             return;
         }
         let window = c.send_window as usize;
+        if s.state.queue.is_empty() {
+            return;
+        }
+        let max_age = self.retention(&s.org).queued_max_age_ms.unwrap_or(u64::MAX);
         loop {
             let out_full = self.conn(id).is_none_or(|c| c.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
             let s = self.session_mut(sref).expect("checked above");
@@ -377,7 +392,7 @@ impl ShardCore {
                 return;
             }
             let Some(d) = s.state.queue.pop_front() else { return };
-            if d.msg.expiry(now_ms) == Expiry::Expired {
+            if d.msg.expiry(now_ms) == Expiry::Expired || now_ms.saturating_sub(d.msg.received_ms) > max_age {
                 continue;
             }
             let Some(pid) = s.state.alloc_pid() else {
@@ -636,8 +651,14 @@ impl ShardCore {
                 reasons: p.reasons,
             });
             self.write(id, &ack);
+            let max_age = self.retention(&org).retained_max_age_ms.unwrap_or(u64::MAX);
             for (filter, qos, sub_id) in p.retained {
-                let msgs: Vec<Arc<Msg>> = self.retained.matching(&org, &filter).cloned().collect();
+                let msgs: Vec<Arc<Msg>> = self
+                    .retained
+                    .matching(&org, &filter)
+                    .filter(|m| now_ms.saturating_sub(m.received_ms) <= max_age)
+                    .cloned()
+                    .collect();
                 let checked =
                     self.session(sref).and_then(|s| s.state.subs.get(&*filter)).is_some_and(|e| e.checked);
                 for m in msgs {

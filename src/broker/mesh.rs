@@ -31,6 +31,17 @@ pub enum MeshMsg {
         msg: Msg,
         /// Shared groups (`$share/g/f`) this shard was picked to deliver.
         shared: SmallVec<[Arc<str>; 2]>,
+        /// With durability gating: (origin shard, token). The publisher's acknowledgement
+        /// waits for a [`MeshMsg::Stored`] with this token, sent once what this shard stored
+        /// for the message is durable.
+        ack: Option<(u8, u64)>,
+    },
+    /// What a shard stored for a forwarded message is durable (`ok`), or its store failed.
+    Stored {
+        /// Token of the [`MeshMsg::Forward`].
+        token: u64,
+        /// False: the store failed; the acknowledgement is refused.
+        ok: bool,
     },
     /// `shard` gained or lost its local interest in `filter`.
     Interest {

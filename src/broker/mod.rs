@@ -246,6 +246,9 @@ struct Conn {
     fair_yielded: bool,
     /// Its acknowledgements held for durability (later ones wait behind them).
     held_acks: u32,
+    /// Its output waits until store writes up to this sequence are durable (a CONNACK,
+    /// SUBACK or UNSUBACK that depends on a session record, and what follows it); 0: none.
+    out_gate: u64,
 }
 
 /// The MQTT 5 Authentication Method for JWTs.
@@ -338,8 +341,19 @@ pub struct ShardCore {
     store_seq: u64,
     /// The store failed: acknowledgements that depend on it are refused.
     store_broken: bool,
-    /// Acknowledgements waiting for store writes to be durable: (write sequence, to, ack).
-    held_acks: VecDeque<(u64, ConnId, Packet)>,
+    /// Acknowledgements waiting for store writes to be durable, here and on the shards the
+    /// message was forwarded to.
+    held_acks: VecDeque<persist::HeldAck>,
+    /// Store writes up to this sequence are durable.
+    durable_upto: u64,
+    /// Forwards of a held acknowledgement not yet confirmed by their shard: token ->
+    /// (confirmations missing, a shard's store failed). Empty without cross-shard traffic.
+    remote_waits: HashMap<u64, (u16, bool), RandomState>,
+    /// Forwarded messages whose confirmation waits for this shard's store: (write sequence,
+    /// origin shard, token).
+    stored_replies: VecDeque<(u64, u8, u64)>,
+    /// Connections whose output waits for the store (`Conn::out_gate`).
+    gated: Vec<ConnId>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
     /// Bounded by the connection count; usually empty.
     pressure: Vec<ConnId>,
@@ -349,6 +363,8 @@ pub struct ShardCore {
     start_ms: u64,
     last_sys_ms: u64,
     last_report_ms: u64,
+    /// Last retention sweep (maximum ages of stored messages, `[org.retention]`).
+    last_retention_ms: u64,
     closed_rx: HashMap<Arc<str>, (u64, u64), RandomState>,
     auth: Authenticator,
     auth_jobs: Vec<AuthJob>,
@@ -402,6 +418,10 @@ impl ShardCore {
             store_seq: 0,
             store_broken: false,
             held_acks: VecDeque::new(),
+            durable_upto: 0,
+            remote_waits: HashMap::default(),
+            stored_replies: VecDeque::new(),
+            gated: Vec::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
             pressure: Vec::new(),
@@ -411,6 +431,7 @@ impl ShardCore {
             start_ms: now_ms,
             last_sys_ms: now_ms,
             last_report_ms: 0,
+            last_retention_ms: 0,
             closed_rx: HashMap::default(),
             auth: Authenticator::new(cfg.auth.clone()),
             auth_jobs: Vec::new(),
@@ -450,6 +471,7 @@ impl ShardCore {
             fair: None,
             fair_yielded: false,
             held_acks: 0,
+            out_gate: 0,
             out: BytesMut::new(),
             writer: None,
             reader: None,
@@ -715,7 +737,15 @@ impl ShardCore {
 
     /// Hands out the pending output of `id` by swapping it with `spare` (which must be empty).
     pub fn poll_output(&mut self, id: ConnId, spare: &mut BytesMut, waker: &Waker) -> OutputPoll {
+        let durable = self.durable_upto;
         let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
+        if c.out_gate > durable && !c.closing {
+            // A CONNACK or SUBACK that depends on the store is in there: not before it is durable.
+            if !c.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                c.writer = Some(waker.clone());
+            }
+            return OutputPoll::Pending;
+        }
         if !c.out.is_empty() {
             std::mem::swap(&mut c.out, spare);
             // Still pressured while its session queue is long (a live subscriber whose window
@@ -935,12 +965,16 @@ impl ShardCore {
             Packet::PubRel(r) => self.handle_pubrel(id, now_ms, r),
             Packet::PubComp(r) => self.handle_puback(id, now_ms, r, true),
             Packet::Subscribe(s) => {
+                let since = self.store_seq();
                 self.handle_subscribe(id, now_ms, s);
                 self.persist_conn_meta(id);
+                self.gate_output(id, since);
             }
             Packet::Unsubscribe(u) => {
+                let since = self.store_seq();
                 self.handle_unsubscribe(id, now_ms, u);
                 self.persist_conn_meta(id);
+                self.gate_output(id, since);
             }
             Packet::PingReq => self.write(id, &Packet::PingResp),
             Packet::Disconnect(d) => self.handle_disconnect(id, now_ms, d),
@@ -1402,6 +1436,11 @@ impl ShardCore {
             who.as_deref(),
             &detail,
         );
+    }
+
+    /// The maximum ages of `org`'s stored messages.
+    pub(crate) fn retention(&self, org: &str) -> crate::config::Retention {
+        self.cfg.auth.directory.load().orgs.get(org).map(|o| o.retention).unwrap_or_default()
     }
 
     /// The quota of `org`, if it has one.

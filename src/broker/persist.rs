@@ -72,6 +72,15 @@ pub enum StoreOp {
         /// Global retained sequence (the highest wins).
         seq: u64,
     },
+    /// A retained message passed its org's maximum age: delete it if still the one stored.
+    RetainExpired {
+        /// Organization.
+        org: Arc<str>,
+        /// Its topic.
+        topic: Box<str>,
+        /// The sequence of the write that set it.
+        seq: u64,
+    },
 }
 
 /// A persistent session's record (JSON in the store; `v` is the format version).
@@ -149,6 +158,19 @@ impl StoredSub {
     }
 }
 
+/// An acknowledgement held for durability.
+#[derive(Debug)]
+pub struct HeldAck {
+    /// Local store writes up to this sequence must be durable first.
+    pub seq: u64,
+    /// Its entry in `remote_waits` (0: no forwards to wait for).
+    pub token: u64,
+    /// To whom.
+    pub id: ConnId,
+    /// The PUBACK, PUBREC or PUBCOMP.
+    pub p: Packet,
+}
+
 impl ShardCore {
     /// Store writes made since the last call, in order; returns the sequence of the last one
     /// (pass it to [`ShardCore::durable`] once they are on disk).
@@ -167,12 +189,89 @@ impl ShardCore {
         self.store_seq
     }
 
+    /// A forwarded message reached this shard (`since`: the store sequence before it was
+    /// routed): confirm to `origin` at once if nothing was stored for it, else once durable.
+    pub(super) fn confirm_forward(&mut self, origin: u8, token: u64, since: u64) {
+        if self.store_broken {
+            self.send(origin, MeshMsg::Stored { token, ok: false });
+        } else if self.store_seq == since && self.stored_replies.is_empty() {
+            self.send(origin, MeshMsg::Stored { token, ok: true });
+        } else {
+            // Behind earlier replies, in order, so a confirmation never overtakes a write.
+            self.stored_replies.push_back((self.store_seq, origin, token));
+        }
+    }
+
+    /// Holds the output of `id` (a CONNACK or SUBACK just written, and what follows) until the
+    /// store writes made since `since` are durable. After a store failure nothing is held: the
+    /// broker keeps serving sessions from memory (a persistent subscriber can still drain its
+    /// queue), and the publishes that would need the store are the ones refused.
+    pub(super) fn gate_output(&mut self, id: ConnId, since: u64) {
+        if !self.cfg.gate_acks || self.store_broken || self.store_seq <= since {
+            return;
+        }
+        let seq = self.store_seq;
+        let Some(c) = self.conn_mut(id) else { return };
+        let first = c.out_gate == 0;
+        c.out_gate = seq;
+        if first {
+            self.gated.push(id);
+        }
+    }
+
+    /// A shard confirmed (or, `ok` false, refused) a forward of a held acknowledgement.
+    pub(super) fn forward_confirmed(&mut self, token: u64, ok: bool, now_ms: u64) {
+        if let Some(w) = self.remote_waits.get_mut(&token) {
+            w.0 = w.0.saturating_sub(1);
+            w.1 |= !ok;
+        }
+        self.release_held(now_ms);
+    }
+
+    /// Sends the held acknowledgements at the head whose writes are durable here and whose
+    /// forwards are all confirmed (in order: one connection's acks never overtake each other).
+    fn release_held(&mut self, now_ms: u64) {
+        while let Some(h) = self.held_acks.front() {
+            if h.seq > self.durable_upto {
+                break;
+            }
+            let failed = match self.remote_waits.get(&h.token) {
+                Some((n, _)) if *n > 0 => break,
+                Some((_, failed)) => *failed,
+                None => false,
+            };
+            let h = self.held_acks.pop_front().expect("checked");
+            self.remote_waits.remove(&h.token);
+            if let Some(c) = self.conn_mut(h.id) {
+                c.held_acks -= 1;
+                if failed {
+                    self.refuse_ack(h.id, h.p, now_ms);
+                } else {
+                    self.write(h.id, &h.p);
+                }
+            }
+        }
+    }
+
     /// Sends an acknowledgement that may depend on store writes made since `since` (a
     /// [`ShardCore::store_seq`] taken before): with gating on and such writes made, it is held
     /// until [`ShardCore::durable`] covers them. Acks of a connection keep their order
     /// [MQTT-4.6.0-2]: behind a held one, every later one waits too.
     pub(super) fn ack(&mut self, id: ConnId, p: Packet, since: u64, now_ms: u64) {
-        let needs = self.cfg.gate_acks && self.store_seq > since;
+        self.ack_waiting(id, p, since, None, now_ms);
+    }
+
+    /// [`ShardCore::ack`] for a publish that was also forwarded with `forwards` = (token, number
+    /// of shards): it is held as well until every one of them confirmed its own writes durable.
+    pub(super) fn ack_waiting(
+        &mut self,
+        id: ConnId,
+        p: Packet,
+        since: u64,
+        forwards: Option<(u64, u16)>,
+        now_ms: u64,
+    ) {
+        let needs = self.cfg.gate_acks && (self.store_seq > since || forwards.is_some());
         if needs && self.store_broken {
             return self.refuse_ack(id, p, now_ms);
         }
@@ -180,21 +279,37 @@ impl ShardCore {
         let Some(c) = self.conn_mut(id) else { return };
         if needs || c.held_acks > 0 {
             c.held_acks += 1;
-            self.held_acks.push_back((seq, id, p));
+            let token = forwards.map_or(0, |(token, n)| {
+                self.remote_waits.insert(token, (n, false));
+                token
+            });
+            self.held_acks.push_back(HeldAck { seq, token, id, p });
         } else {
             self.write(id, &p);
         }
     }
 
-    /// Store writes up to `upto` are durable: the acknowledgements waiting for them go out.
-    pub fn durable(&mut self, upto: u64) {
-        while self.held_acks.front().is_some_and(|(s, _, _)| *s <= upto) {
-            let (_, id, p) = self.held_acks.pop_front().expect("checked");
-            if let Some(c) = self.conn_mut(id) {
-                c.held_acks -= 1;
-                self.write(id, &p);
-            }
+    /// Store writes up to `upto` are durable: the acknowledgements waiting for them go out
+    /// (those also waiting for other shards, once those confirm), and so do this shard's
+    /// confirmations of forwarded messages.
+    pub fn durable(&mut self, upto: u64, now_ms: u64) {
+        self.durable_upto = self.durable_upto.max(upto);
+        while self.stored_replies.front().is_some_and(|(s, _, _)| *s <= upto) {
+            let (_, origin, token) = self.stored_replies.pop_front().expect("checked");
+            self.send(origin, MeshMsg::Stored { token, ok: true });
         }
+        self.release_held(now_ms);
+        let mut gated = std::mem::take(&mut self.gated);
+        gated.retain(|id| match self.conns.get_mut(id.idx as usize).and_then(Option::as_mut) {
+            Some(c) if c.gen == id.gen && c.out_gate > upto => true,
+            Some(c) if c.gen == id.gen => {
+                c.out_gate = 0;
+                wake(&mut c.writer);
+                false
+            }
+            _ => false,
+        });
+        self.gated = gated;
     }
 
     /// The store failed (a full disk, an I/O error): what waited for it is refused, and so is
@@ -202,10 +317,23 @@ impl ShardCore {
     /// that was not.
     pub fn store_failed(&mut self, now_ms: u64) {
         self.store_broken = true;
-        while let Some((_, id, p)) = self.held_acks.pop_front() {
+        while let Some((_, origin, token)) = self.stored_replies.pop_front() {
+            self.send(origin, MeshMsg::Stored { token, ok: false });
+        }
+        // A CONNACK or SUBACK that promised a stored session must not go out: close without it
+        // (the client reconnects and is told then).
+        for id in std::mem::take(&mut self.gated) {
             if let Some(c) = self.conn_mut(id) {
+                c.out_gate = 0;
+                c.out.clear();
+                self.close_conn(id, None, now_ms);
+            }
+        }
+        while let Some(h) = self.held_acks.pop_front() {
+            self.remote_waits.remove(&h.token);
+            if let Some(c) = self.conn_mut(h.id) {
                 c.held_acks -= 1;
-                self.refuse_ack(id, p, now_ms);
+                self.refuse_ack(h.id, h.p, now_ms);
             }
         }
     }
@@ -352,6 +480,15 @@ impl ShardCore {
         // `$SYS` topics are the broker's own, republished every interval: not stored.
         if self.cfg.persist && !msg.topic.as_str().starts_with("$SYS") {
             self.push_op(StoreOp::Retain { org: org.clone(), msg: Box::new(msg.clone()), seq });
+        }
+    }
+
+    /// A retained message passed its org's maximum age: deleted from the store unless a newer
+    /// write replaced it there (each shard's replica expires it; the compare makes the deletes
+    /// from every shard one).
+    pub(super) fn persist_retain_expired(&mut self, org: &Arc<str>, topic: Box<str>, seq: u64) {
+        if self.cfg.persist {
+            self.push_op(StoreOp::RetainExpired { org: org.clone(), topic, seq });
         }
     }
 

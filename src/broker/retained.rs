@@ -82,6 +82,21 @@ impl Retained {
             .flat_map(move |m| m.iter().filter(move |(t, _)| matches(filter, t)).map(|(_, (m, _))| m))
     }
 
+    /// Removes `org`'s retained messages received before `cutoff_ms`; returns their topics
+    /// and sequences.
+    pub fn expire(&mut self, org: &str, cutoff_ms: u64) -> Vec<(Box<str>, u64)> {
+        let Some(map) = self.orgs.get_mut(org) else { return Vec::new() };
+        let mut out = Vec::new();
+        map.retain(|t, (m, seq)| {
+            let keep = m.received_ms >= cutoff_ms;
+            if !keep {
+                out.push((t.clone(), *seq));
+            }
+            keep
+        });
+        out
+    }
+
     /// Number of retained messages in `org`.
     pub fn count(&self, org: &str) -> usize {
         self.orgs.get(org).map_or(0, |m| m.len())

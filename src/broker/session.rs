@@ -117,11 +117,18 @@ impl SessionState {
         None
     }
 
-    /// Queues a delivery, dropping the oldest (QoS 0 first) at the bound; returns the dropped one.
+    /// Queues a delivery, dropping the oldest at the bound (a QoS 0 message among the oldest
+    /// [`limits::QUEUE_VICTIM_SCAN`] first); returns the dropped one. Constant time: a full
+    /// queue under a flood must not cost a scan of the whole queue per message.
     pub fn enqueue(&mut self, d: Delivery) -> Option<Delivery> {
         let mut out = None;
         if self.queue.len() >= limits::SESSION_QUEUE_MAX {
-            let victim = self.queue.iter().position(|q| q.qos == QoS::AtMostOnce).unwrap_or(0);
+            let victim = self
+                .queue
+                .iter()
+                .take(limits::QUEUE_VICTIM_SCAN)
+                .position(|q| q.qos == QoS::AtMostOnce)
+                .unwrap_or(0);
             out = self.queue.remove(victim);
             self.dropped += 1;
         }

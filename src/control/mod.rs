@@ -192,6 +192,8 @@ pub struct Ctl {
     /// Per-org quotas: limits and live counters, shared with shards through the directory.
     /// Kept across directory rebuilds (the counters must survive them).
     pub(crate) quotas: Mutex<HashMap<String, Arc<crate::quota::OrgQuota>>>,
+    /// `[org.retention]` of declared orgs.
+    pub(crate) retention: HashMap<String, crate::config::Retention>,
 }
 
 impl std::fmt::Debug for Ctl {
@@ -268,6 +270,7 @@ impl Ctl {
                 }
             }
             od.quota = Some(self.quota(&o.id));
+            od.retention = self.retention.get(&o.id).copied().unwrap_or_default();
             dir.orgs.insert(o.id.into(), Arc::new(od));
         }
         self.auth.directory.store(Arc::new(dir));
@@ -457,8 +460,12 @@ fn bootstrap(ctl: &Ctl, cfg: &Config) -> Result<(), String> {
 
 /// Opens the store, applies the config, starts the control-plane thread (admin API, audit
 /// writer, purges) and returns what the shards need.
-pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<ControlPlane, String> {
-    let store = Store::open(&cfg.data_dir.join("control")).map_err(|e| e.to_string())?;
+pub fn start(
+    cfg: &Config,
+    sys: Arc<crate::broker::sys::SysBoard>,
+    sealer: Arc<crate::store::seal::Sealer>,
+) -> Result<ControlPlane, String> {
+    let store = Store::open_sealed(&cfg.data_dir.join("control"), sealer).map_err(|e| e.to_string())?;
     let pepper = Pepper::new(&store.pepper().map_err(|e| e.to_string())?);
     let auth = Arc::new(AuthShared::new(Directory::default(), pepper));
     let operator_key = match cfg.admin.as_ref().and_then(|a| a.operator_key_env.as_ref()) {
@@ -511,6 +518,7 @@ pub fn start(cfg: &Config, sys: Arc<crate::broker::sys::SysBoard>) -> Result<Con
                 .map(|(id, q)| (id, Arc::new(crate::quota::OrgQuota::new(q, crate::shard::now_ms()))))
                 .collect(),
         ),
+        retention: cfg.orgs.iter().map(|o| (o.id.clone(), o.retention)).collect(),
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;

@@ -8,7 +8,10 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::auth::directory::Attrs;
+use crate::store::seal::Sealer;
 
 /// A stored organization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +123,7 @@ impl From<fjall::Error> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    sealer: Arc<Sealer>,
     meta: Keyspace,
     orgs: Keyspace,
     users: Keyspace,
@@ -145,17 +149,27 @@ pub fn org_key(org: &str, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-fn decode<T: DeserializeOwned>(v: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(v).map_err(|e| StoreError(format!("control store: corrupt record: {e}")))
-}
+/// A control-store row read for export: keyspace, key, plain value.
+pub type ExportedRow = (&'static str, Vec<u8>, Vec<u8>);
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    serde_json::to_vec(v).expect("records serialize")
+/// The additional data a row's value is sealed with: keyspace name, NUL, row key.
+pub fn row_aad(ks: &str, key: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(ks.len() + 1 + key.len());
+    a.extend_from_slice(ks.as_bytes());
+    a.push(0);
+    a.extend_from_slice(key);
+    a
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, plain (no encryption keys).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_sealed(dir, Arc::new(Sealer::plain()))
+    }
+
+    /// Opens (or creates) the database in `dir`; values are sealed and opened by `sealer`, and
+    /// rows sealed with a destroyed key are deleted.
+    pub fn open_sealed(dir: &Path, sealer: Arc<Sealer>) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError(format!("{}: cannot create: {e}", dir.display())))?;
         let db = Database::builder(dir).open().map_err(|e| StoreError(format!("{}: {e}", dir.display())))?;
@@ -170,7 +184,118 @@ impl Store {
             policies: ks("policies")?,
             quotas: ks("quotas")?,
             db,
+            sealer,
         })
+        .and_then(|s| s.drop_destroyed().map(|_| s))
+    }
+
+    fn keyspaces(&self) -> [(&'static str, &Keyspace); 8] {
+        [
+            ("meta", &self.meta),
+            ("orgs", &self.orgs),
+            ("users", &self.users),
+            ("api_keys", &self.api_keys),
+            ("tokens", &self.tokens),
+            ("audit", &self.audit),
+            ("policies", &self.policies),
+            ("quotas", &self.quotas),
+        ]
+    }
+
+    /// Deletes rows sealed with a key listed in `destroyed_keys` (crypto-shredding).
+    fn drop_destroyed(&self) -> Result<(), StoreError> {
+        let mut dropped = 0;
+        for (_, ks) in self.keyspaces() {
+            let mut dead = Vec::new();
+            for g in ks.iter() {
+                let (k, v) = g.into_inner()?;
+                if self.sealer.is_destroyed(&v) {
+                    dead.push(k);
+                }
+            }
+            dropped += dead.len();
+            for k in dead {
+                ks.remove(k)?;
+            }
+        }
+        if dropped > 0 {
+            self.sync()?;
+            tracing::warn!(rows = dropped, "control store: dropped rows sealed with destroyed keys");
+        }
+        Ok(())
+    }
+
+    /// Every row, opened: (keyspace, key, plain value), for `coremq data export`.
+    pub fn export_rows(&self) -> Result<Vec<ExportedRow>, StoreError> {
+        let mut out = Vec::new();
+        for (name, ks) in self.keyspaces() {
+            for g in ks.iter() {
+                let (k, v) = g.into_inner()?;
+                let plain = if name == "meta" && v.len() == 32 {
+                    v.to_vec() // the plain pepper
+                } else {
+                    self.sealer
+                        .open(&row_aad(name, &k), &v)
+                        .map_err(|e| StoreError(format!("control store: {name} row: {e}")))?
+                        .into_owned()
+                };
+                out.push((name, k.to_vec(), plain));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes one exported row, sealed for the org it belongs to (`coremq data import`).
+    pub fn import_row(&self, ks: &str, key: &[u8], plain: Vec<u8>) -> Result<(), StoreError> {
+        let Some((name, _)) = self.keyspaces().into_iter().find(|(n, _)| *n == ks) else {
+            return Err(StoreError(format!("unknown control keyspace \"{ks}\"")));
+        };
+        let org: Option<String> = match name {
+            "meta" => None,
+            "orgs" | "policies" | "quotas" => Some(String::from_utf8_lossy(key).into_owned()),
+            "api_keys" => Some(self.decode::<ApiKeyRecord>(name, key, &plain)?.org),
+            _ => key.split(|b| *b == 0).next().map(|o| String::from_utf8_lossy(o).into_owned()),
+        };
+        if name != "meta" {
+            // Refuse what this build cannot read back.
+            self.decode::<serde_json::Value>(name, key, &plain)?;
+        }
+        let sealed = self.sealer.seal(org.as_deref(), &row_aad(name, key), plain);
+        Ok(self.keyspace(name).insert(key, sealed)?)
+    }
+
+    /// Stores `v` as JSON under `key`, sealed for `org`.
+    fn put<T: Serialize>(&self, ks: &str, key: &[u8], org: Option<&str>, v: &T) -> Result<(), StoreError> {
+        let plain = serde_json::to_vec(v).expect("records serialize");
+        let sealed = self.sealer.seal(org, &row_aad(ks, key), plain);
+        Ok(self.keyspace(ks).insert(key, sealed)?)
+    }
+
+    fn keyspace(&self, name: &str) -> &Keyspace {
+        self.keyspaces().into_iter().find(|(n, _)| *n == name).map(|(_, k)| k).expect("known keyspace")
+    }
+
+    /// Opens and decodes the value stored under `key`.
+    fn decode<T: DeserializeOwned>(&self, ks: &str, key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+        let plain = self
+            .sealer
+            .open(&row_aad(ks, key), v)
+            .map_err(|e| StoreError(format!("control store: {ks} row: {e}")))?;
+        serde_json::from_slice(&plain)
+            .map_err(|e| StoreError(format!("control store: corrupt {ks} record: {e}")))
+    }
+
+    fn get<T: DeserializeOwned>(&self, ks: &str, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.keyspace(ks).get(key)?.map(|v| self.decode(ks, key, &v)).transpose()
+    }
+
+    fn scan<T: DeserializeOwned>(&self, ks: &str, prefix: &[u8]) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        for g in self.keyspace(ks).prefix(prefix) {
+            let (k, v) = g.into_inner()?;
+            out.push(self.decode(ks, &k, &v)?);
+        }
+        Ok(out)
     }
 
     /// Makes every write so far durable (admin changes are acknowledged after this).
@@ -181,10 +306,18 @@ impl Store {
     /// The pepper for credential MACs, created on first use and kept forever.
     pub fn pepper(&self) -> Result<Vec<u8>, StoreError> {
         if let Some(v) = self.meta.get("pepper")? {
-            return Ok(v.to_vec());
+            // A plain pepper is exactly 32 bytes; a sealed one is longer.
+            if v.len() == 32 {
+                return Ok(v.to_vec());
+            }
+            let p = self
+                .sealer
+                .open(&row_aad("meta", b"pepper"), &v)
+                .map_err(|e| StoreError(format!("control store: pepper: {e}")))?;
+            return Ok(p.into_owned());
         }
         let p = crate::auth::secret::random_bytes::<32>().to_vec();
-        self.meta.insert("pepper", p.clone())?;
+        self.meta.insert("pepper", self.sealer.seal(None, &row_aad("meta", b"pepper"), p.clone()))?;
         self.sync()?;
         Ok(p)
     }
@@ -193,17 +326,17 @@ impl Store {
 
     /// Stores an organization.
     pub fn put_org(&self, o: &OrgRecord) -> Result<(), StoreError> {
-        Ok(self.orgs.insert(o.id.as_bytes(), encode(o))?)
+        self.put("orgs", o.id.as_bytes(), Some(&o.id), o)
     }
 
     /// One organization.
     pub fn org(&self, id: &str) -> Result<Option<OrgRecord>, StoreError> {
-        self.orgs.get(id.as_bytes())?.map(|v| decode(&v)).transpose()
+        self.get("orgs", id.as_bytes())
     }
 
     /// All organizations, by id.
     pub fn orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
-        self.orgs.iter().map(|g| decode(&g.value()?)).collect()
+        self.scan("orgs", b"")
     }
 
     /// Deletes an organization and everything it owns (users, keys, tokens, audit).
@@ -229,39 +362,39 @@ impl Store {
 
     /// Stores an org's ACL document (validated by the caller).
     pub fn put_policy(&self, org: &str, doc: &serde_json::Value) -> Result<(), StoreError> {
-        Ok(self.policies.insert(org.as_bytes(), encode(doc))?)
+        self.put("policies", org.as_bytes(), Some(org), doc)
     }
 
     /// An org's ACL document.
     pub fn policy(&self, org: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        self.policies.get(org.as_bytes())?.map(|v| decode(&v)).transpose()
+        self.get("policies", org.as_bytes())
     }
 
     /// Stores an org's quota limits (set through the admin API).
     pub fn put_quotas(&self, org: &str, q: &crate::quota::QuotaLimits) -> Result<(), StoreError> {
-        Ok(self.quotas.insert(org.as_bytes(), encode(q))?)
+        self.put("quotas", org.as_bytes(), Some(org), q)
     }
 
     /// An org's stored quota limits.
     pub fn quotas(&self, org: &str) -> Result<Option<crate::quota::QuotaLimits>, StoreError> {
-        self.quotas.get(org.as_bytes())?.map(|v| decode(&v)).transpose()
+        self.get("quotas", org.as_bytes())
     }
 
     // ---------------------------------------------------------------- users
 
     /// Stores a user.
     pub fn put_user(&self, org: &str, u: &UserRecord) -> Result<(), StoreError> {
-        Ok(self.users.insert(org_key(org, u.name.as_bytes()), encode(u))?)
+        self.put("users", &org_key(org, u.name.as_bytes()), Some(org), u)
     }
 
     /// One user.
     pub fn user(&self, org: &str, name: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.users.get(org_key(org, name.as_bytes()))?.map(|v| decode(&v)).transpose()
+        self.get("users", &org_key(org, name.as_bytes()))
     }
 
     /// An org's users.
     pub fn users(&self, org: &str) -> Result<Vec<UserRecord>, StoreError> {
-        self.users.prefix(org_key(org, b"")).map(|g| decode(&g.value()?)).collect()
+        self.scan("users", &org_key(org, b""))
     }
 
     /// Deletes a user; whether it existed.
@@ -276,12 +409,12 @@ impl Store {
 
     /// Stores an API key record under the hex MAC of the key.
     pub fn put_api_key(&self, mac_hex: &str, k: &ApiKeyRecord) -> Result<(), StoreError> {
-        Ok(self.api_keys.insert(mac_hex.as_bytes(), encode(k))?)
+        self.put("api_keys", mac_hex.as_bytes(), Some(&k.org), k)
     }
 
     /// The API key whose MAC is `mac_hex`.
     pub fn api_key(&self, mac_hex: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        self.api_keys.get(mac_hex.as_bytes())?.map(|v| decode(&v)).transpose()
+        self.get("api_keys", mac_hex.as_bytes())
     }
 
     /// An org's API keys, with their row keys.
@@ -289,7 +422,7 @@ impl Store {
         let mut out = Vec::new();
         for g in self.api_keys.iter() {
             let (k, v) = g.into_inner()?;
-            let r: ApiKeyRecord = decode(&v)?;
+            let r: ApiKeyRecord = self.decode("api_keys", &k, &v)?;
             if r.org == org {
                 out.push((String::from_utf8_lossy(&k).into_owned(), r));
             }
@@ -306,12 +439,12 @@ impl Store {
 
     /// Stores a token.
     pub fn put_token(&self, org: &str, t: &TokenRecord) -> Result<(), StoreError> {
-        Ok(self.tokens.insert(org_key(org, t.id.as_bytes()), encode(t))?)
+        self.put("tokens", &org_key(org, t.id.as_bytes()), Some(org), t)
     }
 
     /// An org's tokens.
     pub fn tokens(&self, org: &str) -> Result<Vec<TokenRecord>, StoreError> {
-        self.tokens.prefix(org_key(org, b"")).map(|g| decode(&g.value()?)).collect()
+        self.scan("tokens", &org_key(org, b""))
     }
 
     /// Deletes a token; whether it existed.
@@ -327,7 +460,7 @@ impl Store {
         let mut dead = Vec::new();
         for g in self.tokens.iter() {
             let (k, v) = g.into_inner()?;
-            let t: TokenRecord = decode(&v)?;
+            let t: TokenRecord = self.decode("tokens", &k, &v)?;
             if t.expires_unix_ms <= now_unix_ms {
                 dead.push(k);
             }
@@ -342,7 +475,7 @@ impl Store {
 
     /// Stores (or rewrites) an audit entry under `org \0 key`.
     pub fn put_audit(&self, org: &str, key: &[u8], e: &AuditEntry) -> Result<(), StoreError> {
-        Ok(self.audit.insert(org_key(org, key), encode(e))?)
+        self.put("audit", &org_key(org, key), Some(org), e)
     }
 
     /// An org's audit entries from `start` (a row key suffix; empty = oldest), oldest first, at
@@ -362,7 +495,7 @@ impl Store {
             if !k.starts_with(&prefix) {
                 break;
             }
-            let e: AuditEntry = decode(&v)?;
+            let e: AuditEntry = self.decode("audit", &k, &v)?;
             if !keep(&e) {
                 continue;
             }
@@ -379,7 +512,7 @@ impl Store {
         let mut dead = Vec::new();
         for g in self.audit.iter() {
             let (k, v) = g.into_inner()?;
-            let e: AuditEntry = decode(&v)?;
+            let e: AuditEntry = self.decode("audit", &k, &v)?;
             if e.last_unix_ms < cutoff_unix_ms {
                 dead.push(k);
             }

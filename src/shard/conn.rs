@@ -169,7 +169,15 @@ where
         }
     });
     let mut buf = BytesMut::with_capacity(READ_BUF_INITIAL);
+    let mut reads = 0usize;
     loop {
+        // glommio reads a socket that has data without waiting: a client that keeps its socket
+        // full would otherwise keep this task running, and the shard's other tasks waiting.
+        reads += 1;
+        if reads >= limits::READS_BEFORE_YIELD {
+            reads = 0;
+            futures_lite::future::yield_now().await;
+        }
         // Wait while the core asks us to (session claim in progress, mesh backpressure).
         poll_fn(|cx| {
             if shard.core.borrow_mut().can_read(id, now_ms(), cx.waker()) {

@@ -57,10 +57,14 @@ fn parse_cpu_list(s: &str) -> Vec<usize> {
     out
 }
 
+/// Where the monotonic clock starts: one year, so a message restored from the store keeps its
+/// true receive time (up to a year before the start) and ages from it.
+pub const CLOCK_START_MS: u64 = 365 * 86_400_000;
+
 /// Milliseconds on the broker's monotonic clock (the only clock the shell reads).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    CLOCK_START_MS + START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A listener with what its connections need at accept time, shared by all shards.
@@ -288,7 +292,7 @@ impl Shard {
         match r {
             Ok(()) => {
                 // The acknowledgements that waited for these writes go out.
-                self.core.borrow_mut().durable(upto);
+                self.core.borrow_mut().durable(upto, now_ms());
                 self.flush_mesh();
             }
             Err(e) => {
@@ -381,9 +385,11 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let sys = Arc::new(SysBoard::new(nr));
-    let cp = crate::control::start(&cfg, sys.clone()).map_err(std::io::Error::other)?;
+    let sealer = Arc::new(crate::store::seal::Sealer::load(&cfg.encryption).map_err(std::io::Error::other)?);
+    sealer.verify(&cfg.data_dir).map_err(std::io::Error::other)?;
+    let cp = crate::control::start(&cfg, sys.clone(), sealer.clone()).map_err(std::io::Error::other)?;
     let t0 = std::time::Instant::now();
-    let opened = crate::store::open(&cfg.data_dir, nr, cfg.durability, crate::control::unix_now_ms())
+    let opened = crate::store::open(&cfg.data_dir, nr, cfg.durability, sealer, crate::control::unix_now_ms())
         .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
     tracing::info!(
         sessions = opened.sessions.iter().map(Vec::len).sum::<usize>(),
@@ -588,7 +594,16 @@ async fn shard_main(
     for (_peer, rx) in receivers.streams() {
         let shard = shard.clone();
         glommio::spawn_local(async move {
+            let mut batch = 0;
             loop {
+                // A receive from a non-empty queue completes at once: without a yield now and
+                // then, a peer that keeps this queue full would keep every other task of the
+                // shard (readers, writers, accepts) from running.
+                batch += 1;
+                if batch >= limits::MESH_RECV_BATCH {
+                    batch = 0;
+                    futures_lite::future::yield_now().await;
+                }
                 // Under output pressure, leave messages in the bounded queue (backpressure).
                 futures_lite::future::poll_fn(|cx| {
                     if shard.core.borrow_mut().can_take_mesh(now_ms(), cx.waker()) {

@@ -34,7 +34,8 @@ pub fn decode_session(v: &[u8]) -> Result<StoredSession, String> {
     Ok(m)
 }
 
-fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
+/// Appends `msg` as an MQTT 5.0 PUBLISH packet (every property kept).
+pub(crate) fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
     let p = Publish {
         dup: false,
         qos: msg.qos,
@@ -47,9 +48,14 @@ fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
     encode_packet(out, Protocol::V5, &Packet::Publish(p));
 }
 
-/// Decodes a stored PUBLISH; `None` when its message expiry passed while stored. The expiry
-/// interval is lowered by the time spent stored, and the message counts as received now.
-fn decode_publish(raw: &[u8], received_unix_ms: u64, now_unix_ms: u64) -> Result<Option<Msg>, String> {
+/// Decodes a stored PUBLISH; `None` when its message expiry passed while stored. Its receive
+/// time is moved onto the shard clock, so its expiry and retention age count the time spent
+/// stored.
+pub(crate) fn decode_publish(
+    raw: &[u8],
+    received_unix_ms: u64,
+    now_unix_ms: u64,
+) -> Result<Option<Msg>, String> {
     let f = frame(raw, u32::MAX).map_err(|e| format!("corrupt message: {:?}", e.reason))?;
     let f = f.ok_or("truncated message")?;
     if f.total() != raw.len() {
@@ -60,21 +66,17 @@ fn decode_publish(raw: &[u8], received_unix_ms: u64, now_unix_ms: u64) -> Result
         Ok(_) => return Err("corrupt message: not a PUBLISH".into()),
         Err(e) => return Err(format!("corrupt message: {:?}", e.reason)),
     };
-    let mut props = p.props;
-    if let Some(secs) = props.message_expiry_interval {
-        let stored = now_unix_ms.saturating_sub(received_unix_ms) / 1000;
-        if stored >= secs as u64 {
-            return Ok(None);
-        }
-        props.message_expiry_interval = Some(secs - stored as u32);
+    let age_ms = now_unix_ms.saturating_sub(received_unix_ms);
+    if p.props.message_expiry_interval.is_some_and(|secs| age_ms / 1000 >= secs as u64) {
+        return Ok(None);
     }
     Ok(Some(Msg {
         topic: p.topic,
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
-        props,
-        received_ms: crate::shard::now_ms(),
+        props: p.props,
+        received_ms: crate::shard::now_ms().saturating_sub(age_ms),
     }))
 }
 
@@ -170,7 +172,10 @@ mod tests {
         let d = stored_delivery(msg(Some(10)), 1, false, &[], 1);
         let v = encode_delivery(&d, 1_700_000_000_000); // received at ...001_000
         let left = decode_delivery(&v, 1, 1_700_000_005_000).unwrap().unwrap();
-        assert_eq!(left.msg.props.message_expiry_interval, Some(6));
+        assert_eq!(left.msg.props.message_expiry_interval, Some(10), "the property is kept");
+        let now = crate::shard::now_ms();
+        assert!(now - left.msg.received_ms >= 4_000, "it aged while stored");
+        assert!(matches!(left.msg.expiry(now), crate::broker::msg::Expiry::Left(5 | 6)));
         assert!(decode_delivery(&v, 1, 1_700_000_011_000).unwrap().is_none(), "expired while stored");
     }
 

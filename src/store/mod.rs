@@ -11,7 +11,9 @@
 //! database (also those of a different shard count), moves each session to the database of its
 //! home shard, and hands each shard its sessions and every shard the retained messages.
 
+pub mod export;
 pub mod format;
+pub mod seal;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +26,8 @@ use crate::broker::msg::Msg;
 use crate::broker::persist::{StoreOp, StoredSession};
 use crate::broker::session::Delivery;
 use crate::config::Durability;
+use crate::control::store::{org_key, row_aad};
+use seal::{OpenError, Sealer};
 
 pub use crate::control::store::StoreError;
 
@@ -33,11 +37,7 @@ fn ctx(what: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
 
 /// `org \0 client_id`.
 fn session_key(key: &SessionKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(key.org.len() + key.client_id.len() + 1);
-    k.extend_from_slice(key.org.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.client_id.as_str().as_bytes());
-    k
+    org_key(&key.org, key.client_id.as_str().as_bytes())
 }
 
 /// `org \0 client_id \0` (the prefix of the session's queue).
@@ -53,9 +53,33 @@ fn queue_key(key: &SessionKey, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `org \0 topic`.
+fn retained_key(org: &str, topic: &str) -> Vec<u8> {
+    org_key(org, topic.as_bytes())
+}
+
 fn split_key(k: &[u8]) -> Option<(&str, &str)> {
     let i = k.iter().position(|b| *b == 0)?;
     Some((std::str::from_utf8(&k[..i]).ok()?, std::str::from_utf8(&k[i + 1..]).ok()?))
+}
+
+/// Opens a stored value; `None` (the row noted in `dead`) when a destroyed key sealed it.
+fn open_row<'a>(
+    sealer: &Sealer,
+    ks: &str,
+    k: &[u8],
+    v: &'a [u8],
+    dead: &mut Vec<Vec<u8>>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<std::borrow::Cow<'a, [u8]>>, StoreError> {
+    match sealer.open(&row_aad(ks, k), v) {
+        Ok(v) => Ok(Some(v)),
+        Err(OpenError::Destroyed(_)) => {
+            dead.push(k.to_vec());
+            Ok(None)
+        }
+        Err(e) => Err(StoreError(format!("{}: {e}", what()))),
+    }
 }
 
 /// One shard's database.
@@ -66,6 +90,7 @@ pub struct ShardStore {
     queue: Keyspace,
     qos2: Keyspace,
     durability: Durability,
+    sealer: Arc<Sealer>,
 }
 
 impl std::fmt::Debug for ShardStore {
@@ -78,6 +103,7 @@ impl std::fmt::Debug for ShardStore {
 pub struct RetainedStore {
     db: Database,
     ks: Keyspace,
+    sealer: Arc<Sealer>,
     /// Serializes compare-by-sequence writes from different shards.
     write: Mutex<()>,
 }
@@ -98,7 +124,7 @@ fn open_db(dir: &Path) -> Result<Database, StoreError> {
 }
 
 impl ShardStore {
-    fn open(dir: &Path, durability: Durability) -> Result<ShardStore, StoreError> {
+    fn open(dir: &Path, durability: Durability, sealer: Arc<Sealer>) -> Result<ShardStore, StoreError> {
         let db = open_db(dir)?;
         let what = dir.display().to_string();
         Ok(ShardStore {
@@ -108,6 +134,7 @@ impl ShardStore {
             db,
             dir: dir.to_path_buf(),
             durability,
+            sealer,
         })
     }
 
@@ -128,14 +155,14 @@ impl ShardStore {
         for op in ops.drain(..) {
             match op {
                 StoreOp::Session { key, meta } => {
-                    batch.insert(&self.sessions, session_key(&key), format::encode_session(&meta));
+                    let k = session_key(&key);
+                    let v = self.seal(&key, "sessions", &k, format::encode_session(&meta));
+                    batch.insert(&self.sessions, k, v);
                 }
                 StoreOp::Queued { key, seq, delivery } => {
-                    batch.insert(
-                        &self.queue,
-                        queue_key(&key, seq),
-                        format::encode_delivery(&delivery, unix_epoch_ms),
-                    );
+                    let k = queue_key(&key, seq);
+                    let v = self.seal(&key, "queue", &k, format::encode_delivery(&delivery, unix_epoch_ms));
+                    batch.insert(&self.queue, k, v);
                 }
                 StoreOp::Unqueued { key, seq } => batch.remove(&self.queue, queue_key(&key, seq)),
                 StoreOp::Qos2 { key, pid, pending } => {
@@ -158,9 +185,14 @@ impl ShardStore {
                     self.forget(&key)?;
                 }
                 StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
+                StoreOp::RetainExpired { org, topic, seq } => retained.expire(&org, &topic, seq)?,
             }
         }
         batch.commit().map_err(ctx(&what))
+    }
+
+    fn seal(&self, key: &SessionKey, ks: &str, row: &[u8], plain: Vec<u8>) -> Vec<u8> {
+        self.sealer.seal(Some(&key.org), &row_aad(ks, row), plain)
     }
 
     fn clear_queue(&self, key: &SessionKey) -> Result<(), StoreError> {
@@ -188,10 +220,18 @@ impl ShardStore {
     fn read_all(&self, now_unix_ms: u64) -> Result<Vec<RestoredSession>, StoreError> {
         let what = self.dir.display().to_string();
         let mut out = Vec::new();
+        let mut shredded = Vec::new();
+        let mut dead_rows = Vec::new();
         for g in self.sessions.iter() {
             let (k, v) = g.into_inner().map_err(ctx(&what))?;
             let (org, cid) =
                 split_key(&k).ok_or_else(|| StoreError(format!("{what}: corrupt session key")))?;
+            let Some(v) = open_row(&self.sealer, "sessions", &k, &v, &mut shredded, || {
+                format!("{what}: session {org}/{cid}")
+            })?
+            else {
+                continue;
+            };
             let meta = format::decode_session(&v)
                 .map_err(|e| StoreError(format!("{what}: session {org}/{cid}: {e}")))?;
             let client_id = crate::broker::persist::stored_client_id(cid)
@@ -203,6 +243,12 @@ impl ShardStore {
                 let seq =
                     k.len().checked_sub(8).map(|i| u64::from_be_bytes(k[i..].try_into().expect("8 bytes")));
                 let seq = seq.ok_or_else(|| StoreError(format!("{what}: corrupt queue key")))?;
+                let Some(v) = open_row(&self.sealer, "queue", &k, &v, &mut dead_rows, || {
+                    format!("{what}: queued message of {org}/{cid}")
+                })?
+                else {
+                    continue;
+                };
                 match format::decode_delivery(&v, seq, now_unix_ms) {
                     Ok(Some(d)) => queue.push(d),
                     Ok(None) => {} // expired while stored
@@ -217,15 +263,40 @@ impl ShardStore {
             }
             out.push(RestoredSession { key, meta, queue, qos2 });
         }
+        // Crypto-shredded: what a destroyed key sealed is deleted (it cannot be read anyway).
+        for k in &shredded {
+            let (org, cid) = split_key(k).expect("checked above");
+            let client_id = crate::broker::persist::stored_client_id(cid)
+                .ok_or_else(|| StoreError(format!("{what}: corrupt client id")))?;
+            self.forget(&SessionKey { org: Arc::from(org), client_id })?;
+        }
+        for k in dead_rows.iter() {
+            self.queue.remove(k.clone()).map_err(ctx(&what))?;
+        }
+        if !shredded.is_empty() || !dead_rows.is_empty() {
+            tracing::warn!(
+                store = %what,
+                sessions = shredded.len(),
+                queued = dead_rows.len(),
+                "dropped stored state sealed with destroyed keys"
+            );
+        }
         Ok(out)
     }
 
     fn write_session(&self, s: &RestoredSession, unix_epoch_ms: u64) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
-        batch.insert(&self.sessions, session_key(&s.key), format::encode_session(&s.meta));
+        let k = session_key(&s.key);
+        batch.insert(
+            &self.sessions,
+            k.clone(),
+            self.seal(&s.key, "sessions", &k, format::encode_session(&s.meta)),
+        );
         for d in &s.queue {
-            batch.insert(&self.queue, queue_key(&s.key, d.seq), format::encode_delivery(d, unix_epoch_ms));
+            let k = queue_key(&s.key, d.seq);
+            let v = self.seal(&s.key, "queue", &k, format::encode_delivery(d, unix_epoch_ms));
+            batch.insert(&self.queue, k, v);
         }
         for pid in &s.qos2 {
             let mut k = queue_prefix(&s.key);
@@ -243,30 +314,43 @@ impl ShardStore {
 }
 
 impl RetainedStore {
-    fn open(dir: &Path) -> Result<RetainedStore, StoreError> {
+    fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<RetainedStore, StoreError> {
         let db = open_db(dir)?;
         let ks = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(ctx("retained store"))?;
-        Ok(RetainedStore { db, ks, write: Mutex::new(()) })
+        Ok(RetainedStore { db, ks, sealer, write: Mutex::new(()) })
     }
 
     /// Stores (or, for an empty payload, deletes) a retained message unless a newer write is
     /// already stored.
     fn put(&self, org: &str, msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Result<(), StoreError> {
-        let mut k = Vec::with_capacity(org.len() + 1 + msg.topic.len());
-        k.extend_from_slice(org.as_bytes());
-        k.push(0);
-        k.extend_from_slice(msg.topic.as_str().as_bytes());
+        let k = retained_key(org, msg.topic.as_str());
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let aad = row_aad("retained", &k);
         if let Some(old) = self.ks.get(&k).map_err(ctx("retained store"))? {
-            if format::retained_seq(&old).is_some_and(|s| s >= seq) {
+            // An old value that does not open (destroyed key) is simply overwritten.
+            let old = self.sealer.open(&aad, &old).ok();
+            if old.is_some_and(|o| format::retained_seq(&o).is_some_and(|s| s >= seq)) {
                 return Ok(());
             }
         }
         if msg.payload.is_empty() {
             self.ks.remove(k).map_err(ctx("retained store"))
         } else {
-            self.ks.insert(k, format::encode_retained(msg, seq, unix_epoch_ms)).map_err(ctx("retained store"))
+            let v = self.sealer.seal(Some(org), &aad, format::encode_retained(msg, seq, unix_epoch_ms));
+            self.ks.insert(k, v).map_err(ctx("retained store"))
         }
+    }
+
+    /// Deletes the retained message of `org` on `topic` if the stored one is the write `seq`.
+    fn expire(&self, org: &str, topic: &str, seq: u64) -> Result<(), StoreError> {
+        let k = retained_key(org, topic);
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(old) = self.ks.get(&k).map_err(ctx("retained store"))? else { return Ok(()) };
+        let old = self.sealer.open(&row_aad("retained", &k), &old).ok();
+        if old.is_some_and(|o| format::retained_seq(&o) == Some(seq)) {
+            self.ks.remove(k).map_err(ctx("retained store"))?;
+        }
+        Ok(())
     }
 
     /// Makes retained writes durable; blocking.
@@ -277,9 +361,16 @@ impl RetainedStore {
     fn read_all(&self, now_unix_ms: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
         let mut out = Vec::new();
         let mut max = 0;
+        let mut shredded = Vec::new();
         for g in self.ks.iter() {
             let (k, v) = g.into_inner().map_err(ctx("retained store"))?;
             let (org, _) = split_key(&k).ok_or_else(|| StoreError("retained store: corrupt key".into()))?;
+            let Some(v) = open_row(&self.sealer, "retained", &k, &v, &mut shredded, || {
+                format!("retained store: {org}")
+            })?
+            else {
+                continue;
+            };
             match format::decode_retained(&v, now_unix_ms) {
                 Ok(Some((msg, seq))) => {
                     max = max.max(seq);
@@ -287,6 +378,12 @@ impl RetainedStore {
                 }
                 Ok(None) => {} // expired while stored
                 Err(e) => return Err(StoreError(format!("retained store: {org}: {e}"))),
+            }
+        }
+        if !shredded.is_empty() {
+            tracing::warn!(retained = shredded.len(), "dropped retained messages sealed with destroyed keys");
+            for k in shredded {
+                self.ks.remove(k).map_err(ctx("retained store"))?;
             }
         }
         Ok((out, max))
@@ -330,6 +427,7 @@ pub fn open(
     data_dir: &Path,
     nr: usize,
     durability: Durability,
+    sealer: Arc<Sealer>,
     unix_now_ms: u64,
 ) -> Result<Opened, StoreError> {
     let root = data_dir.join("shards");
@@ -345,9 +443,9 @@ pub fn open(
     }
     let mut stores = Vec::new();
     for (_, d) in &dirs {
-        stores.push(Arc::new(ShardStore::open(d, durability)?));
+        stores.push(Arc::new(ShardStore::open(d, durability, sealer.clone())?));
     }
-    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"))?);
+    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"), sealer)?);
     let unix_epoch_ms = unix_now_ms.saturating_sub(crate::shard::now_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
     let mut moved = false;

@@ -241,6 +241,14 @@ class Client:
         self.c.socket().close()
 
 
+def persistent(port, client_id, expiry=600, protocol=None):
+    """A client with a persistent session (5.0 Session Expiry Interval `expiry` seconds, or
+    3.1.1 clean session off when `protocol` is V311)."""
+    protocol = protocol or mqtt.MQTTv5
+    props = connect_props(SessionExpiryInterval=expiry) if protocol == mqtt.MQTTv5 else None
+    return Client(port, client_id, protocol=protocol, clean=False, props=props)
+
+
 def v5props(kind, **values):
     p = Properties(kind)
     for k, v in values.items():

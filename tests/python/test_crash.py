@@ -13,7 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from conftest import Broker, Client, V311, V5, connect_props
+from conftest import Broker, Client, V311, V5, connect_props, persistent
 
 ROUNDS = int(os.environ.get("COREMQ_CRASH_ROUNDS", "20"))
 WINDOW = 64  # unacknowledged messages per publisher
@@ -89,9 +89,12 @@ def drain(port):
     return got
 
 
-def crash_rounds(rounds, durability):
-    """Runs `rounds` kill -9 rounds; returns the totals and the first violation, if any."""
-    b = Broker(shards=1, extra=f'durability = "{durability}"')
+def crash_rounds(rounds, durability, shards=1):
+    """Runs `rounds` kill -9 rounds; returns the totals and the first violation, if any. With
+    two shards each publisher is pinned to a different shard, so one of them always publishes
+    across shards (the subscriber's session lives on one of them)."""
+    b = Broker(shards=shards, pinned=shards > 1, extra=f'durability = "{durability}"')
+    ports = b.ports if shards > 1 else [b.port, b.port]
     violation = None
     try:
         sub = Client(b.port, "crash-sub", protocol=V5, clean=False,
@@ -101,7 +104,7 @@ def crash_rounds(rounds, durability):
         totals = {"sent": 0, "acked": 0, "delivered": 0, "lost": 0, "duplicated": 0, "out_of_order": 0}
         rng = random.Random(int(os.environ.get("COREMQ_CRASH_SEED", "8")))
         for r in range(rounds):
-            pubs = [Publisher(b.port, f"q1-{r}", 1, V311), Publisher(b.port, f"q2-{r}", 2, V5)]
+            pubs = [Publisher(ports[r % 2], f"q1-{r}", 1, V311), Publisher(ports[(r + 1) % 2], f"q2-{r}", 2, V5)]
             for p in pubs:
                 p.start()
             time.sleep(rng.uniform(0.05, 0.4))
@@ -129,7 +132,7 @@ def crash_rounds(rounds, durability):
                     violation = f"round {r} {p.cid}: out of order {seqs[:50]}"
                 if p.qos == 2 and dup and not violation:
                     violation = f"round {r} {p.cid}: QoS 2 delivered twice"
-        print(f"\ncrash test, durability {durability}: {rounds} rounds of kill -9: "
+        print(f"\ncrash test, durability {durability}, {shards} shard(s): {rounds} rounds of kill -9: "
               + "  ".join(f"{k} {v}" for k, v in totals.items()))
         return totals, violation
     finally:
@@ -143,8 +146,52 @@ def test_acknowledged_messages_survive_kill_9():
     assert totals["acked"] > ROUNDS * 10, totals  # the rounds did stream
 
 
+def test_acknowledged_messages_survive_kill_9_across_shards():
+    """The publisher on one shard, the subscriber's queue on another: the acknowledgement waits
+    for the other shard's store too."""
+    totals, violation = crash_rounds(max(ROUNDS // 2, 10), "group", shards=2)
+    assert violation is None, violation
+    assert totals["acked"] > ROUNDS * 5, totals
+
+
 def test_the_crash_test_catches_loss_when_acks_do_not_wait_for_the_disk():
     """`durability = "none"` acknowledges before the journal is written: kill -9 then loses
     acknowledged messages, and the same check sees it (the test above can fail)."""
     totals, violation = crash_rounds(5, "none")
     assert totals["lost"] > 0 and violation is not None, totals
+
+
+def session_rounds(rounds, durability):
+    """Creates a persistent session (CONNACK), subscribes (SUBACK), kills the broker at once
+    with SIGKILL, restarts it: returns how many sessions came back with their subscription."""
+    b = Broker(shards=2, extra=f'durability = "{durability}"')
+    kept = 0
+    try:
+        for r in range(rounds):
+            s = persistent(b.port, f"sess-{r}")
+            s.subscribe(f"k/{r}", qos=1)  # returns once the SUBACK arrived
+            b.proc.kill()
+            b.proc.wait()
+            s.c.loop_stop()
+            b.start()
+            s = persistent(b.port, f"sess-{r}")
+            if s.connack[0] == 1:
+                p = Client(b.port, f"sess-pub-{r}", protocol=V5)
+                p.publish(f"k/{r}", "after", qos=1)
+                p.disconnect()
+                kept += len(s.expect(1)) == 1
+            s.disconnect()
+        print(f"\nsessions, durability {durability}: {kept} of {rounds} kept across kill -9 right after SUBACK")
+        return kept
+    finally:
+        if b.proc.poll() is None:
+            assert b.stop() == 0, b.logs()
+
+
+def test_connack_and_suback_wait_for_the_session_record():
+    assert session_rounds(8, "group") == 8
+
+
+def test_without_the_wait_a_session_is_lost():
+    """The control: acknowledged before the store wrote anything, kill -9 loses sessions."""
+    assert session_rounds(4, "none") < 4

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import Broker, Client, V311, V5, connect_props, publish_props
+from conftest import Broker, Client, V311, V5, connect_props, persistent, publish_props
 
 
 @pytest.fixture
@@ -177,3 +177,135 @@ def test_a_full_disk_refuses_new_persistent_writes_with_a_reason_code(tmp_path):
             b.proc.wait()
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+RETENTION = """
+[[org]]
+id = "local"
+policy = "preset:permit-all"
+[org.retention]
+queued_max_age = "2s"
+retained_max_age = "2s"
+"""
+
+
+def test_org_retention_drops_queued_and_retained_messages_past_their_age_also_across_a_restart():
+    b = Broker(shards=2, extra=RETENTION)
+    sub = persistent(b.port, "aged")
+    sub.subscribe("q/#", qos=1)
+    sub.disconnect()
+    pub = Client(b.port, "pub", protocol=V5)
+    for i in range(3):
+        pub.publish("q/x", f"old{i}", qos=1)
+    pub.publish("r/old", "old-retained", qos=1, retain=True)
+    time.sleep(2.6)
+    pub.publish("q/x", "fresh", qos=1)
+    pub.publish("r/fresh", "fresh-retained", qos=1, retain=True)
+    sub = persistent(b.port, "aged")
+    assert payloads(sub.expect(1)) == ["fresh"]
+    assert sub.quiet(0.5) == [], "messages past queued_max_age are not delivered"
+    sub.disconnect()
+    r = Client(b.port, "rsub", protocol=V5)
+    r.subscribe("r/#", qos=1)
+    assert payloads(r.expect(1)) == ["fresh-retained"]
+    assert r.quiet(0.3) == []
+    r.disconnect()
+    # Downtime counts: stored while the broker is down, past the age at the restart.
+    pub.publish("q/x", "before-restart", qos=1)
+    pub.disconnect()
+    assert b.stop() == 0, b.logs()
+    time.sleep(2.2)
+    b.start()
+    sub = persistent(b.port, "aged")
+    assert sub.connack[0] == 1, "the session itself is kept"
+    assert sub.quiet(0.5) == [], "aged while the broker was down"
+    r = Client(b.port, "rsub2", protocol=V5)
+    r.subscribe("r/#", qos=1)
+    assert r.quiet(0.5) == []
+    r.disconnect()
+    sub.disconnect()
+    assert b.stop() == 0, b.logs()
+    # And the store no longer holds them (swept, not only hidden).
+    b.start()
+    assert "retained=0" in b.logs().split("stores loaded")[-1].split("\n")[0], b.logs()[-1500:]
+    assert b.stop() == 0, b.logs()
+
+
+def coremq(*args):
+    from conftest import BIN
+    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_data_export_and_import_move_everything_to_a_new_data_dir_shard_count_and_key(db):
+    import json
+    sub = persistent(db.port, "mover", expiry=900)
+    sub.subscribe("m/#", qos=2)
+    sub.disconnect()
+    pub = Client(db.port, "pub", protocol=V5)
+    for i in range(10):
+        pub.publish("m/x", f"e{i}", qos=1, props=publish_props(UserProperty=[("k", f"v{i}")]))
+    pub.publish("r/moved", "kept", qos=1, retain=True)
+    pub.disconnect()
+    out = os.path.join(db.dir, "export")
+    r = coremq("data", "export", out, "--config", db.config)
+    assert r.returncode == 1 and "stop it first" in r.stderr, "the stores are locked while it runs"
+    assert db.stop() == 0, db.logs()
+    r = coremq("data", "export", out, "--config", db.config)
+    assert r.returncode == 0, r.stderr
+    assert "1 sessions, 10 queued messages, 1 retained messages" in r.stdout, r.stdout
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert (manifest["format"], manifest["version"]) == ("coremq-data", 1)
+    assert oct(os.stat(os.path.join(out, "sessions.jsonl")).st_mode & 0o777) == "0o600"
+    # A new data_dir, 3 shards, sealed with a new key.
+    key = coremq("data", "keygen").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    with open(db.config) as f:
+        conf = f.read().replace('data_dir = "data"', 'data_dir = "data2"').replace("shards = 2", "shards = 3")
+    conf += '[encryption]\n[[encryption.key]]\nid = "new"\nenv = "COREMQ_TEST_IMPORT_KEY"\n'
+    with open(db.config, "w") as f:
+        f.write(conf)
+    db.env["COREMQ_TEST_IMPORT_KEY"] = key
+    os.environ["COREMQ_TEST_IMPORT_KEY"] = key
+    try:
+        r = coremq("data", "import", out, "--config", db.config)
+        assert r.returncode == 0, r.stderr
+        assert "1 sessions, 10 queued messages, 1 retained messages" in r.stdout, r.stdout
+        r = coremq("data", "import", out, "--config", db.config)
+        assert r.returncode == 1 and "already holds data" in r.stderr, "never imported over data"
+    finally:
+        del os.environ["COREMQ_TEST_IMPORT_KEY"]
+    db.start()
+    sub = persistent(db.port, "mover", expiry=900)
+    assert sub.connack[0] == 1
+    got = sub.expect(10)
+    assert payloads(got) == [f"e{i}" for i in range(10)]
+    assert got[3].properties.UserProperty == [("k", "v3")], "properties survive the move"
+    rs = Client(db.port, "rs", protocol=V5)
+    rs.subscribe("r/#", qos=1)
+    assert payloads(rs.expect(1)) == ["kept"]
+    rs.disconnect()
+    sub.disconnect()
+
+
+def test_data_import_refuses_a_newer_or_truncated_export(tmp_path):
+    import json
+    out = tmp_path / "exp"
+    out.mkdir()
+    (out / "control.jsonl").write_text("")
+    (out / "sessions.jsonl").write_text('{"org":"local"}\n')
+    (out / "retained.jsonl").write_text("")
+    manifest = {"format": "coremq-data", "version": 2, "exported_unix_ms": 0, "coremq_version": "9",
+                "control_rows": 0, "sessions": 2, "queued": 0, "retained": 0}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    conf = tmp_path / "c.toml"
+    conf.write_text('data_dir = "d"\n[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:1"\n')
+    r = coremq("data", "import", str(out), "--config", str(conf))
+    assert r.returncode == 1 and "export format version 2 (this build reads version 1)" in r.stderr, r.stderr
+    manifest["version"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = coremq("data", "import", str(out), "--config", str(conf))
+    assert r.returncode == 1 and "1 lines, the manifest says 2" in r.stderr, r.stderr
+    manifest["sessions"] = 1
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = coremq("data", "import", str(out), "--config", str(conf))
+    assert r.returncode == 1 and "sessions.jsonl:1:" in r.stderr and "missing field" in r.stderr, r.stderr
