@@ -9,10 +9,20 @@ use coremq::store::seal::Sealer;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
 fn write_raw(dir: &std::path::Path, keyspace: &str, key: &[u8], value: &[u8]) {
-    let db = Database::builder(dir.join("shards").join("0")).open().unwrap();
+    write_raw_in(dir, 0, keyspace, key, value)
+}
+
+fn write_raw_in(dir: &std::path::Path, shard: usize, keyspace: &str, key: &[u8], value: &[u8]) {
+    let db = Database::builder(dir.join("shards").join(shard.to_string())).open().unwrap();
     let ks = db.keyspace(keyspace, KeyspaceCreateOptions::default).unwrap();
     ks.insert(key, value).unwrap();
     db.persist(PersistMode::SyncAll).unwrap();
+}
+
+fn raw_get(dir: &std::path::Path, shard: usize, keyspace: &str, key: &[u8]) -> Vec<Vec<u8>> {
+    let db = Database::builder(dir.join("shards").join(shard.to_string())).open().unwrap();
+    let ks = db.keyspace(keyspace, KeyspaceCreateOptions::default).unwrap();
+    ks.get(key).unwrap().map(|v| v.to_vec()).into_iter().collect()
 }
 
 fn open_err(dir: &std::path::Path) -> String {
@@ -67,4 +77,56 @@ fn a_sealed_value_without_its_key_stops_the_start_with_the_key_id() {
     write_raw(dir.path(), "sessions", b"acme\0s", b"\xC5\x02k1............................");
     let e = open_err(dir.path());
     assert!(e.contains("acme/s") && e.contains("encryption key 'k1', which is not configured"), "{e}");
+}
+
+#[test]
+fn a_corrupt_in_flight_state_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = br#"{"v":1,"expiry_secs":600,"protocol":5,"expires_at_unix_ms":null,"next_seq":1,"subs":[]}"#;
+    write_raw(dir.path(), "sessions", b"acme\0s", rec);
+    let mut k = b"acme\0s\0".to_vec();
+    k.extend_from_slice(&1u64.to_be_bytes());
+    write_raw(dir.path(), "outbound", &k, &[1, 0, 0, 0]); // packet id 0
+    let e = open_err(dir.path());
+    assert!(e.contains("in-flight state of acme/s") && e.contains("corrupt"), "{e}");
+}
+
+fn record(epoch: u64, filter: &str) -> Vec<u8> {
+    format!(
+        r#"{{"v":1,"expiry_secs":600,"protocol":5,"expires_at_unix_ms":null,"next_seq":0,"epoch":{epoch},"subs":[{{"filter":"{filter}","qos":1,"nl":false,"rap":false,"rh":0,"id":null,"checked":false}}]}}"#
+    )
+    .into_bytes()
+}
+
+fn open_sessions(dir: &std::path::Path) -> Vec<(String, u64, String)> {
+    let o =
+        coremq::store::open(dir, 2, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000).unwrap();
+    o.sessions
+        .iter()
+        .flatten()
+        .map(|s| (s.key.client_id.as_str().to_string(), s.meta.epoch, s.meta.subs[0].filter.clone()))
+        .collect()
+}
+
+#[test]
+fn of_two_copies_left_by_a_takeover_the_highest_epoch_wins_and_the_other_is_deleted() {
+    for (old_in, new_in) in [(0, 1), (1, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        write_raw_in(dir.path(), old_in, "sessions", b"acme\0mover", &record(5, "old"));
+        write_raw_in(dir.path(), new_in, "sessions", b"acme\0mover", &record(9, "new"));
+        // A record without an epoch (written before epochs existed) reads as epoch 0.
+        let pre = br#"{"v":1,"expiry_secs":600,"protocol":4,"expires_at_unix_ms":null,"next_seq":0,"subs":[{"filter":"x","qos":0,"nl":false,"rap":false,"rh":0,"id":null,"checked":false}]}"#;
+        write_raw_in(dir.path(), old_in, "sessions", b"acme\0plain", pre);
+        let mut got = open_sessions(dir.path());
+        got.sort();
+        let want =
+            vec![("mover".to_string(), 9, "new".to_string()), ("plain".to_string(), 0, "x".to_string())];
+        assert_eq!(got, want);
+        // The older copy is gone from the disk, not just skipped.
+        let copies: usize = (0..2).map(|i| raw_get(dir.path(), i, "sessions", b"acme\0mover").len()).sum();
+        assert_eq!(copies, 1);
+        let mut again = open_sessions(dir.path());
+        again.sort();
+        assert_eq!(again, want);
+    }
 }

@@ -144,6 +144,7 @@ impl ShardCore {
             MeshMsg::Granted { key, conn, generation, state, slot } => {
                 self.handle_granted(key, conn, generation, state, slot, now_ms)
             }
+            MeshMsg::Forget { key, epoch } => self.persist_forget_before(key, epoch),
             MeshMsg::Release { key, generation } => {
                 if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
                     self.registry.remove(&key);
@@ -208,20 +209,24 @@ impl ShardCore {
     }
 
     /// Removes a session from this shard for a takeover, returning its state unless `discard`.
+    /// A returned state stays in this shard's store until its new owner's copy is durable.
     fn take_session(&mut self, sref: SessionRef, discard: bool, now_ms: u64) -> Option<Box<SessionState>> {
         self.unsubscribe_all(sref);
+        let stored_here = self.stored_key(sref).is_some();
         let mut s = self.sessions[sref.0 as usize].take().expect("caller checked");
         self.session_free.push(sref.0);
         let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
-        self.persist_forget(&key);
         self.session_index.remove(&key);
         if discard {
+            self.persist_forget(&key);
+            self.forget_discarded(&key, &s.state);
             self.uncount_offline(&s.org, &mut s.state);
             if let Some((_, w)) = s.delayed_will {
                 self.publish_internal(&s.org, w, now_ms);
             }
             None
         } else {
+            s.state.stored_on = stored_here.then_some(self.shard);
             Some(Box::new(s.state))
         }
     }
@@ -271,7 +276,13 @@ impl ShardCore {
         if let Some(sup) = sup {
             // A newer claim took this session before it was granted to us: pass it on, with one
             // connection slot if we hold any (ours, or the one handed to us); free the other.
-            let state = if sup.clean_start { None } else { state };
+            let state = match state {
+                Some(st) if sup.clean_start => {
+                    self.forget_discarded(&key, &st);
+                    None
+                }
+                st => st,
+            };
             let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.quota_slot));
             if own && slot_in {
                 if let Some(q) = &quota {
@@ -305,7 +316,8 @@ impl ShardCore {
         }
         let (clean_start, expiry, protocol) = match self.conn(id) {
             Some(c) if alive => (c.clean_start, c.expiry_req, c.protocol),
-            _ => (true, 0, None),
+            // The connection went away while waiting: the session stays as it was, offline.
+            _ => (false, state.as_ref().map_or(0, |s| s.expiry_secs), None),
         };
         let present = state.is_some() && !clean_start;
         let mut state = state;
@@ -313,8 +325,14 @@ impl ShardCore {
             // Resumed (or discarded by a clean start): no longer offline storage.
             self.uncount_offline(&key.org, st);
         }
-        let mut st =
-            if clean_start { SessionState::default() } else { state.map(|b| *b).unwrap_or_default() };
+        let mut st = match state {
+            Some(old) if clean_start => {
+                self.forget_discarded(&key, &old);
+                SessionState::default()
+            }
+            Some(old) => *old,
+            None => SessionState::default(),
+        };
         st.expiry_secs = expiry;
         st.protocol = protocol.or(st.protocol);
         let session = Session {
@@ -329,6 +347,8 @@ impl ShardCore {
         };
         let sref = self.insert_session(session);
         self.session_index.insert(key.clone(), sref);
+        let since = self.store_seq();
+        self.persist_installed(sref, now_ms);
         // The session now belongs to this connection's identity: what it may not subscribe to
         // any more is dropped before it is restored.
         let acl = self.conn(id).and_then(|c| c.acl.clone());
@@ -382,8 +402,6 @@ impl ShardCore {
             }
             return;
         }
-        let since = self.store_seq();
-        self.persist_resumed(sref);
         let fair = self.fair.join(&key.org);
         let c = self.conn_mut(id).expect("alive");
         let max_packet = c.max_packet; // the listener's, lowered by the org's quota
@@ -441,6 +459,7 @@ impl ShardCore {
                     let sent = self.encode_delivery(id, &f.delivery, PacketId::new(pid), true, now_ms);
                     if !sent {
                         self.session_mut(sref).expect("present").state.inflight.remove(&pid);
+                        self.persist_unqueued(sref, &f.delivery);
                     }
                 }
                 OutState::Released => {

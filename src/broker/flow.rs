@@ -290,12 +290,16 @@ impl ShardCore {
             return;
         }
         let arc = stored.get_or_insert_with(|| Arc::new(msg.to_owned_copy())).clone();
-        let d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect(), seq: 0 };
+        let mut d = Delivery { msg: arc, qos, retain, sub_ids: ids.iter().copied().collect(), seq: 0 };
         if conn.is_none() {
             return self.enqueue_offline(sref, d);
         }
+        // A persistent session keeps it stored until it is acknowledged.
+        self.persist_queued(sref, &mut d);
         let s = self.session_mut(sref).expect("checked above");
-        s.state.enqueue(d);
+        if let Some(old) = s.state.enqueue(d) {
+            self.persist_unqueued(sref, &old);
+        }
         if let Some(id) = conn {
             self.pump(sref, now_ms);
             if self.session(sref).is_some_and(|s| s.state.queue.len() >= limits::QUEUE_PRESSURE) {
@@ -393,6 +397,7 @@ impl ShardCore {
             }
             let Some(d) = s.state.queue.pop_front() else { return };
             if d.msg.expiry(now_ms) == Expiry::Expired || now_ms.saturating_sub(d.msg.received_ms) > max_age {
+                self.persist_unqueued(sref, &d);
                 continue;
             }
             let Some(pid) = s.state.alloc_pid() else {
@@ -401,8 +406,17 @@ impl ShardCore {
             };
             let sent = self.encode_delivery(id, &d, PacketId::new(pid), false, now_ms);
             if sent {
+                self.persist_outbound(sref, d.seq, pid, false);
+                if d.qos == QoS::ExactlyOnce && d.seq != 0 {
+                    // Exactly once across a crash: a receiver may hand the message on at once,
+                    // so it leaves only when the inbound QoS 2 state that makes the publisher's
+                    // resend a duplicate, and this copy, are on disk.
+                    self.gate_output(id, self.durable_upto);
+                }
                 let s = self.session_mut(sref).expect("checked above");
                 s.state.inflight.insert(pid, InFlight { delivery: d, state: OutState::Published });
+            } else {
+                self.persist_unqueued(sref, &d);
             }
         }
     }
@@ -482,7 +496,8 @@ impl ShardCore {
         let pid = r.packet_id.get();
         match st.inflight.get(&pid) {
             Some(f) if f.state == want && (comp || f.delivery.qos == QoS::AtLeastOnce) => {
-                st.inflight.remove(&pid);
+                let done = st.inflight.remove(&pid).expect("just found");
+                self.persist_unqueued(sref, &done.delivery);
                 self.pump(sref, now_ms);
                 self.queue_progress(id, sref, now_ms);
             }
@@ -491,23 +506,29 @@ impl ShardCore {
         }
     }
 
-    pub(super) fn handle_pubrec(&mut self, id: ConnId, r: PubResp) {
+    pub(super) fn handle_pubrec(&mut self, id: ConnId, now_ms: u64, r: PubResp) {
         let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let since = self.store_seq();
         let st = &mut self.session_mut(sref).expect("live session").state;
         let pid = r.packet_id.get();
         let reply = match st.inflight.get_mut(&pid) {
             Some(f) if f.delivery.qos == QoS::ExactlyOnce => {
                 if r.reason.is_error() {
                     // The receiver refused it: the flow ends here [MQTT-4.3.3-?].
-                    st.inflight.remove(&pid);
+                    let done = st.inflight.remove(&pid).expect("just found");
+                    self.persist_unqueued(sref, &done.delivery);
                     return;
                 }
                 f.state = OutState::Released;
+                let seq = f.delivery.seq;
+                self.persist_outbound(sref, seq, pid, true);
                 ReasonCode::SUCCESS
             }
             _ => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
         };
-        self.write(id, &Packet::PubRel(pubresp(r.packet_id, reply)));
+        // Durable before PUBREL: resending the PUBLISH after a crash, once the receiver has
+        // released the id, would deliver it twice.
+        self.ack(id, Packet::PubRel(pubresp(r.packet_id, reply)), since, now_ms);
     }
 
     pub(super) fn handle_pubrel(&mut self, id: ConnId, now_ms: u64, r: PubResp) {

@@ -114,6 +114,14 @@ pub enum MeshMsg {
         /// keeps the org's connection count, SPEC §4).
         slot: bool,
     },
+    /// To the shard whose store still holds a moved (or discarded) session: the copy of epoch
+    /// `epoch` is durable elsewhere (or the session is gone), forget yours if older.
+    Forget {
+        /// Session.
+        key: SessionKey,
+        /// Older copies than this go.
+        epoch: u64,
+    },
     /// To the home shard: the session ended (clean end or expiry).
     Release {
         /// Session.

@@ -349,9 +349,9 @@ pub struct ShardCore {
     /// Forwards of a held acknowledgement not yet confirmed by their shard: token ->
     /// (confirmations missing, a shard's store failed). Empty without cross-shard traffic.
     remote_waits: HashMap<u64, (u16, bool), RandomState>,
-    /// Forwarded messages whose confirmation waits for this shard's store: (write sequence,
-    /// origin shard, token).
-    stored_replies: VecDeque<(u64, u8, u64)>,
+    /// Messages to other shards that wait for this shard's store: (write sequence, to whom,
+    /// what): confirmations of forwarded messages, forgets of moved sessions' old copies.
+    stored_replies: VecDeque<(u64, u8, persist::AfterDurable)>,
     /// Connections whose output waits for the store (`Conn::out_gate`).
     gated: Vec<ConnId>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
@@ -961,7 +961,7 @@ impl ShardCore {
             Packet::Connect(c) => self.handle_connect(id, now_ms, *c),
             Packet::Publish(p) => self.handle_publish(id, now_ms, p),
             Packet::PubAck(r) => self.handle_puback(id, now_ms, r, false),
-            Packet::PubRec(r) => self.handle_pubrec(id, r),
+            Packet::PubRec(r) => self.handle_pubrec(id, now_ms, r),
             Packet::PubRel(r) => self.handle_pubrel(id, now_ms, r),
             Packet::PubComp(r) => self.handle_puback(id, now_ms, r, true),
             Packet::Subscribe(s) => {

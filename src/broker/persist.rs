@@ -1,8 +1,14 @@
 //! What the core asks the store to write (SPEC §7): persistent sessions (subscriptions,
-//! expiry), the messages queued for them while they are offline, and retained messages. The
-//! core stays free of I/O: it records [`StoreOp`]s, the shell applies them to the shard's
-//! fjall database (`crate::store`) and reloads them at start with
+//! expiry), every QoS 1/2 message held for them (queued, or in flight with its packet id and
+//! state, online or offline) until it is acknowledged, inbound QoS 2 packet ids, and retained
+//! messages. The core stays free of I/O: it records [`StoreOp`]s, the shell applies them to
+//! the shard's fjall database (`crate::store`) and reloads them at start with
 //! [`ShardCore::restore_session`].
+//!
+//! A session that moves to another shard (a takeover) is written whole into the new shard's
+//! store under a higher epoch; the old shard forgets its copy only once the new one is durable
+//! (`MeshMsg::Forget`), so a crash in between leaves two copies, and the start keeps the one
+//! with the highest epoch.
 
 use std::sync::Arc;
 
@@ -10,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::mesh::SessionKey;
 use super::msg::Msg;
-use super::session::{Delivery, Session, SessionState, SubEntry};
+use super::session::{Delivery, InFlight, OutState, Session, SessionState, SubEntry};
 use super::*;
 use crate::codec::{MqStr, Packet, Protocol, QoS, ReasonCode, RetainHandling, SubOptions};
 
@@ -36,22 +42,37 @@ pub enum StoreOp {
         /// The message and its per-subscription attributes.
         delivery: Delivery,
     },
-    /// A queued message left the queue (dropped for a bound).
+    /// A stored message went in flight under a packet id, or (`released`) its PUBREC came and
+    /// PUBREL was sent: after a restart it is resent with that id [MQTT-4.4.0-1].
+    Outbound {
+        /// Whose.
+        key: SessionKey,
+        /// The message's sequence.
+        seq: u64,
+        /// Its packet id.
+        pid: u16,
+        /// PUBREC received (QoS 2): PUBREL is what is resent.
+        released: bool,
+    },
+    /// A stored message is done with: acknowledged, dropped for a bound, expired.
     Unqueued {
         /// Whose.
         key: SessionKey,
         /// Which.
         seq: u64,
     },
-    /// The session is online again: its stored queue is no longer needed.
-    ClearQueue {
-        /// Whose.
-        key: SessionKey,
-    },
-    /// The session ended or left this shard: its record and queue go.
+    /// The session ended: its record and everything stored for it go.
     Forget {
         /// Whose.
         key: SessionKey,
+    },
+    /// The session moved to another shard and its copy there is durable: this store's copy
+    /// goes unless it is of a later epoch (the session came back since).
+    ForgetBefore {
+        /// Whose.
+        key: SessionKey,
+        /// The new copy's epoch: an older copy here is deleted.
+        epoch: u64,
     },
     /// An inbound QoS 2 packet id of a persistent session became pending (PUBREC sent) or was
     /// released (PUBREL): a resend after a restart is then recognised, not delivered twice.
@@ -96,6 +117,11 @@ pub struct StoredSession {
     pub expires_at_unix_ms: Option<u64>,
     /// Next queue sequence.
     pub next_seq: u64,
+    /// Which copy is the live one if a crash left two (after a takeover across shards): the
+    /// highest. Set when a copy is written whole (above the previous copy's, and at least the
+    /// Unix time in ms); 0 in records written before epochs existed.
+    #[serde(default)]
+    pub epoch: u64,
     /// Subscriptions.
     pub subs: Vec<StoredSub>,
 }
@@ -158,6 +184,26 @@ impl StoredSub {
     }
 }
 
+/// A stored message that was in flight when it was stored (reloaded into the in-flight window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundMark {
+    /// The message's sequence in the session's queue.
+    pub seq: u64,
+    /// Its packet id.
+    pub pid: u16,
+    /// PUBREC received: PUBREL is resent, not the message.
+    pub released: bool,
+}
+
+/// What a shard sends to another once its own store writes up to a point are durable.
+#[derive(Debug)]
+pub(super) enum AfterDurable {
+    /// Confirms a forwarded message's writes (`MeshMsg::Stored`).
+    Stored(u64),
+    /// The moved session's copy here is durable: the old shard may forget its own.
+    Forget(SessionKey, u64),
+}
+
 /// An acknowledgement held for durability.
 #[derive(Debug)]
 pub struct HeldAck {
@@ -198,7 +244,7 @@ impl ShardCore {
             self.send(origin, MeshMsg::Stored { token, ok: true });
         } else {
             // Behind earlier replies, in order, so a confirmation never overtakes a write.
-            self.stored_replies.push_back((self.store_seq, origin, token));
+            self.stored_replies.push_back((self.store_seq, origin, AfterDurable::Stored(token)));
         }
     }
 
@@ -295,8 +341,12 @@ impl ShardCore {
     pub fn durable(&mut self, upto: u64, now_ms: u64) {
         self.durable_upto = self.durable_upto.max(upto);
         while self.stored_replies.front().is_some_and(|(s, _, _)| *s <= upto) {
-            let (_, origin, token) = self.stored_replies.pop_front().expect("checked");
-            self.send(origin, MeshMsg::Stored { token, ok: true });
+            let (_, to, what) = self.stored_replies.pop_front().expect("checked");
+            let m = match what {
+                AfterDurable::Stored(token) => MeshMsg::Stored { token, ok: true },
+                AfterDurable::Forget(key, epoch) => MeshMsg::Forget { key, epoch },
+            };
+            self.send(to, m);
         }
         self.release_held(now_ms);
         let mut gated = std::mem::take(&mut self.gated);
@@ -317,8 +367,11 @@ impl ShardCore {
     /// that was not.
     pub fn store_failed(&mut self, now_ms: u64) {
         self.store_broken = true;
-        while let Some((_, origin, token)) = self.stored_replies.pop_front() {
-            self.send(origin, MeshMsg::Stored { token, ok: false });
+        while let Some((_, to, what)) = self.stored_replies.pop_front() {
+            // A moved session's old copy stays: its new copy may not be on disk.
+            if let AfterDurable::Stored(token) = what {
+                self.send(to, MeshMsg::Stored { token, ok: false });
+            }
         }
         // A CONNACK or SUBACK that promised a stored session must not go out: close without it
         // (the client reconnects and is told then).
@@ -379,7 +432,7 @@ impl ShardCore {
 
     /// The key of `sref` if its writes are stored: a store is configured and the session is
     /// persistent (expiry > 0).
-    fn stored_key(&self, sref: SessionRef) -> Option<SessionKey> {
+    pub(super) fn stored_key(&self, sref: SessionRef) -> Option<SessionKey> {
         let s = self.session(sref).filter(|s| self.cfg.persist && s.state.expiry_secs != 0)?;
         Some(SessionKey { org: s.org.clone(), client_id: s.client_id.clone() })
     }
@@ -401,6 +454,7 @@ impl ShardCore {
             protocol: s.state.protocol.map_or(4, |p| p.level()),
             expires_at_unix_ms: s.expires_at_ms.map(|t| t + unix),
             next_seq: s.state.next_seq,
+            epoch: s.state.epoch,
             subs: s.state.subs.iter().map(|(f, e)| StoredSub::from_entry(f, e)).collect(),
         };
         let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
@@ -414,30 +468,95 @@ impl ShardCore {
         }
     }
 
-    /// A persistent session went offline: its record, then everything it still holds (in
-    /// flight first, then queued) as its stored queue.
+    /// A persistent session went offline: its record (with its expiry time), and whatever it
+    /// holds that is not stored yet.
     pub(super) fn persist_offline(&mut self, sref: SessionRef) {
         let Some(key) = self.stored_key(sref) else { return };
-        let s = self.session_mut(sref).expect("stored_key found it");
-        let mut ops = Vec::with_capacity(s.state.inflight.len() + s.state.queue.len() + 1);
-        ops.push(StoreOp::ClearQueue { key: key.clone() });
-        let st = &mut s.state;
-        for f in st.inflight.values() {
-            st.next_seq += 1;
-            ops.push(StoreOp::Queued { key: key.clone(), seq: st.next_seq, delivery: f.delivery.clone() });
+        self.persist_contents(sref, &key, false);
+        self.persist_meta(sref);
+    }
+
+    /// Stores what a session holds: in flight (with packet id and state), then queued, then
+    /// its inbound QoS 2 ids; `all` false: only the messages not stored yet.
+    fn persist_contents(&mut self, sref: SessionRef, key: &SessionKey, all: bool) {
+        let s = self.session_mut(sref).expect("caller found it");
+        let SessionState { inflight, queue, inbound_qos2, next_seq, .. } = &mut s.state;
+        let mut ops = Vec::new();
+        for (pid, f) in inflight.iter_mut() {
+            if f.delivery.seq == 0 {
+                *next_seq += 1;
+                f.delivery.seq = *next_seq;
+            } else if !all {
+                continue;
+            }
+            let (seq, released) = (f.delivery.seq, f.state == OutState::Released);
+            ops.push(StoreOp::Queued { key: key.clone(), seq, delivery: f.delivery.clone() });
+            ops.push(StoreOp::Outbound { key: key.clone(), seq, pid: *pid, released });
         }
-        for d in st.queue.iter_mut() {
-            st.next_seq += 1;
-            d.seq = st.next_seq;
+        for d in queue.iter_mut() {
+            if d.seq == 0 {
+                *next_seq += 1;
+                d.seq = *next_seq;
+            } else if !all {
+                continue;
+            }
             ops.push(StoreOp::Queued { key: key.clone(), seq: d.seq, delivery: d.clone() });
         }
-        self.persist_meta(sref);
+        if all {
+            for pid in inbound_qos2.iter() {
+                ops.push(StoreOp::Qos2 { key: key.clone(), pid: *pid, pending: true });
+            }
+        }
         for op in ops {
             self.push_op(op);
         }
     }
 
-    /// Gives a delivery queued for an offline persistent session its sequence and stores it.
+    /// A session was installed here by a takeover. If its state came from another shard's
+    /// store it is written here whole under the next epoch, and the old shard is told to forget
+    /// its copy once this one is durable; from this shard's own store only the record changes.
+    /// A session that is not kept any more (expiry 0 now) has its old copy forgotten.
+    pub(super) fn persist_installed(&mut self, sref: SessionRef, now_ms: u64) {
+        let Some(s) = self.session_mut(sref) else { return };
+        let from = s.state.stored_on.take();
+        let Some(key) = self.stored_key(sref) else {
+            if let (Some(x), Some(key)) = (from, self.key_of(sref)) {
+                let epoch = self.session(sref).map_or(0, |s| s.state.epoch) + 1;
+                self.send(x, MeshMsg::Forget { key, epoch });
+            }
+            return;
+        };
+        if from != Some(self.shard) {
+            // A new copy: its epoch is above the old one's and, as wall-clock time, above any
+            // stale copy of an earlier session under this client id.
+            let unix_now = self.cfg.unix_epoch_ms + now_ms;
+            let st = &mut self.session_mut(sref).expect("found above").state;
+            st.epoch = (st.epoch + 1).max(unix_now);
+            if from.is_some() {
+                // Rows an earlier stay here left behind must not mix with the new copy.
+                self.push_op(StoreOp::Forget { key: key.clone() });
+            }
+            self.persist_contents(sref, &key, true);
+        }
+        self.persist_meta(sref);
+        if let Some(x) = from.filter(|x| *x != self.shard) {
+            let epoch = self.session(sref).expect("found above").state.epoch;
+            if !self.store_broken {
+                self.stored_replies.push_back((self.store_seq, x, AfterDurable::Forget(key, epoch)));
+            }
+        }
+    }
+
+    /// A state that was stored on shard `stored_on` was discarded in transit (a clean start):
+    /// that copy goes.
+    pub(super) fn forget_discarded(&mut self, key: &SessionKey, state: &SessionState) {
+        if let Some(x) = state.stored_on {
+            self.send(x, MeshMsg::Forget { key: key.clone(), epoch: state.epoch + 1 });
+        }
+    }
+
+    /// Gives a QoS 1/2 delivery to a persistent session (online or offline) its sequence and
+    /// stores it; it stays stored until acknowledged or dropped.
     pub(super) fn persist_queued(&mut self, sref: SessionRef, d: &mut Delivery) {
         let Some(key) = self.stored_key(sref) else { return };
         let s = self.session_mut(sref).expect("stored_key found it");
@@ -446,7 +565,17 @@ impl ShardCore {
         self.push_op(StoreOp::Queued { key, seq: d.seq, delivery: d.clone() });
     }
 
-    /// A stored delivery left the queue without being sent (a bound dropped it).
+    /// A stored delivery went in flight under `pid`, or (`released`) got its PUBREC.
+    pub(super) fn persist_outbound(&mut self, sref: SessionRef, seq: u64, pid: u16, released: bool) {
+        if !self.cfg.persist || seq == 0 {
+            return;
+        }
+        if let Some(key) = self.key_of(sref) {
+            self.push_op(StoreOp::Outbound { key, seq, pid, released });
+        }
+    }
+
+    /// A stored delivery is done with (acknowledged, dropped for a bound, expired, too large).
     pub(super) fn persist_unqueued(&mut self, sref: SessionRef, d: &Delivery) {
         if !self.cfg.persist || d.seq == 0 {
             return;
@@ -456,22 +585,18 @@ impl ShardCore {
         }
     }
 
-    /// The session is online again on this shard: its record stays, its stored queue goes.
-    pub(super) fn persist_resumed(&mut self, sref: SessionRef) {
-        if !self.cfg.persist {
-            return;
-        }
-        let had_queue = self.session(sref).is_some_and(|s| s.state.next_seq > 0);
-        if let (true, Some(key)) = (had_queue, self.key_of(sref)) {
-            self.push_op(StoreOp::ClearQueue { key });
-        }
-        self.persist_meta(sref);
-    }
-
-    /// The session ended or moved to another shard.
+    /// The session ended here.
     pub(super) fn persist_forget(&mut self, key: &SessionKey) {
         if self.cfg.persist {
             self.push_op(StoreOp::Forget { key: key.clone() });
+        }
+    }
+
+    /// Another shard holds a durable copy of a session that moved there (epoch `epoch`):
+    /// this store's older copy goes.
+    pub(super) fn persist_forget_before(&mut self, key: SessionKey, epoch: u64) {
+        if self.cfg.persist {
+            self.push_op(StoreOp::ForgetBefore { key, epoch });
         }
     }
 
@@ -499,13 +624,15 @@ impl ShardCore {
 
     /// Restores a persistent session from the store as an offline session homed here (at
     /// start, before any client connects). `queue` is in sequence order; each delivery keeps
-    /// its stored sequence. A session already past its expiry is dropped (and forgotten).
+    /// its stored sequence; those in `outbound` go back in flight under their packet ids. A
+    /// session already past its expiry is dropped (and forgotten).
     pub fn restore_session(
         &mut self,
         now_ms: u64,
         key: SessionKey,
         meta: &StoredSession,
         queue: Vec<Delivery>,
+        outbound: &[OutboundMark],
         qos2_pending: &[u16],
     ) -> bool {
         let unix_now = self.cfg.unix_epoch_ms + now_ms;
@@ -523,8 +650,22 @@ impl ShardCore {
             expiry_secs: meta.expiry_secs,
             protocol: Some(if meta.protocol == 5 { Protocol::V5 } else { Protocol::V311 }),
             next_seq: meta.next_seq.max(queue.last().map_or(0, |d| d.seq)),
+            epoch: meta.epoch,
             ..SessionState::default()
         };
+        let mut queue = queue;
+        if !outbound.is_empty() {
+            let marks: HashMap<u64, &OutboundMark> = outbound.iter().map(|m| (m.seq, m)).collect();
+            queue.retain(|d| match marks.get(&d.seq) {
+                Some(m) if !state.inflight.contains_key(&m.pid) => {
+                    let st = if m.released { OutState::Released } else { OutState::Published };
+                    state.inflight.insert(m.pid, InFlight { delivery: d.clone(), state: st });
+                    false
+                }
+                _ => true,
+            });
+            state.next_pid = state.inflight.keys().next_back().copied().unwrap_or(0);
+        }
         for s in &meta.subs {
             state.subs.insert(s.filter.as_str().into(), s.entry());
         }

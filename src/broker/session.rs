@@ -79,6 +79,12 @@ pub struct SessionState {
     pub stored_bytes: u64,
     /// Last sequence given to a message of its stored queue.
     pub next_seq: u64,
+    /// Epoch of its stored copy (the highest is the live one if a crash left two copies; see
+    /// `StoredSession::epoch`).
+    pub epoch: u64,
+    /// While in transit: the shard whose store still holds this state (it forgets it once the
+    /// new owner's copy is durable).
+    pub stored_on: Option<u8>,
 }
 
 /// A session living on this shard.

@@ -19,6 +19,9 @@ pub struct Cluster {
     pub now_ms: u64,
     /// The listener new connections come through (its anonymous org decides theirs).
     pub listener: Arc<ListenerCtx>,
+    /// With a store ([`Cluster::with_store`]): every shard's store writes so far, in order.
+    /// Each write is durable as soon as the mesh is pumped.
+    pub store_log: Option<Vec<Vec<super::persist::StoreOp>>>,
 }
 
 /// A client attached to one shard.
@@ -36,11 +39,46 @@ impl Cluster {
     /// `n` shards, anonymous clients land in org `local`.
     pub fn new(n: u8) -> Cluster {
         let cfg = CoreConfig::with_shards(n);
+        Cluster::with_config(n, cfg)
+    }
+
+    /// `n` shards whose cores record store writes (`durability = "group"`, the disk
+    /// instantaneous): see [`Cluster::store_log`].
+    pub fn with_store(n: u8) -> Cluster {
+        let mut cfg = CoreConfig::with_shards(n);
+        cfg.persist = true;
+        cfg.gate_acks = true;
+        let mut cl = Cluster::with_config(n, cfg);
+        cl.store_log = Some((0..n).map(|_| Vec::new()).collect());
+        cl
+    }
+
+    fn with_config(n: u8, cfg: CoreConfig) -> Cluster {
         Cluster {
             shards: (0..n).map(|i| ShardCore::new(i, cfg.clone(), 0)).collect(),
             now_ms: 0,
             listener: Arc::new(ListenerCtx { anonymous_org: Some(Arc::from("local")), transport: "test" }),
+            store_log: None,
         }
+    }
+
+    /// Takes the store writes recorded since the last call, per shard.
+    pub fn take_store_log(&mut self) -> Vec<Vec<super::persist::StoreOp>> {
+        let log = self.store_log.as_mut().expect("a cluster with a store");
+        log.iter_mut().map(std::mem::take).collect()
+    }
+
+    /// Makes every shard's store writes durable at once (recording them).
+    fn settle_stores(&mut self) -> bool {
+        let Some(log) = self.store_log.as_mut() else { return false };
+        let mut any = false;
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            let before = log[i].len();
+            let upto = s.take_store_ops(&mut log[i]);
+            any |= log[i].len() > before;
+            s.durable(upto, self.now_ms);
+        }
+        any
     }
 
     /// Replaces the ACL policy of `org` (for connections made afterwards).
@@ -66,7 +104,7 @@ impl Cluster {
     /// Moves every pending mesh message to its destination until the mesh is quiet.
     pub fn pump(&mut self) {
         for _ in 0..10_000 {
-            let mut moved = false;
+            let mut moved = self.settle_stores();
             let n = self.shards.len();
             for from in 0..n {
                 for to in 0..n {

@@ -394,3 +394,103 @@ fn a_flooding_org_yields_the_shard_to_another_org_every_turn() {
     assert!(buf.is_empty(), "all of the flood processed, nothing dropped");
     assert_eq!(received(&cl.shards[0]) - before, 10 * budget + 1);
 }
+
+fn puback(cl: &mut Cluster, c: Client, pid: u16, kind: fn(PubResp) -> Packet) {
+    let r = PubResp {
+        packet_id: PacketId::new(pid).unwrap(),
+        reason: ReasonCode::SUCCESS,
+        props: Properties::default(),
+    };
+    cl.send(c, &kind(r));
+    cl.pump();
+}
+
+fn publish_ids(ps: &[Packet]) -> Vec<u16> {
+    ps.iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => p.packet_id.map(|i| i.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_persistent_subscribers_messages_stay_stored_until_acknowledged_online_too() {
+    use super::persist::StoreOp;
+    let mut cl = Cluster::with_store(1);
+    let expiry = Properties { session_expiry_interval: Some(600), ..Default::default() };
+    let (sub, _) = cl.connect(0, Protocol::V5, "sub", false, expiry);
+    subscribe(&mut cl, sub, "t", QoS::ExactlyOnce);
+    let (p, _) = cl.connect(0, Protocol::V5, "pub", true, Properties::default());
+    cl.take_store_log();
+    publish(&mut cl, p, "t", "one", QoS::AtLeastOnce, 1);
+    let pid = publish_ids(&cl.recv(sub))[0];
+    let ops = cl.take_store_log().remove(0);
+    assert!(
+        matches!(&ops[..], [StoreOp::Queued { seq: 1, .. }, StoreOp::Outbound { seq: 1, pid: i, released: false, .. }] if *i == pid),
+        "{ops:?}"
+    );
+    puback(&mut cl, sub, pid, Packet::PubAck);
+    let ops = cl.take_store_log().remove(0);
+    assert!(matches!(&ops[..], [StoreOp::Unqueued { seq: 1, .. }]), "{ops:?}");
+    // QoS 2: stored, released at PUBREC (PUBREL follows once that is durable), gone at PUBCOMP.
+    publish(&mut cl, p, "t", "two", QoS::ExactlyOnce, 2);
+    let pid = publish_ids(&cl.recv(sub))[0];
+    cl.take_store_log();
+    puback(&mut cl, sub, pid, Packet::PubRec);
+    assert!(cl.recv(sub).iter().any(|p| matches!(p, Packet::PubRel(r) if r.packet_id.get() == pid)));
+    let ops = cl.take_store_log().remove(0);
+    assert!(matches!(&ops[..], [StoreOp::Outbound { seq: 2, released: true, .. }]), "{ops:?}");
+    puback(&mut cl, sub, pid, Packet::PubComp);
+    let ops = cl.take_store_log().remove(0);
+    assert!(matches!(&ops[..], [StoreOp::Unqueued { seq: 2, .. }]), "{ops:?}");
+    // A clean session stores nothing.
+    let (clean, _) = cl.connect(0, Protocol::V5, "clean", true, Properties::default());
+    subscribe(&mut cl, clean, "c", QoS::AtLeastOnce);
+    cl.take_store_log();
+    publish(&mut cl, p, "c", "x", QoS::AtLeastOnce, 3);
+    assert_eq!(payloads(&cl.recv(clean)), vec!["x"]);
+    assert!(cl.take_store_log()[0].is_empty());
+}
+
+#[test]
+fn a_session_moving_shards_is_written_whole_there_before_the_old_copy_is_forgotten() {
+    use super::persist::StoreOp;
+    let mut cl = Cluster::with_store(2);
+    let expiry = || Properties { session_expiry_interval: Some(600), ..Default::default() };
+    let (sub, _) = cl.connect(0, Protocol::V5, "mover", false, expiry());
+    subscribe(&mut cl, sub, "t", QoS::AtLeastOnce);
+    let (p, _) = cl.connect(0, Protocol::V5, "pub", true, Properties::default());
+    publish(&mut cl, p, "t", "held", QoS::AtLeastOnce, 1);
+    let pid = publish_ids(&cl.recv(sub))[0];
+    cl.drop_conn(sub);
+    cl.take_store_log();
+    // Resumed on shard 1: the message is resent under its packet id.
+    let (sub, got) = cl.connect(1, Protocol::V5, "mover", false, expiry());
+    assert!(connack(&got).session_present);
+    assert_eq!(publish_ids(&got), vec![pid]);
+    let log = cl.take_store_log();
+    let new_epoch = match &log[1][..] {
+        [StoreOp::Forget { .. }, StoreOp::Queued { seq: 1, .. }, StoreOp::Outbound { seq: 1, pid: i, .. }, StoreOp::Session { meta, .. }]
+            if *i == pid =>
+        {
+            meta.epoch
+        }
+        other => panic!("shard 1 wrote {other:?}"),
+    };
+    assert!(new_epoch > 0);
+    // Shard 0 forgets its copy only after shard 1's writes were durable, and only if older.
+    assert!(
+        matches!(&log[0][..], [StoreOp::ForgetBefore { epoch, .. }] if *epoch == new_epoch),
+        "{:?}",
+        log[0]
+    );
+    // Back on shard 1 again (same shard): nothing is rewritten but the record.
+    cl.drop_conn(sub);
+    cl.take_store_log();
+    let (_, got) = cl.connect(1, Protocol::V5, "mover", false, expiry());
+    assert_eq!(publish_ids(&got), vec![pid]);
+    let log = cl.take_store_log();
+    assert!(log[0].is_empty(), "{:?}", log[0]);
+    assert!(log[1].iter().all(|op| matches!(op, StoreOp::Session { .. })), "{:?}", log[1]);
+}

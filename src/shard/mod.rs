@@ -506,7 +506,7 @@ async fn shard_main(
             core.restore_retained(&m.0, m.1.clone(), m.2);
         }
         for s in restored {
-            core.restore_session(now, s.key, &s.meta, s.queue, &s.qos2);
+            core.restore_session(now, s.key, &s.meta, s.queue, &s.outbound, &s.qos2);
         }
     }
     shard.flush_mesh();

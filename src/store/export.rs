@@ -20,7 +20,7 @@ use super::seal::Sealer;
 use super::{format, RestoredSession, RetainedStore, ShardStore};
 use crate::broker::home_shard;
 use crate::broker::mesh::SessionKey;
-use crate::broker::persist::{stored_client_id, stored_delivery, StoredSession};
+use crate::broker::persist::{stored_client_id, stored_delivery, OutboundMark, StoredSession};
 use crate::config::Config;
 use crate::control::store::Store;
 
@@ -83,6 +83,12 @@ struct QueuedLine {
     received_unix_ms: u64,
     /// The message as an MQTT 5.0 PUBLISH packet, base64.
     publish_b64: String,
+    /// In flight under this packet id when exported (resent with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<u16>,
+    /// In flight and its PUBREC came (QoS 2): PUBREL is resent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
 }
 
 /// A line of `retained.jsonl`.
@@ -173,19 +179,30 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
 
     let path = out.join("sessions.jsonl");
     let mut w = create_private(&path)?;
-    for dir in shard_dirs(&cfg.data_dir) {
+    let mut all = Vec::new();
+    for (i, dir) in shard_dirs(&cfg.data_dir).into_iter().enumerate() {
         let st = ShardStore::open(&dir, cfg.durability, sealer.clone()).map_err(locked)?;
-        for s in st.read_all(now_unix).map_err(|e| e.to_string())? {
+        all.extend(st.read_all(now_unix).map_err(|e| e.to_string())?.into_iter().map(|s| (i, s)));
+    }
+    // Only the live copy of a session a crash during a takeover left twice.
+    let (all, _) = super::newest_copies(all);
+    for (_, s) in all {
+        {
             let queue = s
                 .queue
                 .iter()
-                .map(|d| QueuedLine {
-                    seq: d.seq,
-                    qos: d.qos as u8,
-                    retain: d.retain,
-                    sub_ids: d.sub_ids.to_vec(),
-                    received_unix_ms: d.msg.received_ms + unix_epoch_ms,
-                    publish_b64: publish_b64(&d.msg),
+                .map(|d| {
+                    let mark = s.outbound.iter().find(|m| m.seq == d.seq);
+                    QueuedLine {
+                        seq: d.seq,
+                        qos: d.qos as u8,
+                        retain: d.retain,
+                        sub_ids: d.sub_ids.to_vec(),
+                        received_unix_ms: d.msg.received_ms + unix_epoch_ms,
+                        publish_b64: publish_b64(&d.msg),
+                        pid: mark.map(|m| m.pid),
+                        released: mark.is_some_and(|m| m.released),
+                    }
                 })
                 .collect::<Vec<_>>();
             m.queued += queue.len() as u64;
@@ -334,6 +351,7 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
         let client_id = stored_client_id(&l.client_id).ok_or("client_id: not a valid MQTT string")?;
         let key = SessionKey { org: Arc::from(l.org.as_str()), client_id };
         let mut queue = Vec::with_capacity(l.queue.len());
+        let mut outbound = Vec::new();
         for q in &l.queue {
             let raw =
                 B64.decode(&q.publish_b64).map_err(|e| format!("queue seq {}: publish_b64: {e}", q.seq))?;
@@ -344,10 +362,15 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
                 .map_err(|e| format!("queue seq {}: {e}", q.seq))?;
             if let Some(msg) = msg {
                 queue.push(stored_delivery(msg, q.qos, q.retain, &q.sub_ids, q.seq));
+                match q.pid {
+                    Some(0) => return Err(format!("queue seq {}: pid 0", q.seq)),
+                    Some(pid) => outbound.push(OutboundMark { seq: q.seq, pid, released: q.released }),
+                    None => {}
+                }
             }
         }
         got.queued += queue.len() as u64;
-        let s = RestoredSession { key, meta: l.session, queue, qos2: l.qos2 };
+        let s = RestoredSession { key, meta: l.session, queue, outbound, qos2: l.qos2 };
         let home = home_shard(&s.key, nr as u8) as usize;
         stores[home].write_session(&s, unix_epoch_ms).map_err(|e| e.to_string())?;
         got.sessions += 1;

@@ -3,6 +3,7 @@
 //! - Session record: JSON ([`StoredSession`], field `v` = 1).
 //! - Queued message: `1, granted QoS, flags (bit 0: RETAIN to send), n, n × sub id (u32 BE),
 //!   received (Unix ms, u64 BE)`, then the message as an MQTT 5.0 PUBLISH packet.
+//! - In-flight state of a queued message (same key): `1, packet id (u16 BE), released (0/1)`.
 //! - Retained message: `1, sequence (u64 BE), received (Unix ms, u64 BE)`, then the PUBLISH.
 //!
 //! Messages are stored as MQTT 5.0 PUBLISH packets so every property survives, and the codec
@@ -32,6 +33,21 @@ pub fn decode_session(v: &[u8]) -> Result<StoredSession, String> {
         return Err(format!("session record version {} (this build reads {VERSION})", m.v));
     }
     Ok(m)
+}
+
+/// Encodes the in-flight state of a stored message: `1, packet id (u16 BE), released (0/1)`.
+pub fn encode_outbound(pid: u16, released: bool) -> [u8; 4] {
+    let p = pid.to_be_bytes();
+    [VERSION, p[0], p[1], released as u8]
+}
+
+/// Decodes an in-flight state: (packet id, released).
+pub fn decode_outbound(v: &[u8]) -> Result<(u16, bool), String> {
+    match v {
+        [VERSION, a, b, r @ (0 | 1)] if (*a, *b) != (0, 0) => Ok((u16::from_be_bytes([*a, *b]), *r == 1)),
+        [v, ..] if *v != VERSION => Err(format!("in-flight state version {v} (this build reads {VERSION})")),
+        _ => Err("corrupt in-flight state".into()),
+    }
 }
 
 /// Appends `msg` as an MQTT 5.0 PUBLISH packet (every property kept).

@@ -1,7 +1,9 @@
 //! Durable messaging state (SPEC §7): one fjall database per shard under
 //! `data_dir/shards/<n>` holding persistent sessions (`sessions`: record per `org \0
-//! client_id`) and the queues of offline ones (`queue`: `org \0 client_id \0 seq`, big-endian
-//! sequence, so one session's queue is one prefix scan in order), and one database for retained
+//! client_id`), the QoS 1/2 messages held for them until acknowledged (`queue`: `org \0
+//! client_id \0 seq`, big-endian sequence, so one session's queue is one prefix scan in
+//! order), the packet id and state of those in flight (`outbound`, same key), and inbound QoS 2
+//! packet ids not yet released (`qos2`: `org \0 client_id \0 pid`), and one database for retained
 //! messages under `data_dir/retained` (`org \0 topic` -> sequence + message; written by
 //! whichever shard received the publish, the highest sequence wins).
 //!
@@ -15,6 +17,7 @@ pub mod export;
 pub mod format;
 pub mod seal;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +26,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use crate::broker::home_shard;
 use crate::broker::mesh::SessionKey;
 use crate::broker::msg::Msg;
-use crate::broker::persist::{StoreOp, StoredSession};
+use crate::broker::persist::{OutboundMark, StoreOp, StoredSession};
 use crate::broker::session::Delivery;
 use crate::config::Durability;
 use crate::control::store::{org_key, row_aad};
@@ -51,6 +54,11 @@ fn queue_key(key: &SessionKey, seq: u64) -> Vec<u8> {
     let mut k = queue_prefix(key);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// The sequence at the end of a queue or outbound key.
+fn seq_of(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(k.len().checked_sub(8)?..)?.try_into().ok()?))
 }
 
 /// `org \0 topic`.
@@ -88,6 +96,7 @@ pub struct ShardStore {
     db: Database,
     sessions: Keyspace,
     queue: Keyspace,
+    outbound: Keyspace,
     qos2: Keyspace,
     durability: Durability,
     sealer: Arc<Sealer>,
@@ -130,6 +139,7 @@ impl ShardStore {
         Ok(ShardStore {
             sessions: db.keyspace("sessions", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             queue: db.keyspace("queue", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
+            outbound: db.keyspace("outbound", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             qos2: db.keyspace("qos2", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             db,
             dir: dir.to_path_buf(),
@@ -164,7 +174,18 @@ impl ShardStore {
                     let v = self.seal(&key, "queue", &k, format::encode_delivery(&delivery, unix_epoch_ms));
                     batch.insert(&self.queue, k, v);
                 }
-                StoreOp::Unqueued { key, seq } => batch.remove(&self.queue, queue_key(&key, seq)),
+                StoreOp::Outbound { key, seq, pid, released } => {
+                    batch.insert(
+                        &self.outbound,
+                        queue_key(&key, seq),
+                        format::encode_outbound(pid, released),
+                    );
+                }
+                StoreOp::Unqueued { key, seq } => {
+                    let k = queue_key(&key, seq);
+                    batch.remove(&self.outbound, k.clone());
+                    batch.remove(&self.queue, k);
+                }
                 StoreOp::Qos2 { key, pid, pending } => {
                     let mut k = queue_prefix(&key);
                     k.extend_from_slice(&pid.to_be_bytes());
@@ -174,15 +195,17 @@ impl ShardStore {
                         batch.remove(&self.qos2, k);
                     }
                 }
-                StoreOp::ClearQueue { key } => {
-                    // Committed first: the range is read from the tree, which must hold what
-                    // this batch queued before.
-                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    self.clear_queue(&key)?;
-                }
                 StoreOp::Forget { key } => {
+                    // Committed first: the ranges are read from the tree, which must hold what
+                    // this batch wrote before.
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
                     self.forget(&key)?;
+                }
+                StoreOp::ForgetBefore { key, epoch } => {
+                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
+                    if self.stored_epoch(&key).is_none_or(|e| e < epoch) {
+                        self.forget(&key)?;
+                    }
                 }
                 StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
                 StoreOp::RetainExpired { org, topic, seq } => retained.expire(&org, &topic, seq)?,
@@ -195,8 +218,12 @@ impl ShardStore {
         self.sealer.seal(Some(&key.org), &row_aad(ks, row), plain)
     }
 
-    fn clear_queue(&self, key: &SessionKey) -> Result<(), StoreError> {
-        self.remove_prefix(&self.queue, &queue_prefix(key))
+    /// The epoch of the stored copy of a session (None: none, or unreadable).
+    fn stored_epoch(&self, key: &SessionKey) -> Option<u64> {
+        let k = session_key(key);
+        let v = self.sessions.get(&k).ok()??;
+        let v = self.sealer.open(&row_aad("sessions", &k), &v).ok()?;
+        format::decode_session(&v).ok().map(|m| m.epoch)
     }
 
     /// Deletes every key of `ks` under `prefix`, in one batch.
@@ -222,6 +249,7 @@ impl ShardStore {
         let mut out = Vec::new();
         let mut shredded = Vec::new();
         let mut dead_rows = Vec::new();
+        let mut expired = Vec::new();
         for g in self.sessions.iter() {
             let (k, v) = g.into_inner().map_err(ctx(&what))?;
             let (org, cid) =
@@ -240,9 +268,7 @@ impl ShardStore {
             let mut queue = Vec::new();
             for g in self.queue.prefix(queue_prefix(&key)) {
                 let (k, v) = g.into_inner().map_err(ctx(&what))?;
-                let seq =
-                    k.len().checked_sub(8).map(|i| u64::from_be_bytes(k[i..].try_into().expect("8 bytes")));
-                let seq = seq.ok_or_else(|| StoreError(format!("{what}: corrupt queue key")))?;
+                let seq = seq_of(&k).ok_or_else(|| StoreError(format!("{what}: corrupt queue key")))?;
                 let Some(v) = open_row(&self.sealer, "queue", &k, &v, &mut dead_rows, || {
                     format!("{what}: queued message of {org}/{cid}")
                 })?
@@ -251,9 +277,17 @@ impl ShardStore {
                 };
                 match format::decode_delivery(&v, seq, now_unix_ms) {
                     Ok(Some(d)) => queue.push(d),
-                    Ok(None) => {} // expired while stored
+                    Ok(None) => expired.push(k.to_vec()), // expired while stored: deleted below
                     Err(e) => return Err(StoreError(format!("{what}: queued message of {org}/{cid}: {e}"))),
                 }
+            }
+            let mut outbound = Vec::new();
+            for g in self.outbound.prefix(queue_prefix(&key)) {
+                let (k, v) = g.into_inner().map_err(ctx(&what))?;
+                let seq = seq_of(&k).ok_or_else(|| StoreError(format!("{what}: corrupt outbound key")))?;
+                let (pid, released) = format::decode_outbound(&v)
+                    .map_err(|e| StoreError(format!("{what}: in-flight state of {org}/{cid}: {e}")))?;
+                outbound.push(OutboundMark { seq, pid, released });
             }
             let mut qos2 = Vec::new();
             for g in self.qos2.prefix(queue_prefix(&key)) {
@@ -261,7 +295,7 @@ impl ShardStore {
                 let pid = k.len().checked_sub(2).map(|i| u16::from_be_bytes([k[i], k[i + 1]]));
                 qos2.push(pid.ok_or_else(|| StoreError(format!("{what}: corrupt qos2 key")))?);
             }
-            out.push(RestoredSession { key, meta, queue, qos2 });
+            out.push(RestoredSession { key, meta, queue, outbound, qos2 });
         }
         // Crypto-shredded: what a destroyed key sealed is deleted (it cannot be read anyway).
         for k in &shredded {
@@ -270,8 +304,9 @@ impl ShardStore {
                 .ok_or_else(|| StoreError(format!("{what}: corrupt client id")))?;
             self.forget(&SessionKey { org: Arc::from(org), client_id })?;
         }
-        for k in dead_rows.iter() {
+        for k in dead_rows.iter().chain(&expired) {
             self.queue.remove(k.clone()).map_err(ctx(&what))?;
+            self.outbound.remove(k.clone()).map_err(ctx(&what))?;
         }
         if !shredded.is_empty() || !dead_rows.is_empty() {
             tracing::warn!(
@@ -298,6 +333,13 @@ impl ShardStore {
             let v = self.seal(&s.key, "queue", &k, format::encode_delivery(d, unix_epoch_ms));
             batch.insert(&self.queue, k, v);
         }
+        for m in &s.outbound {
+            batch.insert(
+                &self.outbound,
+                queue_key(&s.key, m.seq),
+                format::encode_outbound(m.pid, m.released),
+            );
+        }
         for pid in &s.qos2 {
             let mut k = queue_prefix(&s.key);
             k.extend_from_slice(&pid.to_be_bytes());
@@ -309,7 +351,8 @@ impl ShardStore {
     fn forget(&self, key: &SessionKey) -> Result<(), StoreError> {
         self.sessions.remove(session_key(key)).map_err(ctx(&self.dir.display().to_string()))?;
         self.remove_prefix(&self.qos2, &queue_prefix(key))?;
-        self.clear_queue(key)
+        self.remove_prefix(&self.outbound, &queue_prefix(key))?;
+        self.remove_prefix(&self.queue, &queue_prefix(key))
     }
 }
 
@@ -402,6 +445,8 @@ pub struct RestoredSession {
     pub meta: StoredSession,
     /// Its queue, in order (expired messages left out).
     pub queue: Vec<Delivery>,
+    /// Which of them were in flight, under which packet id.
+    pub outbound: Vec<OutboundMark>,
     /// Inbound QoS 2 packet ids received and not yet released.
     pub qos2: Vec<u16>,
 }
@@ -419,6 +464,31 @@ pub struct Opened {
     pub retained_msgs: Vec<StoredRetained>,
     /// Highest retained sequence stored (new writes continue above it).
     pub retained_seq: u64,
+}
+
+/// A crash during a takeover across shards can leave two copies of a session (in the old and
+/// the new shard's store): the one with the highest epoch is the live one. Splits `(store
+/// index, session)` pairs into (kept, older copies).
+#[allow(clippy::type_complexity)] // Two lists of the same pairs.
+fn newest_copies(
+    all: Vec<(usize, RestoredSession)>,
+) -> (Vec<(usize, RestoredSession)>, Vec<(usize, RestoredSession)>) {
+    let mut best: HashMap<SessionKey, (u64, usize)> = HashMap::new();
+    for (n, (_, s)) in all.iter().enumerate() {
+        let e = best.entry(s.key.clone()).or_insert((s.meta.epoch, n));
+        if s.meta.epoch > e.0 {
+            *e = (s.meta.epoch, n);
+        }
+    }
+    let (mut kept, mut older) = (Vec::with_capacity(best.len()), Vec::new());
+    for (n, pair) in all.into_iter().enumerate() {
+        if best.get(&pair.1.key).is_some_and(|b| b.1 == n) {
+            kept.push(pair);
+        } else {
+            older.push(pair);
+        }
+    }
+    (kept, older)
 }
 
 /// Opens the stores under `data_dir` for `nr` shards, reads them back, and moves sessions whose
@@ -455,7 +525,14 @@ pub fn open(
     for (i, st) in stores.iter().enumerate() {
         all.extend(st.read_all(unix_now_ms)?.into_iter().map(|s| (i, s)));
     }
-    for (i, s) in all {
+    let (kept, dropped) = newest_copies(all);
+    for (i, s) in dropped {
+        tracing::info!(org = %s.key.org, client_id = %s.key.client_id.as_str(), epoch = s.meta.epoch,
+            "dropped an older copy of a session left by a takeover");
+        stores[i].forget(&s.key)?;
+        moved = true;
+    }
+    for (i, s) in kept {
         let home = home_shard(&s.key, nr as u8) as usize;
         if home != i {
             stores[home].write_session(&s, unix_epoch_ms)?;

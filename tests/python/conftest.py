@@ -44,6 +44,9 @@ def free_port():
         return s.getsockname()[1]
 
 
+READY = "coremq::shard: ready"
+
+
 class Broker:
     """A running coremq. `ports[i]` is the listener pinned to shard i when pinned=True."""
 
@@ -71,9 +74,17 @@ class Broker:
     def start(self):
         """Starts the process (again, after `stop`, on the same config and data) and waits
         until every listener accepts."""
+        ready_before = self.logs().count(READY)
         self.proc = subprocess.Popen([BIN, "serve", "--config", self.config], stdout=self.log,
                                      stderr=subprocess.STDOUT, env=self.env)
         deadline = time.time() + 10
+        # After a kill -9 the old process's listening sockets outlive it for a moment (io_uring
+        # tears down asynchronously) and accept connections they then reset: wait for this
+        # process to say it is ready before probing its ports.
+        while self.logs().count(READY) == ready_before:
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("broker did not start: " + self.logs())
+            time.sleep(0.02)
         for p in [self.port] + self.ports + getattr(self, "extra_ports", []):
             while True:
                 try:
