@@ -71,6 +71,8 @@ pub struct Group {
     /// generator shares a core between groups, a background flood then never delays the
     /// measured group's sends and receives on the client side.
     pub background: bool,
+    /// Subscribers connect with Clean Session off (persistent sessions).
+    pub persistent_subscribers: bool,
 }
 
 /// What one group did.
@@ -130,7 +132,12 @@ fn connect_all(t: &Target, groups: &[Group], tag: &str) -> Res<Connected> {
         let mut v = Vec::new();
         for (i, s) in g.subs.iter().enumerate() {
             let id = format!("lg-{tag}-{}-s{i}", g.name);
-            let (mut c, mut rb) = t.connect(&id, login(&s.login), 60).map_err(|e| format!("{id}: {e}"))?;
+            let connected = if g.persistent_subscribers {
+                client::mqtt_connect_session(t, &id, login(&s.login), 60, false)
+            } else {
+                t.connect(&id, login(&s.login), 60)
+            };
+            let (mut c, mut rb) = connected.map_err(|e| format!("{id}: {e}"))?;
             client::subscribe(&mut c, &mut rb, &s.filters, g.qos).map_err(|e| format!("{id}: {e}"))?;
             v.push((c, rb));
         }

@@ -125,6 +125,10 @@ struct Msg {
     /// maximum is 128, EMQX's max_awaiting_rel 100).
     #[arg(long, default_value_t = 100)]
     inflight: usize,
+    /// Subscribers keep persistent sessions (Clean Session off): a broker with a store then
+    /// stores every QoS 1/2 delivery until it is acknowledged.
+    #[arg(long)]
+    persistent_subscribers: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -265,6 +269,7 @@ fn group(name: &str, m: &Msg, qos: u8, pubs: Vec<PubSpec>, subs: Vec<SubSpec>) -
         pubs,
         subs,
         background: false,
+        persistent_subscribers: m.persistent_subscribers,
     })
 }
 
@@ -386,6 +391,7 @@ fn noisy(a: Noisy) -> Res<()> {
         pubs: vp,
         subs: vs,
         background: false,
+        persistent_subscribers: false,
     };
     let (np, mut ns) = pairs("lg/noisy", a.noisy_pairs, &noisy_login);
     if a.noisy_unsubscribed {
@@ -400,6 +406,7 @@ fn noisy(a: Noisy) -> Res<()> {
         pubs: np,
         subs: ns,
         background: a.noisy_background,
+        persistent_subscribers: false,
     };
     let d = Duration::from_secs(c.duration);
     let solo_cpu = CpuMeter::start(c.broker_pid);

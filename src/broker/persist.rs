@@ -20,6 +20,10 @@ use super::session::{Delivery, InFlight, OutState, Session, SessionState, SubEnt
 use super::*;
 use crate::codec::{MqStr, Packet, Protocol, QoS, ReasonCode, RetainHandling, SubOptions};
 
+/// Stored messages done with (acknowledged, dropped) after which a session's record is
+/// rewritten to move its scan cursor (`StoredSession::first_seq`) past their deletions.
+pub const RECORD_CURSOR_EVERY: u32 = 4096;
+
 /// Reason string of a PUBACK/PUBREC refused because the store fails.
 const STORE_FAILING: &str = "the broker's store is failing; not stored";
 
@@ -122,6 +126,11 @@ pub struct StoredSession {
     /// Unix time in ms); 0 in records written before epochs existed.
     #[serde(default)]
     pub epoch: u64,
+    /// Every message stored for the session has a sequence at least this: the scan at start
+    /// begins here, so it never walks the deletions of messages acknowledged long ago (the
+    /// record is rewritten every [`RECORD_CURSOR_EVERY`] acknowledgements to move it on).
+    #[serde(default)]
+    pub first_seq: u64,
     /// Subscriptions.
     pub subs: Vec<StoredSub>,
 }
@@ -444,10 +453,14 @@ impl ShardCore {
             return;
         }
         let unix = self.cfg.unix_epoch_ms;
-        let Some(s) = self.session(sref) else { return };
+        let Some(s) = self.session_mut(sref) else { return };
         if s.state.expiry_secs == 0 {
             return;
         }
+        s.state.unqueued_since_record = 0;
+        let st = &s.state;
+        let held = st.inflight.values().map(|f| &f.delivery).chain(st.queue.iter()).map(|d| d.seq);
+        let first_seq = held.filter(|q| *q != 0).min().unwrap_or(st.next_seq + 1);
         let meta = StoredSession {
             v: 1,
             expiry_secs: s.state.expiry_secs,
@@ -455,6 +468,7 @@ impl ShardCore {
             expires_at_unix_ms: s.expires_at_ms.map(|t| t + unix),
             next_seq: s.state.next_seq,
             epoch: s.state.epoch,
+            first_seq,
             subs: s.state.subs.iter().map(|(f, e)| StoredSub::from_entry(f, e)).collect(),
         };
         let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
@@ -580,8 +594,12 @@ impl ShardCore {
         if !self.cfg.persist || d.seq == 0 {
             return;
         }
-        if let Some(key) = self.key_of(sref) {
-            self.push_op(StoreOp::Unqueued { key, seq: d.seq });
+        let Some(key) = self.key_of(sref) else { return };
+        self.push_op(StoreOp::Unqueued { key, seq: d.seq });
+        let s = self.session_mut(sref).expect("key_of found it");
+        s.state.unqueued_since_record += 1;
+        if s.state.unqueued_since_record >= RECORD_CURSOR_EVERY {
+            self.persist_meta(sref);
         }
     }
 

@@ -85,6 +85,8 @@ pub struct SessionState {
     /// While in transit: the shard whose store still holds this state (it forgets it once the
     /// new owner's copy is durable).
     pub stored_on: Option<u8>,
+    /// Stored messages done with since the session's record was last written.
+    pub unqueued_since_record: u32,
 }
 
 /// A session living on this shard.

@@ -494,3 +494,29 @@ fn a_session_moving_shards_is_written_whole_there_before_the_old_copy_is_forgott
     assert!(log[0].is_empty(), "{:?}", log[0]);
     assert!(log[1].iter().all(|op| matches!(op, StoreOp::Session { .. })), "{:?}", log[1]);
 }
+
+#[test]
+fn the_record_moves_its_scan_cursor_past_acknowledged_messages() {
+    use super::persist::{StoreOp, RECORD_CURSOR_EVERY};
+    let mut cl = Cluster::with_store(1);
+    let expiry = Properties { session_expiry_interval: Some(600), ..Default::default() };
+    let (sub, _) = cl.connect(0, Protocol::V5, "sub", false, expiry);
+    subscribe(&mut cl, sub, "t", QoS::AtLeastOnce);
+    let (p, _) = cl.connect(0, Protocol::V5, "pub", true, Properties::default());
+    cl.take_store_log();
+    let mut cursors = Vec::new();
+    for i in 0..RECORD_CURSOR_EVERY + 2 {
+        publish(&mut cl, p, "t", "m", QoS::AtLeastOnce, (i % 60_000 + 1) as u16);
+        for pid in publish_ids(&cl.recv(sub)) {
+            puback(&mut cl, sub, pid, Packet::PubAck);
+        }
+        for op in cl.take_store_log().remove(0) {
+            if let StoreOp::Session { meta, .. } = op {
+                cursors.push((i, meta.first_seq));
+            }
+        }
+    }
+    // Rewritten once, after RECORD_CURSOR_EVERY acknowledgements, past all of them.
+    let n = RECORD_CURSOR_EVERY as u64;
+    assert_eq!(cursors, vec![(RECORD_CURSOR_EVERY - 1, n + 1)]);
+}

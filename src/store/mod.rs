@@ -266,7 +266,9 @@ impl ShardStore {
                 .ok_or_else(|| StoreError(format!("{what}: corrupt client id")))?;
             let key = SessionKey { org: Arc::from(org), client_id };
             let mut queue = Vec::new();
-            for g in self.queue.prefix(queue_prefix(&key)) {
+            // From the session's cursor: the deletions of acknowledged messages lie below it.
+            let live = queue_key(&key, meta.first_seq)..=queue_key(&key, u64::MAX);
+            for g in self.queue.range(live.clone()) {
                 let (k, v) = g.into_inner().map_err(ctx(&what))?;
                 let seq = seq_of(&k).ok_or_else(|| StoreError(format!("{what}: corrupt queue key")))?;
                 let Some(v) = open_row(&self.sealer, "queue", &k, &v, &mut dead_rows, || {
@@ -282,7 +284,7 @@ impl ShardStore {
                 }
             }
             let mut outbound = Vec::new();
-            for g in self.outbound.prefix(queue_prefix(&key)) {
+            for g in self.outbound.range(live) {
                 let (k, v) = g.into_inner().map_err(ctx(&what))?;
                 let seq = seq_of(&k).ok_or_else(|| StoreError(format!("{what}: corrupt outbound key")))?;
                 let (pid, released) = format::decode_outbound(&v)
