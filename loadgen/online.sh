@@ -45,7 +45,7 @@ for case in $CASES; do
     # shellcheck disable=SC2086
     taskset -c 1 $LG qos1 --port "$PORT" --duration "$DUR" --pairs "$PAIRS" $PERSIST --broker-pid "$BPID" \
         | tail -1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['case']='$case'; print(json.dumps(r))" \
-        | tee /dev/stderr >> "$RESULTS"
+        | tee -a "$RESULTS"
     kill "$BPID"; wait "$BPID" 2>/dev/null || true; BPID=""
 done
 done

@@ -2,6 +2,7 @@
 //! SUBSCRIBE/UNSUBSCRIBE, DISCONNECT. The fan-out path allocates nothing in steady state
 //! (proved by `tests/no_alloc.rs`).
 
+use super::persist::AfterDurable;
 use super::*;
 
 /// Reason string on the PUBACK/PUBREC of a 5.0 retained publish over the org's retained limit.
@@ -238,7 +239,18 @@ impl ShardCore {
                 let ack = ack_token.map(|t| (self.shard, t));
                 forwards += 1;
                 let f = MeshMsg::Forward { org: org.clone(), msg: msg.clone(), shared, ack };
-                self.mesh_out[shard as usize].push_back(f);
+                // QoS 2 exactly once across a crash: the other shard's subscribers may hand the
+                // message on at once, so it leaves only once the inbound packet id (which makes
+                // the publisher's resend a duplicate) is durable here; later forwards to that
+                // shard queue behind it.
+                let pending = ack.is_some() && self.store_seq > self.durable_upto && !self.store_broken;
+                if (pending && msg.qos == QoS::ExactlyOnce) || self.deferred_forwards[shard as usize] > 0 {
+                    self.deferred_forwards[shard as usize] += 1;
+                    let seq = self.store_seq;
+                    self.stored_replies.push_back((seq, shard, AfterDurable::Forward(Box::new(f))));
+                } else {
+                    self.mesh_out[shard as usize].push_back(f);
+                }
             }
         }
         self.fanout = subs;

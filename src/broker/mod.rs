@@ -352,6 +352,9 @@ pub struct ShardCore {
     /// Messages to other shards that wait for this shard's store: (write sequence, to whom,
     /// what): confirmations of forwarded messages, forgets of moved sessions' old copies.
     stored_replies: VecDeque<(u64, u8, persist::AfterDurable)>,
+    /// Forwards to each shard waiting in `stored_replies` (later forwards to that shard queue
+    /// behind them, so messages keep their order).
+    deferred_forwards: Vec<u32>,
     /// Connections whose output waits for the store (`Conn::out_gate`).
     gated: Vec<ConnId>,
     /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
@@ -421,6 +424,7 @@ impl ShardCore {
             durable_upto: 0,
             remote_waits: HashMap::default(),
             stored_replies: VecDeque::new(),
+            deferred_forwards: vec![0; peers],
             gated: Vec::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),

@@ -211,6 +211,9 @@ pub(super) enum AfterDurable {
     Stored(u64),
     /// The moved session's copy here is durable: the old shard may forget its own.
     Forget(SessionKey, u64),
+    /// A QoS 2 message for another shard's subscribers, sent once the inbound packet id that
+    /// makes the publisher's resend a duplicate is durable here.
+    Forward(Box<MeshMsg>),
 }
 
 /// An acknowledgement held for durability.
@@ -354,6 +357,10 @@ impl ShardCore {
             let m = match what {
                 AfterDurable::Stored(token) => MeshMsg::Stored { token, ok: true },
                 AfterDurable::Forget(key, epoch) => MeshMsg::Forget { key, epoch },
+                AfterDurable::Forward(m) => {
+                    self.deferred_forwards[to as usize] -= 1;
+                    *m
+                }
             };
             self.send(to, m);
         }
@@ -377,9 +384,15 @@ impl ShardCore {
     pub fn store_failed(&mut self, now_ms: u64) {
         self.store_broken = true;
         while let Some((_, to, what)) = self.stored_replies.pop_front() {
-            // A moved session's old copy stays: its new copy may not be on disk.
-            if let AfterDurable::Stored(token) = what {
-                self.send(to, MeshMsg::Stored { token, ok: false });
+            match what {
+                AfterDurable::Stored(token) => self.send(to, MeshMsg::Stored { token, ok: false }),
+                // A moved session's old copy stays: its new copy may not be on disk.
+                AfterDurable::Forget(..) => {}
+                // Delivered as the local subscribers' copies were (the publisher is refused).
+                AfterDurable::Forward(m) => {
+                    self.deferred_forwards[to as usize] -= 1;
+                    self.send(to, *m);
+                }
             }
         }
         // A CONNACK or SUBACK that promised a stored session must not go out: close without it

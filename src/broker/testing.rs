@@ -22,6 +22,9 @@ pub struct Cluster {
     /// With a store ([`Cluster::with_store`]): every shard's store writes so far, in order.
     /// Each write is durable as soon as the mesh is pumped.
     pub store_log: Option<Vec<Vec<super::persist::StoreOp>>>,
+    /// With a store: writes become durable only through [`Cluster::make_durable`].
+    pub hold_durable: bool,
+    written_upto: Vec<u64>,
 }
 
 /// A client attached to one shard.
@@ -59,6 +62,8 @@ impl Cluster {
             now_ms: 0,
             listener: Arc::new(ListenerCtx { anonymous_org: Some(Arc::from("local")), transport: "test" }),
             store_log: None,
+            hold_durable: false,
+            written_upto: vec![0; n as usize],
         }
     }
 
@@ -76,9 +81,19 @@ impl Cluster {
             let before = log[i].len();
             let upto = s.take_store_ops(&mut log[i]);
             any |= log[i].len() > before;
-            s.durable(upto, self.now_ms);
+            self.written_upto[i] = upto;
+            if !self.hold_durable {
+                s.durable(upto, self.now_ms);
+            }
         }
         any
+    }
+
+    /// Makes shard `i`'s store writes so far durable (with `hold_durable`), then pumps.
+    pub fn make_durable(&mut self, i: usize) {
+        self.settle_stores();
+        self.shards[i].durable(self.written_upto[i], self.now_ms);
+        self.pump();
     }
 
     /// Replaces the ACL policy of `org` (for connections made afterwards).

@@ -520,3 +520,41 @@ fn the_record_moves_its_scan_cursor_past_acknowledged_messages() {
     let n = RECORD_CURSOR_EVERY as u64;
     assert_eq!(cursors, vec![(RECORD_CURSOR_EVERY - 1, n + 1)]);
 }
+
+#[test]
+fn a_qos2_message_reaches_another_shards_subscribers_only_once_its_inbound_id_is_durable() {
+    let mut cl = Cluster::with_store(2);
+    let expiry = || Properties { session_expiry_interval: Some(600), ..Default::default() };
+    let (sub, _) = cl.connect(1, Protocol::V5, "sub", false, expiry());
+    subscribe(&mut cl, sub, "t", QoS::ExactlyOnce);
+    let (p, _) = cl.connect(0, Protocol::V5, "pub", false, expiry());
+    cl.hold_durable = true;
+    let publish = |qos, pid, text: &str| {
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: s("t"),
+            packet_id: PacketId::new(pid),
+            props: Properties::default(),
+            payload: Bytes::copy_from_slice(text.as_bytes()),
+        })
+    };
+    cl.send(p, &publish(QoS::ExactlyOnce, 1, "two"));
+    cl.send(p, &publish(QoS::AtLeastOnce, 2, "one after"));
+    cl.pump();
+    // Nothing left shard 0 yet: the QoS 2 forward waits for the inbound id, the QoS 1 one
+    // behind it (order kept); the publisher has no PUBREC/PUBACK either.
+    assert!(cl.recv(sub).is_empty());
+    assert!(cl.recv(p).is_empty());
+    cl.make_durable(1);
+    assert!(cl.recv(sub).is_empty(), "shard 0's inbound id is not durable yet");
+    cl.make_durable(0);
+    // Forwarded now; shard 1 stored it and holds the QoS 2 PUBLISH for its own commit.
+    assert!(cl.recv(sub).is_empty());
+    cl.make_durable(1);
+    assert_eq!(payloads(&cl.recv(sub)), vec!["two", "one after"]);
+    cl.make_durable(0);
+    let acks = cl.recv(p);
+    assert!(matches!(&acks[..], [Packet::PubRec(_), Packet::PubAck(_)]), "{acks:?}");
+}

@@ -198,6 +198,15 @@ def test_messages_in_flight_to_a_connected_subscriber_survive_kill_9():
     assert totals["acked"] > ROUNDS * 5, totals
 
 
+def test_messages_in_flight_to_a_connected_subscriber_survive_kill_9_across_shards():
+    """The same with the publishers pinned to both shards: the QoS 2 publisher on the other
+    shard than the subscriber's session gets exactly once too (its forward waits for its
+    inbound packet id to be durable)."""
+    totals, violation = crash_rounds(max(ROUNDS // 4, 5), "group", shards=2, online=True)
+    assert violation is None, violation
+    assert totals["acked"] > ROUNDS * 2, totals
+
+
 def test_the_crash_test_catches_loss_when_acks_do_not_wait_for_the_disk():
     """`durability = "none"` acknowledges before the journal is written: kill -9 then loses
     acknowledged messages, and the same check sees it (the test above can fail)."""
