@@ -149,12 +149,17 @@ def test_v5_over_the_rate_gets_puback_0x97_and_qos0_is_dropped(rate):
     sub.subscribe("r/#", qos=1)
     pub = qclient(rate, "pub")
     codes = []
-    for i in range(1100):
+    t0 = time.time()
+    # Synchronous round trips until well past the first refusal (the refill of 100/s keeps
+    # adding a few while this runs; a slow, loaded machine adds more, hence the time bound).
+    while len(codes) < 5000 and codes.count(0x97) < 100:
         rc = pub.publish("r/1", b"x", qos=1)
         codes.append(int(rc.value if hasattr(rc, "value") else rc))
+    elapsed = time.time() - t0
     accepted = codes.count(0)
-    assert codes.count(0x97) > 0 and accepted + codes.count(0x97) == 1100, set(codes)
-    assert 900 <= accepted <= 1100, accepted
+    assert codes.count(0x97) > 0 and accepted + codes.count(0x97) == len(codes), set(codes)
+    # The burst (900), plus the refill while it ran, within the leases' documented overshoot.
+    assert 900 <= accepted <= (900 + 100 * elapsed) * 1.15 + 50, (accepted, elapsed)
     sub.quiet(1.0)
     assert len(sub.messages) == accepted, (len(sub.messages), accepted)
     # QoS 0 over the rate: dropped (counted), the connection stays.
