@@ -547,9 +547,9 @@ impl ShardCore {
         let Some(s) = self.session_mut(sref) else { return };
         let from = s.state.stored_on.take();
         let Some(key) = self.stored_key(sref) else {
-            if let (Some(x), Some(key)) = (from, self.key_of(sref)) {
-                let epoch = self.session(sref).map_or(0, |s| s.state.epoch) + 1;
-                self.send(x, MeshMsg::Forget { key, epoch });
+            if let Some(key) = self.key_of(sref) {
+                let epoch = self.session(sref).map_or(0, |s| s.state.epoch);
+                self.forget_left_copy(&key, from, epoch);
             }
             return;
         };
@@ -577,8 +577,13 @@ impl ShardCore {
     /// A state that was stored on shard `stored_on` was discarded in transit (a clean start):
     /// that copy goes.
     pub(super) fn forget_discarded(&mut self, key: &SessionKey, state: &SessionState) {
-        if let Some(x) = state.stored_on {
-            self.send(x, MeshMsg::Forget { key: key.clone(), epoch: state.epoch + 1 });
+        self.forget_left_copy(key, state.stored_on, state.epoch);
+    }
+
+    /// The copy of epoch `epoch` a session left on shard `stored_on` is not needed any more.
+    fn forget_left_copy(&mut self, key: &SessionKey, stored_on: Option<u8>, epoch: u64) {
+        if let Some(x) = stored_on {
+            self.send(x, MeshMsg::Forget { key: key.clone(), epoch: epoch + 1 });
         }
     }
 
@@ -684,23 +689,20 @@ impl ShardCore {
             epoch: meta.epoch,
             ..SessionState::default()
         };
-        let mut queue = queue;
-        if !outbound.is_empty() {
-            let marks: HashMap<u64, &OutboundMark> = outbound.iter().map(|m| (m.seq, m)).collect();
-            queue.retain(|d| match marks.get(&d.seq) {
+        let marks: HashMap<u64, &OutboundMark> = outbound.iter().map(|m| (m.seq, m)).collect();
+        for d in queue {
+            match marks.get(&d.seq) {
                 Some(m) if !state.inflight.contains_key(&m.pid) => {
                     let st = if m.released { OutState::Released } else { OutState::Published };
-                    state.inflight.insert(m.pid, InFlight { delivery: d.clone(), state: st });
-                    false
+                    state.inflight.insert(m.pid, InFlight { delivery: d, state: st });
                 }
-                _ => true,
-            });
-            state.next_pid = state.inflight.keys().next_back().copied().unwrap_or(0);
+                _ => state.queue.push_back(d),
+            }
         }
+        state.next_pid = state.inflight.keys().next_back().copied().unwrap_or(0);
         for s in &meta.subs {
             state.subs.insert(s.filter.as_str().into(), s.entry());
         }
-        state.queue = queue.into();
         state.inbound_qos2.extend(qos2_pending.iter().copied());
         self.next_generation += 1;
         let generation = (self.next_generation << 8) | self.shard as u64;

@@ -56,6 +56,13 @@ fn queue_key(key: &SessionKey, seq: u64) -> Vec<u8> {
     k
 }
 
+/// `org \0 client_id \0 pid` (an inbound QoS 2 packet id not yet released).
+fn qos2_key(key: &SessionKey, pid: u16) -> Vec<u8> {
+    let mut k = queue_prefix(key);
+    k.extend_from_slice(&pid.to_be_bytes());
+    k
+}
+
 /// The sequence at the end of a queue or outbound key.
 fn seq_of(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.get(k.len().checked_sub(8)?..)?.try_into().ok()?))
@@ -187,8 +194,7 @@ impl ShardStore {
                     batch.remove(&self.queue, k);
                 }
                 StoreOp::Qos2 { key, pid, pending } => {
-                    let mut k = queue_prefix(&key);
-                    k.extend_from_slice(&pid.to_be_bytes());
+                    let k = qos2_key(&key, pid);
                     if pending {
                         batch.insert(&self.qos2, k, []);
                     } else {
@@ -343,9 +349,7 @@ impl ShardStore {
             );
         }
         for pid in &s.qos2 {
-            let mut k = queue_prefix(&s.key);
-            k.extend_from_slice(&pid.to_be_bytes());
-            batch.insert(&self.qos2, k, []);
+            batch.insert(&self.qos2, qos2_key(&s.key, *pid), []);
         }
         batch.commit().map_err(ctx(&what))
     }
