@@ -14,10 +14,9 @@ cd "$(dirname "$0")/.."
 DUR=${1:-10}
 PUBS=${2:-4}
 MODES=${MODES:-"group always none mosquitto"}
-if [[ " $MODES " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null && [ -z "${NO_INSTALL:-}" ]; then
-    SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
-fi
+# shellcheck source=loadgen/persistent.sh
+. loadgen/persistent.sh
+if [[ " $MODES " == *" mosquitto "* ]]; then ensure_mosquitto; fi
 cargo build --release -q -p coremq --bin coremq && cargo build --release -q -p coremq-loadgen
 LG=target/release/coremq-loadgen
 TMP=$(mktemp -d)
@@ -27,18 +26,7 @@ trap cleanup EXIT
 RESULTS="$TMP/results.jsonl"
 for mode in $MODES; do
     PORT=$((20000 + RANDOM % 10000))
-    mkdir -p "$TMP/$mode"
-    if [ "$mode" = mosquitto ]; then
-        printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location %s/\nautosave_interval 1\nmax_queued_messages 10000\nmax_inflight_messages 100\n' \
-            "$PORT" "$TMP/$mode" > "$TMP/m.conf"
-        taskset -c 0 mosquitto -c "$TMP/m.conf" > "$TMP/$mode.log" 2>&1 &
-    else
-        printf 'shards = 1\nsys_interval = "0s"\ndurability = "%s"\ndata_dir = "%s"\n[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:%s"\nanonymous_org = "local"\n' \
-            "$mode" "$TMP/$mode" "$PORT" > "$TMP/c.toml"
-        taskset -c 0 target/release/coremq serve --config "$TMP/c.toml" > "$TMP/$mode.log" 2>&1 &
-    fi
-    BPID=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    start_persistent_broker "$mode" "$mode" "$PORT"
     taskset -c 1 $LG durable --port "$PORT" --duration "$DUR" --publishers "$PUBS" --broker-pid "$BPID" --label "$mode" \
         | tee /dev/stderr | tail -1 >> "$RESULTS"
     kill "$BPID"; wait "$BPID" 2>/dev/null || true; BPID=""

@@ -13,10 +13,9 @@ DUR=${1:-8}
 PAIRS=${2:-4}
 REPEATS=${3:-1}
 CASES=${CASES:-"clean group always none mosquitto"}
-if [[ " $CASES " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null && [ -z "${NO_INSTALL:-}" ]; then
-    SUDO=""; if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto >/dev/null
-fi
+# shellcheck source=loadgen/persistent.sh
+. loadgen/persistent.sh
+if [[ " $CASES " == *" mosquitto "* ]]; then ensure_mosquitto; fi
 cargo build --release -q -p coremq --bin coremq && cargo build --release -q -p coremq-loadgen
 LG=target/release/coremq-loadgen
 TMP=$(mktemp -d)
@@ -27,21 +26,10 @@ RESULTS="$TMP/results.jsonl"
 for rep in $(seq "$REPEATS"); do
 for case in $CASES; do
     PORT=$((20000 + RANDOM % 10000))
-    rm -rf "${TMP:?}/$case"; mkdir -p "$TMP/$case"
     PERSIST="--persistent-subscribers"
-    if [ "$case" = mosquitto ]; then
-        printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence true\npersistence_location %s/\nautosave_interval 1\nmax_queued_messages 10000\nmax_inflight_messages 100\n' \
-            "$PORT" "$TMP/$case" > "$TMP/m.conf"
-        taskset -c 0 mosquitto -c "$TMP/m.conf" > "$TMP/$case.log" 2>&1 &
-    else
-        mode=$case
-        if [ "$case" = clean ]; then mode=group; PERSIST=""; fi
-        printf 'shards = 1\nsys_interval = "0s"\ndurability = "%s"\ndata_dir = "%s"\n[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:%s"\nanonymous_org = "local"\n' \
-            "$mode" "$TMP/$case" "$PORT" > "$TMP/c.toml"
-        taskset -c 0 target/release/coremq serve --config "$TMP/c.toml" > "$TMP/$case.log" 2>&1 &
-    fi
-    BPID=$!
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
+    mode=$case
+    if [ "$case" = clean ]; then mode=group; PERSIST=""; fi
+    start_persistent_broker "$case" "$mode" "$PORT"
     # shellcheck disable=SC2086
     taskset -c 1 $LG qos1 --port "$PORT" --duration "$DUR" --pairs "$PAIRS" $PERSIST --broker-pid "$BPID" \
         | tail -1 | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['case']='$case'; print(json.dumps(r))" \
