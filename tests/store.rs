@@ -26,7 +26,7 @@ fn raw_get(dir: &std::path::Path, shard: usize, keyspace: &str, key: &[u8]) -> V
 }
 
 fn open_err(dir: &std::path::Path) -> String {
-    coremq::store::open(dir, 1, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000)
+    coremq::store::open(dir, 1, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000, &[])
         .unwrap_err()
         .to_string()
 }
@@ -63,9 +63,15 @@ fn a_truncated_queued_message_stops_the_start() {
 #[test]
 fn an_empty_data_dir_opens_empty() {
     let dir = tempfile::tempdir().unwrap();
-    let o =
-        coremq::store::open(dir.path(), 2, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000)
-            .unwrap();
+    let o = coremq::store::open(
+        dir.path(),
+        2,
+        Durability::Group,
+        Arc::new(Sealer::plain()),
+        1_800_000_000_000,
+        &[],
+    )
+    .unwrap();
     assert_eq!(o.shards.len(), 2);
     assert!(o.sessions.iter().all(Vec::is_empty) && o.retained_msgs.is_empty());
     assert_eq!(o.retained_seq, 0);
@@ -99,8 +105,8 @@ fn record(epoch: u64, filter: &str) -> Vec<u8> {
 }
 
 fn open_sessions(dir: &std::path::Path) -> Vec<(String, u64, String)> {
-    let o =
-        coremq::store::open(dir, 2, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000).unwrap();
+    let o = coremq::store::open(dir, 2, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000, &[])
+        .unwrap();
     o.sessions
         .iter()
         .flatten()
@@ -141,9 +147,15 @@ fn the_queue_scan_starts_at_the_sessions_cursor() {
     let mut qk = b"acme\0s\0".to_vec();
     qk.extend_from_slice(&7u64.to_be_bytes());
     write_raw(dir.path(), "queue", &qk, &[1, 1, 0, 0, 0, 0]);
-    let o =
-        coremq::store::open(dir.path(), 1, Durability::Group, Arc::new(Sealer::plain()), 1_800_000_000_000)
-            .unwrap();
+    let o = coremq::store::open(
+        dir.path(),
+        1,
+        Durability::Group,
+        Arc::new(Sealer::plain()),
+        1_800_000_000_000,
+        &[],
+    )
+    .unwrap();
     assert_eq!(o.sessions[0].len(), 1);
     assert!(o.sessions[0][0].queue.is_empty());
 }

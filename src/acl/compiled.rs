@@ -73,7 +73,7 @@ impl AsLevel for BLevel {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct BRule {
     levels: Box<[BLevel]>,
     publish: bool,
@@ -133,8 +133,9 @@ pub struct SubDecision {
     pub checked: bool,
 }
 
-/// A policy bound to one identity.
-#[derive(Debug, Clone)]
+/// A policy bound to one identity. Two are equal when they decide everything alike (same
+/// bound rules, same default): a session whose holder's ACL is unchanged skips re-checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledAcl {
     default_allow: bool,
     rules: Vec<BRule>,
@@ -319,6 +320,13 @@ impl CompiledAcl {
     pub fn check_delivery(&self, topic: &str) -> bool {
         let first = topic.split('/').next().unwrap_or("");
         !self.rules.iter().any(|r| r.subscribe && !r.allow && r.may_match(first) && matches(&r.levels, topic))
+    }
+
+    /// May a message already stored for this identity on `topic` (queued or in flight) still
+    /// be delivered: would subscribing to the topic itself be allowed, with no deny rule over
+    /// it? Used when a session's holder or rights change (SPEC §3).
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.check_subscribe(topic, 0).decision.allow && self.check_delivery(topic)
     }
 
     /// The bound pattern of compiled rule `rule`, as text (simulator output).

@@ -6,6 +6,7 @@
 //! Sans-IO like the broker core: [`Authenticator::check`] either decides or asks for an
 //! Argon2id verification, whose verdict comes back through [`Authenticator::verified`].
 
+pub mod cache;
 pub mod directory;
 pub mod jwt;
 pub mod password;
@@ -27,8 +28,6 @@ pub const TOKEN_DOMAIN: &str = "token";
 pub const API_KEY_DOMAIN: &str = "api_key";
 const CACHE_DOMAIN: &str = "credential_cache";
 
-/// Verified credentials remembered (good and bad), before they are all forgotten.
-const CACHE_MAX: usize = 16_384;
 /// Argon2id checks one user may have in flight on one shard; more are refused as busy.
 const PER_USER_INFLIGHT_MAX: u8 = 4;
 /// Decoy checks (unknown users) in flight on one shard; beyond this, unknown users are refused
@@ -45,10 +44,8 @@ pub struct AuthShared {
     pub pepper: Pepper,
     /// A PHC string checked for unknown users, so they take as long as known ones.
     pub decoy_phc: Arc<str>,
-    /// Fingerprints of credentials already verified (`true` = good), shared by all shards so a
-    /// client verified on one shard reconnects on any other without a hash. Touched only on
-    /// CONNECT, for a hash lookup: the lock is never held across anything slow.
-    cache: std::sync::Mutex<HashMap<Mac, bool, RandomState>>,
+    /// Verdicts on known users' credentials, per org (see [`cache`]).
+    pub cache: cache::CredentialCache,
 }
 
 impl AuthShared {
@@ -58,7 +55,7 @@ impl AuthShared {
             directory: ArcSwap::from_pointee(directory),
             pepper,
             decoy_phc: password::hash_password(&secret::random_bytes::<16>()).into(),
-            cache: std::sync::Mutex::default(),
+            cache: cache::CredentialCache::default(),
         }
     }
 }
@@ -134,6 +131,9 @@ pub struct VerifyTicket {
     local: Arc<str>,
     /// `None` for an unknown user (the decoy check): always refused.
     user: Option<Arc<UserDir>>,
+    /// Already refused (a disabled user, a refused JWT): the hash only makes the refusal take
+    /// as long as any other, and its result is ignored.
+    refusal: Option<Denied>,
     fingerprint: Mac,
 }
 
@@ -205,21 +205,30 @@ impl Authenticator {
         let user = od.users.get(u.local).cloned();
         // An IdP JWT as the password (the local part is not trusted: any name but a
         // permanent user's selects the JWT path).
+        let mut refusal = None;
         if user.is_none() && !od.jwt.is_empty() && jwt::looks_like_jwt(password) {
-            return match jwt::verify(org, &od.jwt, password, may_fetch) {
-                jwt::JwtCheck::Valid(identity) => Verdict::Allow(identity),
-                jwt::JwtCheck::Invalid(why) => deny(Denied::Jwt(why)),
-                jwt::JwtCheck::UnknownKey { provider } => Verdict::FetchKeys { org: org.clone(), provider },
-            };
+            match jwt::verify(org, &od.jwt, password, may_fetch) {
+                jwt::JwtCheck::Valid(identity) => return Verdict::Allow(identity),
+                jwt::JwtCheck::UnknownKey { provider } => {
+                    return Verdict::FetchKeys { org: org.clone(), provider }
+                }
+                // Refused after a decoy hash, like any wrong password: no timing oracle on
+                // which names are users.
+                jwt::JwtCheck::Invalid(why) => refusal = Some(Denied::Jwt(why)),
+            }
         }
         if password.len() > jwt::JWT_BYTES_MAX {
-            return deny(Denied::BadPassword); // never hash megabytes
+            return deny(refusal.unwrap_or(Denied::BadPassword)); // never hash megabytes
         }
         let (phc, version) = match &user {
-            Some(user) if user.disabled => return deny(Denied::Disabled),
+            Some(user) if user.disabled => {
+                refusal = Some(Denied::Disabled); // refused after the same hash as the others
+                (user.phc.clone(), user.version)
+            }
             Some(user) => (user.phc.clone(), user.version),
             None => (self.shared.decoy_phc.clone(), 0),
         };
+        let user = user.filter(|_| refusal.is_none());
         let mut ctx = Vec::with_capacity(org.len() + u.local.len() + password.len() + 10);
         ctx.extend_from_slice(org.as_bytes());
         ctx.push(0);
@@ -228,17 +237,15 @@ impl Authenticator {
         ctx.extend_from_slice(&version.to_le_bytes());
         ctx.extend_from_slice(password);
         let fingerprint = self.shared.pepper.mac(CACHE_DOMAIN, &ctx);
-        let cached = self.shared.cache.lock().expect("cache lock").get(&fingerprint).copied();
-        match (cached, &user) {
-            (Some(true), Some(user)) => return Verdict::Allow(user_identity(org, user)),
-            (Some(_), _) => {
-                return deny(if user.is_some() { Denied::BadPassword } else { Denied::UnknownUser })
+        if let Some(user) = &user {
+            match self.shared.cache.get(org, &fingerprint) {
+                Some(true) => return Verdict::Allow(user_identity(org, user)),
+                Some(false) => return deny(Denied::BadPassword),
+                None => {}
             }
-            (None, _) => {}
-        }
-        if user.is_none() {
+        } else {
             if self.decoys >= DECOY_INFLIGHT_MAX {
-                return deny(Denied::UnknownUser);
+                return deny(refusal.unwrap_or(Denied::UnknownUser));
             }
             self.decoys += 1;
         }
@@ -257,6 +264,7 @@ impl Authenticator {
             org: org.clone(),
             local,
             user,
+            refusal,
             fingerprint,
         })
     }
@@ -274,13 +282,12 @@ impl Authenticator {
             self.decoys = self.decoys.saturating_sub(1);
         }
         let deny = |d| Verdict::Deny(d, Some(ticket.org.clone()));
+        if let Some(why) = ticket.refusal {
+            return deny(why);
+        }
         let Some(ok) = ok else { return deny(Denied::Busy) };
-        {
-            let mut cache = self.shared.cache.lock().expect("cache lock");
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(ticket.fingerprint, ok && ticket.user.is_some());
+        if ticket.user.is_some() {
+            self.shared.cache.put(&ticket.org, ticket.fingerprint, ok);
         }
         match (&ticket.user, ok) {
             (None, _) => deny(Denied::UnknownUser),

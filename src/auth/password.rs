@@ -52,7 +52,15 @@ pub struct HashJob {
 /// passwords costs a bounded amount of memory and CPU.
 #[derive(Clone)]
 pub struct HashPool {
-    tx: flume::Sender<HashJob>,
+    tx: flume::Sender<Work>,
+}
+
+/// What a pool thread does.
+enum Work {
+    /// Check a password against a stored hash (CONNECT).
+    Verify(HashJob),
+    /// Hash a new password (admin API): the PHC string goes to `reply`.
+    Hash { password: Vec<u8>, reply: Box<dyn FnOnce(String) + Send> },
 }
 
 impl std::fmt::Debug for HashPool {
@@ -64,15 +72,17 @@ impl std::fmt::Debug for HashPool {
 impl HashPool {
     /// Starts `threads` verifier threads sharing a queue of `queue` jobs.
     pub fn start(threads: usize, queue: usize) -> HashPool {
-        let (tx, rx) = flume::bounded::<HashJob>(queue);
+        let (tx, rx) = flume::bounded::<Work>(queue);
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("coremq-hash-{i}"))
                 .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        let ok = verify_password(&job.phc, &job.password);
-                        (job.reply)(ok);
+                    while let Ok(work) = rx.recv() {
+                        match work {
+                            Work::Verify(job) => (job.reply)(verify_password(&job.phc, &job.password)),
+                            Work::Hash { password, reply } => reply(hash_password(&password)),
+                        }
                     }
                 })
                 .expect("spawn hashing thread");
@@ -82,7 +92,16 @@ impl HashPool {
 
     /// Queues a job; gives it back if the queue is full.
     pub fn submit(&self, job: HashJob) -> Result<(), HashJob> {
-        self.tx.try_send(job).map_err(|e| e.into_inner())
+        self.tx.try_send(Work::Verify(job)).map_err(|e| match e.into_inner() {
+            Work::Verify(job) => job,
+            Work::Hash { .. } => unreachable!("a verification was sent"),
+        })
+    }
+
+    /// Queues the hashing of a new password (the admin API's; Argon2id needs 19 MiB a hash,
+    /// so hashes share the pool's bounded threads and queue); false when the queue is full.
+    pub fn hash(&self, password: Vec<u8>, reply: Box<dyn FnOnce(String) + Send>) -> bool {
+        self.tx.try_send(Work::Hash { password, reply }).is_ok()
     }
 }
 

@@ -153,3 +153,27 @@ fn per_user_inflight_is_bounded() {
     }
     assert!(matches!(a.check(Some("alice@acme"), Some(b"pw"), None, 0, true), Verdict::Verify(_)));
 }
+
+#[test]
+fn every_refusal_costs_a_hash_and_unknown_names_are_not_cached() {
+    let sh = shared();
+    let mut dir = (**sh.directory.load()).clone();
+    let mut org = (*dir.orgs["acme"]).clone();
+    let mut u = (*org.users["alice"]).clone();
+    u.disabled = true;
+    org.users.insert("alice".into(), Arc::new(u));
+    dir.orgs.insert("acme".into(), Arc::new(org));
+    sh.directory.store(Arc::new(dir));
+    let mut a = Authenticator::new(sh.clone());
+    // A disabled user is refused after the same hash as a wrong password, even with the right one.
+    let v = a.check(Some("alice@acme"), Some(b"pw"), None, 0, true);
+    assert!(matches!(v, Verdict::Verify(_)), "disabled: hashed before the refusal");
+    assert_eq!(denied(&run(&mut a, v)), Some(Denied::Disabled));
+    // Unknown names: a decoy hash every time, never remembered.
+    for _ in 0..2 {
+        let v = a.check(Some("mallory@acme"), Some(b"pw"), None, 0, true);
+        assert!(matches!(v, Verdict::Verify(_)), "unknown user: decoy hash, not a cached answer");
+        assert_eq!(denied(&run(&mut a, v)), Some(Denied::UnknownUser));
+    }
+    assert_eq!(sh.cache.len("acme"), (0, 0));
+}

@@ -210,7 +210,12 @@ impl ShardCore {
 
     /// Removes a session from this shard for a takeover, returning its state unless `discard`.
     /// A returned state stays in this shard's store until its new owner's copy is durable.
-    fn take_session(&mut self, sref: SessionRef, discard: bool, now_ms: u64) -> Option<Box<SessionState>> {
+    pub(super) fn take_session(
+        &mut self,
+        sref: SessionRef,
+        discard: bool,
+        now_ms: u64,
+    ) -> Option<Box<SessionState>> {
         self.unsubscribe_all(sref);
         let stored_here = self.stored_key(sref).is_some();
         let mut s = self.sessions[sref.0 as usize].take().expect("caller checked");
@@ -268,6 +273,13 @@ impl ShardCore {
         slot_in: bool,
         now_ms: u64,
     ) {
+        if self.org_deleted(&key) {
+            // The org was deleted while this claim was under way: nothing of it is installed.
+            if self.conn(id).is_some_and(|c| c.phase == Phase::AwaitSession) {
+                self.close_conn(id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
+            }
+            return;
+        }
         let (alive, sup) = match self.conn_mut(id) {
             Some(c) if c.phase == Phase::AwaitSession => (true, c.superseded.take()),
             _ => (false, None),
@@ -343,18 +355,16 @@ impl ShardCore {
             expires_at_ms: None,
             delayed_will: None,
             state: st,
-            acl: None,
         };
         let sref = self.insert_session(session);
         self.session_index.insert(key.clone(), sref);
         let since = self.store_seq();
         self.persist_installed(sref, now_ms);
         // The session now belongs to this connection's identity: what it may not subscribe to
-        // any more is dropped before it is restored.
-        let acl = self.conn(id).and_then(|c| c.acl.clone());
-        if let Some(acl) = &acl {
-            self.session_mut(sref).expect("just inserted").acl = Some(acl.clone());
-            self.prune_subs(sref, acl, now_ms, false);
+        // or read (another identity took it over, the rights changed, a restart) is dropped
+        // before it is restored.
+        if let Some(acl) = self.conn(id).filter(|_| alive).and_then(|c| c.acl.clone()) {
+            self.hold_under(sref, acl, now_ms, false);
         }
         // Restore subscriptions into this shard's index.
         let subs: Vec<(Box<str>, SubEntry)> = self

@@ -150,7 +150,7 @@ impl ShardCore {
     /// Whether the ACL of session `sref` lets a message on `topic` through a subscription that
     /// a deny rule overlaps. Allocation-free.
     fn delivery_allowed(&self, sref: SessionRef, topic: &str) -> bool {
-        self.session(sref).and_then(|s| s.acl.as_ref()).is_none_or(|a| a.check_delivery(topic))
+        self.session(sref).and_then(|s| s.state.holder_acl.as_ref()).is_none_or(|a| a.check_delivery(topic))
     }
 
     /// Publishes a message originating in the broker (wills, `$SYS`).

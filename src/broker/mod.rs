@@ -12,7 +12,9 @@ mod flow;
 pub mod mesh;
 pub mod msg;
 pub mod persist;
+mod purge;
 pub mod retained;
+mod rights;
 pub mod session;
 pub mod sys;
 pub mod testing;
@@ -362,7 +364,6 @@ pub struct ShardCore {
     pressure: Vec<ConnId>,
     next_generation: u64,
     next_token: u64,
-    next_client_id: u64,
     start_ms: u64,
     last_sys_ms: u64,
     last_report_ms: u64,
@@ -379,6 +380,8 @@ pub struct ShardCore {
     /// Last quota audit event per (org, quota) on this shard, and hits since: one event per
     /// second at most, carrying the count.
     quota_audits: HashMap<(Arc<str>, &'static str), (u64, u64)>,
+    /// Orgs deleted while this shard ran (`purge`): a late claim of theirs installs nothing.
+    deleted_orgs: std::collections::HashSet<Arc<str>, RandomState>,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -428,10 +431,10 @@ impl ShardCore {
             gated: Vec::new(),
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
+            deleted_orgs: Default::default(),
             pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,
-            next_client_id: 0,
             start_ms: now_ms,
             last_sys_ms: now_ms,
             last_report_ms: 0,
@@ -1003,11 +1006,6 @@ impl ShardCore {
     fn handle_connect(&mut self, id: ConnId, now_ms: u64, c: Connect) {
         let v = c.protocol;
         let v5 = v == Protocol::V5;
-        let shard = self.shard;
-        let seq = {
-            self.next_client_id += 1;
-            self.next_client_id
-        };
         let conn = self.conn_mut(id).expect("caller checked");
         conn.protocol = Some(v);
         if c.client_id.len() > limits::CLIENT_ID_BYTES_MAX {
@@ -1018,7 +1016,9 @@ impl ShardCore {
                 return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
                 // [MQTT-3.1.3-8]
             }
-            let gen = MqStr::copy_from(&format!("auto-{shard}-{seq:x}-{:x}", now_ms ^ 0x5bd1e995))
+            // Unguessable (130 random bits): an assigned id names a session nobody else may
+            // find by counting.
+            let gen = MqStr::copy_from(&format!("auto-{}", crate::auth::secret::random_b32(26)))
                 .expect("generated id has no NUL");
             if v5 {
                 conn.assigned_id = Some(gen.clone());
@@ -1607,24 +1607,13 @@ impl ShardCore {
             let sref = c.session;
             self.conn_mut(*id).expect("listed").acl = Some(acl.clone());
             if let Some(sref) = sref {
-                if let Some(s) = self.session_mut(sref) {
-                    s.acl = Some(acl);
-                }
+                // Live: subscriptions and stored messages against the new ACL.
+                self.hold_under(sref, acl, now_ms, true);
             }
         }
-        // Every session of the org here, live or offline, against its (new) ACL.
-        let srefs: Vec<SessionRef> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.as_ref().filter(|s| &*s.org == org && s.acl.is_some()).map(|_| SessionRef(i as u32))
-            })
-            .collect();
-        for sref in srefs {
-            let Some(acl) = self.session(sref).and_then(|s| s.acl.clone()) else { continue };
-            self.prune_subs(sref, &acl, now_ms, true);
-        }
+        // Offline sessions keep their holder's old ACL until that identity comes back (its
+        // bindings are not known here): the new one is applied, and what is stored re-checked,
+        // when it resumes.
         self.drain_self(now_ms);
         ids.len()
     }

@@ -97,6 +97,12 @@ pub enum StoreOp {
         /// Global retained sequence (the highest wins).
         seq: u64,
     },
+    /// The org was deleted: every row it owns in this shard's store and in the retained store
+    /// goes.
+    PurgeOrg {
+        /// Organization.
+        org: Arc<str>,
+    },
     /// A retained message passed its org's maximum age: delete it if still the one stored.
     RetainExpired {
         /// Organization.
@@ -237,7 +243,7 @@ impl ShardCore {
         self.store_seq
     }
 
-    fn push_op(&mut self, op: StoreOp) {
+    pub(super) fn push_op(&mut self, op: StoreOp) {
         self.store_seq += 1;
         self.store_out.push(op);
     }
@@ -714,7 +720,6 @@ impl ShardCore {
             expires_at_ms,
             delayed_will: None,
             state,
-            acl: None,
         };
         let sref = self.insert_session(session);
         self.session_index.insert(key.clone(), sref);

@@ -97,6 +97,12 @@ impl Retained {
         out
     }
 
+    /// Forgets every retained message of `org` (the org was deleted).
+    pub fn purge(&mut self, org: &str) {
+        self.orgs.remove(org);
+        self.tombstones.retain(|(o, _), _| &**o != org);
+    }
+
     /// Number of retained messages in `org`.
     pub fn count(&self, org: &str) -> usize {
         self.orgs.get(org).map_or(0, |m| m.len())

@@ -87,6 +87,9 @@ pub struct SessionState {
     pub stored_on: Option<u8>,
     /// Stored messages done with since the session's record was last written.
     pub unqueued_since_record: u32,
+    /// The ACL of the identity that last held it (travels with the state; `None` after a
+    /// restart). A new holder whose ACL differs re-checks what is queued and in flight.
+    pub holder_acl: Option<Arc<crate::acl::CompiledAcl>>,
 }
 
 /// A session living on this shard.
@@ -104,10 +107,8 @@ pub struct Session {
     pub expires_at_ms: Option<u64>,
     /// A delayed will waiting to be published: (when, org-scoped message).
     pub delayed_will: Option<(u64, Msg)>,
-    /// The transferable state.
+    /// The transferable state (with the holder's ACL).
     pub state: SessionState,
-    /// The ACL of the identity that holds it (kept while offline, for policy changes).
-    pub acl: Option<Arc<crate::acl::CompiledAcl>>,
 }
 
 impl SessionState {

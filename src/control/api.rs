@@ -195,7 +195,15 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         .route("/v2/publish", post(rest_publish))
         .route("/v2/quotas", get(get_quotas).put(put_quotas))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint has no such method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
+        .layer(axum::middleware::from_fn(|req, next| super::http::read_body(BODY_MAX, req, next)))
         .with_state(ctl)
 }
 
@@ -412,6 +420,13 @@ async fn create_org(
         if ctl.store.org(&id)?.is_some() {
             return Err(ApiError::conflict(format!("org \"{id}\" exists")));
         }
+        if ctl.store.purge_pending(&id)? {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "deletion_incomplete",
+                format!("org \"{id}\" is still being deleted; DELETE /v2/orgs/{id} again to finish"),
+            ));
+        }
         ctl.store.put_org(&OrgRecord {
             id: id.clone(),
             created_unix_ms: unix_now_ms(),
@@ -445,8 +460,13 @@ async fn get_org(
     Ok(Json(org_view(o)))
 }
 
-/// Deletes an organization with everything it owns and closes its connections (operator key).
-#[utoipa::path(delete, path = "/v2/orgs/{id}", responses((status = 204), (status = 404, body = ErrorBody)))]
+/// Deletes an organization with everything it owns — users, keys, tokens, policy, quotas,
+/// audit, and on every shard its connections (closed, no will), sessions, queued and
+/// in-flight messages and retained messages, in memory and on disk — before it answers
+/// (operator key). The id cannot be used again until that is done; 503 `deletion_incomplete`
+/// when a shard did not confirm in time: DELETE again (or restart) to finish.
+#[utoipa::path(delete, path = "/v2/orgs/{id}", responses((status = 204), (status = 404, body = ErrorBody),
+    (status = 503, body = ErrorBody)))]
 async fn delete_org(
     State(ctl): State<Arc<Ctl>>,
     headers: HeaderMap,
@@ -455,6 +475,7 @@ async fn delete_org(
     operator(&ctl, &headers)?;
     change(&ctl, true, || {
         match ctl.store.org(&id)? {
+            None if ctl.store.purge_pending(&id)? => return Ok(()), // finish an earlier attempt
             None => return Err(ApiError::not_found(format!("org \"{id}\" does not exist"))),
             Some(o) if o.source == "config" => {
                 return Err(ApiError::conflict(format!(
@@ -463,9 +484,22 @@ async fn delete_org(
             }
             Some(_) => {}
         }
+        // Marked first: a crash from here on finishes the deletion at the next start.
+        ctl.store.mark_purge(&id)?;
         Ok(ctl.store.delete_org(&id)?)
     })?;
-    ctl.kick(&id, KickTarget::All).await;
+    ctl.quotas.lock().expect("quotas lock").remove(&id);
+    ctl.auth.cache.forget_org(&id);
+    if !ctl.purge_org(&id).await {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deletion_incomplete",
+            format!("org \"{id}\" is deleted but not yet removed from every shard; DELETE again to finish"),
+        ));
+    }
+    ctl.store.purge_done(&id)?;
+    // Not in the org's audit log: that went with the org.
+    tracing::info!(org = %id, "org deleted with everything it owned");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -620,11 +654,21 @@ fn check_rules(field: &str, rules: &[String]) -> ApiResult<()> {
     Ok(())
 }
 
-/// Hashes off the runtime thread (Argon2id takes tens of ms).
-async fn hash(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || crate::auth::password::hash_password(password.as_bytes()))
-        .await
-        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))
+/// Hashes a new password on the bounded hashing pool (Argon2id takes tens of ms and 19 MiB):
+/// 429 `busy` when its queue is full, so concurrent requests cannot multiply the memory.
+async fn hash(ctl: &Ctl, password: String) -> ApiResult<String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = Box::new(move |phc| {
+        let _ = tx.send(phc);
+    });
+    if !ctl.pool.hash(password.into_bytes(), reply) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "busy",
+            "too many password hashes queued; retry",
+        ));
+    }
+    rx.await.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))
 }
 
 /// Creates a permanent user.
@@ -647,7 +691,7 @@ async fn create_user(
     check_password(&req.password)?;
     check_rules("publish", &req.publish)?;
     check_rules("subscribe", &req.subscribe)?;
-    let phc = hash(req.password).await?;
+    let phc = hash(&ctl, req.password).await?;
     change(&ctl, true, || {
         if ctl.store.user(&org, &req.name)?.is_some() {
             return Err(ApiError::conflict(format!("user \"{}\" exists in org {org}", req.name)));
@@ -717,7 +761,7 @@ async fn update_user(
         check_rules("subscribe", r)?;
     }
     let phc = match req.password {
-        Some(p) => Some(hash(p).await?),
+        Some(p) => Some(hash(&ctl, p).await?),
         None => None,
     };
     let kick = phc.is_some() || req.disabled == Some(true);

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod http;
 pub mod jwks;
 pub mod store;
 
@@ -23,6 +24,9 @@ use store::{ApiKeyRecord, OrgRecord, Store, StoreError, UserRecord};
 
 /// Commands queued per shard before the control plane reports the shard as busy.
 const SHARD_COMMAND_QUEUE: usize = 1024;
+/// How long an org deletion waits for the shards before answering 503 (a repeated DELETE, or
+/// the next start, finishes it).
+const PURGE_WAIT: Duration = Duration::from_secs(30);
 /// Audit batches (one per shard per tick) queued before more are dropped (and counted).
 const AUDIT_QUEUE: usize = 1024;
 
@@ -99,6 +103,14 @@ pub enum ShardCommand {
         /// User properties (5.0 subscribers see them).
         user_properties: Vec<(String, String)>,
     },
+    /// `org` was deleted: remove everything it owns on the shard, in memory and on disk;
+    /// replies once the store's deletion is durable (false: the store failed).
+    PurgeOrg {
+        /// Organization.
+        org: Arc<str>,
+        /// Done.
+        reply: flume::Sender<bool>,
+    },
     /// List `org`'s live connections.
     Sessions {
         /// Organization.
@@ -153,6 +165,21 @@ pub struct ControlPlane {
     pub audit_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The control-plane thread, stopped once the shards have.
     pub thread: ControlThread,
+    /// Orgs whose deletion did not finish (a crash, a 503): the stores drop their rows at
+    /// start, then [`ControlPlane::purges_done`] clears the marks.
+    pub pending_purges: Vec<String>,
+    ctl: Arc<Ctl>,
+}
+
+impl ControlPlane {
+    /// The shard and retained stores no longer hold anything of `pending_purges`.
+    pub fn purges_done(&self) -> Result<(), StoreError> {
+        for org in &self.pending_purges {
+            self.ctl.store.purge_done(org)?;
+            tracing::info!(org, "finished an interrupted org deletion");
+        }
+        Ok(())
+    }
 }
 
 /// The running control-plane thread.
@@ -177,6 +204,8 @@ impl ControlThread {
 /// State shared by the admin API handlers and the background tasks.
 pub struct Ctl {
     pub(crate) store: Store,
+    /// The Argon2id pool (shared with the shards): new passwords are hashed there too.
+    pub(crate) pool: HashPool,
     pub(crate) auth: Arc<AuthShared>,
     pub(crate) shards: Vec<flume::Sender<ShardCommand>>,
     pub(crate) operator_key: Option<String>,
@@ -318,6 +347,29 @@ impl Ctl {
             }
         }
         n
+    }
+
+    /// Tells every shard to remove everything `org` owns (memory and disk) and waits for all of
+    /// them, up to [`PURGE_WAIT`]; true when every shard confirmed a durable deletion.
+    pub(crate) async fn purge_org(&self, org: &str) -> bool {
+        let org: Arc<str> = org.into();
+        let mut replies = Vec::new();
+        for s in &self.shards {
+            let (tx, rx) = flume::bounded(1);
+            let cmd = ShardCommand::PurgeOrg { org: org.clone(), reply: tx };
+            match tokio::time::timeout(PURGE_WAIT, s.send_async(cmd)).await {
+                Ok(Ok(())) => replies.push(rx),
+                _ => return false,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + PURGE_WAIT;
+        for rx in replies {
+            match tokio::time::timeout_at(deadline, rx.recv_async()).await {
+                Ok(Ok(true)) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Records an audit event (admin changes).
@@ -498,8 +550,11 @@ pub fn start(
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    let pool = HashPool::start(threads, crate::limits::HASH_QUEUE_MAX);
     let ctl = Arc::new(Ctl {
         store,
+        pool: pool.clone(),
         auth: auth.clone(),
         shards: shard_tx,
         operator_key,
@@ -535,8 +590,7 @@ pub fn start(
     };
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let retention = cfg.audit_retention_ms;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-    let pool = HashPool::start(threads, crate::limits::HASH_QUEUE_MAX);
+    let pending_purges = ctl.store.pending_purges().map_err(|e| e.to_string())?;
     let ctl2 = ctl.clone();
     let stop = Arc::new(tokio::sync::Notify::new());
     let stop2 = stop.clone();
@@ -560,6 +614,8 @@ pub fn start(
         requests: req_tx,
         audit_dropped: ctl.audit_dropped.clone(),
         thread: ControlThread { stop, handle },
+        pending_purges,
+        ctl,
     })
 }
 
@@ -599,11 +655,7 @@ async fn run(
         let app = api::router(ctl.clone());
         match tokio::net::TcpListener::from_std(l) {
             Ok(l) => {
-                tokio::spawn(async move {
-                    if let Err(e) = axum::serve(l, app).await {
-                        tracing::error!(error = %e, "admin API stopped");
-                    }
-                });
+                tokio::spawn(http::serve(l, app));
             }
             Err(e) => tracing::error!(error = %e, "admin API listener"),
         }

@@ -140,6 +140,13 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Prefix of the `meta` rows that mark a deletion in progress.
+const PURGE_PREFIX: &[u8] = b"purge\0";
+
+fn purge_key(org: &str) -> Vec<u8> {
+    [PURGE_PREFIX, org.as_bytes()].concat()
+}
+
 /// `org \0 rest`.
 pub fn org_key(org: &str, rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(org.len() + 1 + rest.len());
@@ -356,6 +363,28 @@ impl Store {
         self.quotas.remove(id.as_bytes())?;
         self.orgs.remove(id.as_bytes())?;
         Ok(())
+    }
+
+    /// Marks `org` as being deleted: its id cannot be used again until every shard has
+    /// removed what it owns ([`Store::purge_done`]); a start finishes pending deletions.
+    pub fn mark_purge(&self, org: &str) -> Result<(), StoreError> {
+        self.put("meta", &purge_key(org), None, &org)
+    }
+
+    /// Orgs whose deletion has not finished on every shard.
+    pub fn pending_purges(&self) -> Result<Vec<String>, StoreError> {
+        self.scan("meta", PURGE_PREFIX)
+    }
+
+    /// Whether `org`'s deletion is still pending.
+    pub fn purge_pending(&self, org: &str) -> Result<bool, StoreError> {
+        Ok(self.meta.get(purge_key(org))?.is_some())
+    }
+
+    /// `org`'s deletion finished everywhere.
+    pub fn purge_done(&self, org: &str) -> Result<(), StoreError> {
+        self.meta.remove(purge_key(org))?;
+        self.sync()
     }
 
     // ---------------------------------------------------------------- policies

@@ -389,8 +389,16 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     sealer.verify(&cfg.data_dir).map_err(std::io::Error::other)?;
     let cp = crate::control::start(&cfg, sys.clone(), sealer.clone()).map_err(std::io::Error::other)?;
     let t0 = std::time::Instant::now();
-    let opened = crate::store::open(&cfg.data_dir, nr, cfg.durability, sealer, crate::control::unix_now_ms())
-        .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
+    let opened = crate::store::open(
+        &cfg.data_dir,
+        nr,
+        cfg.durability,
+        sealer,
+        crate::control::unix_now_ms(),
+        &cp.pending_purges,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
+    cp.purges_done().map_err(|e| std::io::Error::other(format!("control store: {e}")))?;
     tracing::info!(
         sessions = opened.sessions.iter().map(Vec::len).sum::<usize>(),
         queued = opened.sessions.iter().flatten().map(|s| s.queue.len()).sum::<usize>(),
@@ -580,6 +588,16 @@ async fn shard_main(
                             user_properties,
                         );
                         shard.flush_mesh();
+                    }
+                    ShardCommand::PurgeOrg { org, reply } => {
+                        let n = shard.core.borrow_mut().purge_org(now_ms(), &org);
+                        shard.flush_mesh();
+                        shard.apply_store_ops();
+                        shard.store_dirty.set(true);
+                        shard.persist_stores().await;
+                        let ok = !shard.store_failed.get();
+                        tracing::info!(org = %org, closed = n, ok, "org purged from the shard");
+                        let _ = reply.try_send(ok);
                     }
                     ShardCommand::Sessions { org, reply } => {
                         let v = shard.core.borrow().live_sessions(&org);

@@ -213,6 +213,11 @@ impl ShardStore {
                         self.forget(&key)?;
                     }
                 }
+                StoreOp::PurgeOrg { org } => {
+                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
+                    self.purge_org(&org)?;
+                    retained.purge_org(&org)?;
+                }
                 StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
                 StoreOp::RetainExpired { org, topic, seq } => retained.expire(&org, &topic, seq)?,
             }
@@ -242,6 +247,15 @@ impl ShardStore {
             batch.remove(ks, k);
         }
         batch.commit().map_err(ctx(&what))
+    }
+
+    /// Deletes every row of `org`: sessions, queues, in-flight marks, inbound QoS 2 ids.
+    pub fn purge_org(&self, org: &str) -> Result<(), StoreError> {
+        let prefix = org_key(org, b"");
+        for ks in [&self.sessions, &self.queue, &self.outbound, &self.qos2] {
+            self.remove_prefix(ks, &prefix)?;
+        }
+        Ok(())
     }
 
     /// Makes every applied write durable (`fsync` of the journal); blocking.
@@ -402,6 +416,21 @@ impl RetainedStore {
         Ok(())
     }
 
+    /// Deletes every retained message of `org`.
+    pub fn purge_org(&self, org: &str) -> Result<(), StoreError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<_> = self
+            .ks
+            .prefix(org_key(org, b""))
+            .map(|g| g.key())
+            .collect::<Result<_, _>>()
+            .map_err(ctx("retained store"))?;
+        for k in keys {
+            self.ks.remove(k).map_err(ctx("retained store"))?;
+        }
+        Ok(())
+    }
+
     /// Makes retained writes durable; blocking.
     pub fn persist(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncData).map_err(ctx("retained store"))
@@ -505,6 +534,7 @@ pub fn open(
     durability: Durability,
     sealer: Arc<Sealer>,
     unix_now_ms: u64,
+    purge: &[String],
 ) -> Result<Opened, StoreError> {
     let root = data_dir.join("shards");
     let mut dirs: Vec<(usize, PathBuf)> = (0..nr).map(|i| (i, root.join(i.to_string()))).collect();
@@ -522,6 +552,15 @@ pub fn open(
         stores.push(Arc::new(ShardStore::open(d, durability, sealer.clone())?));
     }
     let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"), sealer)?);
+    // Deletions that did not finish (a crash, a shard that did not answer) finish first.
+    for org in purge {
+        for st in &stores {
+            st.purge_org(org)?;
+            st.persist()?;
+        }
+        retained.purge_org(org)?;
+        retained.persist()?;
+    }
     let unix_epoch_ms = unix_now_ms.saturating_sub(crate::shard::now_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
     let mut moved = false;
