@@ -43,6 +43,9 @@ pub struct EncryptionConfig {
     pub keys: Vec<KeyConfig>,
     /// Ids of deleted keys: values they sealed are dropped at start (crypto-shredding).
     pub destroyed_keys: Vec<String>,
+    /// Read values stored plain where a key would have sealed them (a migration switch; off:
+    /// such a value is refused, since anyone who can write the data directory could plant it).
+    pub accept_plain: bool,
 }
 
 /// One encryption key (`[[encryption.key]]`).
@@ -277,6 +280,8 @@ struct RawEncryption {
     key: Vec<RawKey>,
     #[serde(default)]
     destroyed_keys: Vec<String>,
+    #[serde(default)]
+    accept_plain: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -682,6 +687,7 @@ fn parse_encryption(raw: Option<&RawEncryption>, base: &Path) -> Result<Encrypti
         }
     }
     out.destroyed_keys = raw.destroyed_keys.clone();
+    out.accept_plain = raw.accept_plain;
     Ok(out)
 }
 
@@ -710,17 +716,21 @@ fn load_policy(key: &str, p: &Path, base: &Path) -> Result<crate::acl::Policy, C
     crate::acl::Policy::parse(&text).map_err(|e| ConfigError(format!("{key}: {e}")))
 }
 
-/// Whether `url` may be fetched: `https://`, or `http://` to a loopback host (SPEC §12).
-fn fetchable_url(url: &str) -> bool {
-    if url.starts_with("https://") {
-        return true;
+/// Whether `url` may be fetched: `https://`, or `http://` to a loopback host (SPEC §12). The
+/// URL is parsed as the HTTP client will parse it and the whole host compared, so
+/// `http://localhost.evil.tld/`, `http://127.0.0.1.nip.io/` or `http://127.0.0.1@evil.tld/`
+/// are refused.
+pub(crate) fn fetchable_url(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else { return false };
+    let Some(host) = u.host_str() else { return false };
+    match u.scheme() {
+        "https" => true,
+        "http" => {
+            host.eq_ignore_ascii_case("localhost")
+                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+        }
+        _ => false,
     }
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host =
-        host.rsplit_once(':')
-            .map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-    matches!(host, "localhost" | "[::1]") || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
 }
 
 fn parse_jwt(key: &str, r: &RawJwt, base: &Path) -> Result<JwtConfig, ConfigError> {
@@ -1049,5 +1059,30 @@ mod tests {
         let c = parse("sys_interval = \"2s\"\n[[listener]]\nkind=\"tcp\"\n").unwrap();
         assert_eq!(c.sys_interval_ms, 2000);
         assert!(parse("sys_interval = \"2 parsecs\"\n[[listener]]\nkind=\"tcp\"\n").is_err());
+    }
+
+    #[test]
+    fn fetchable_urls_compare_the_parsed_host() {
+        for ok in [
+            "https://idp.example/jwks",
+            "http://localhost:8080/k",
+            "http://127.0.0.1/k",
+            "http://[::1]:9/k",
+            "http://127.1/k",
+        ] {
+            assert!(fetchable_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://localhost.evil.tld/",
+            "http://127.0.0.1.nip.io/",
+            "http://127.0.0.1@evil.tld/",
+            "http://localhost@evil.tld/",
+            "http://evil.tld/",
+            "ftp://localhost/",
+            "http:///x",
+            "not a url",
+        ] {
+            assert!(!fetchable_url(bad), "{bad}");
+        }
     }
 }

@@ -159,3 +159,78 @@ fn the_queue_scan_starts_at_the_sessions_cursor() {
     assert_eq!(o.sessions[0].len(), 1);
     assert!(o.sessions[0][0].queue.is_empty());
 }
+
+/// A sealer with one global key (written to a 0600 file in `dir`).
+fn keyed(dir: &std::path::Path, accept_plain: bool) -> Sealer {
+    use coremq::config::{EncryptionConfig, KeyConfig, KeyMaterial};
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("k.key");
+    std::fs::write(&p, "5a".repeat(32)).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = EncryptionConfig {
+        keys: vec![KeyConfig { id: "k".into(), org: None, material: KeyMaterial::File(p) }],
+        destroyed_keys: vec![],
+        accept_plain,
+    };
+    Sealer::load(&cfg).unwrap()
+}
+
+#[test]
+fn with_encryption_on_a_planted_plain_session_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    write_raw(dir.path(), "sessions", b"acme\0s", &record(1, "a/#"));
+    let e =
+        coremq::store::open(dir.path(), 1, Durability::Group, Arc::new(keyed(keys.path(), false)), 1, &[])
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("acme/s") && e.contains("stored unencrypted") && e.contains("accept_plain"), "{e}");
+    // The explicit migration switch reads it.
+    let o = coremq::store::open(dir.path(), 1, Durability::Group, Arc::new(keyed(keys.path(), true)), 1, &[]);
+    assert_eq!(o.unwrap().sessions[0].len(), 1);
+}
+
+#[test]
+fn the_first_start_with_a_key_seals_what_was_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    write_raw(dir.path(), "sessions", b"acme\0s", &record(1, "a/#"));
+    let s = keyed(keys.path(), false);
+    assert!(s.verify(dir.path()).unwrap(), "a key used for the first time");
+    s.request_reseal();
+    let o = coremq::store::open(dir.path(), 1, Durability::Group, Arc::new(s), 1, &[]).unwrap();
+    assert_eq!(o.sessions[0].len(), 1);
+    drop(o);
+    let raw = raw_get(dir.path(), 0, "sessions", b"acme\0s");
+    assert!(Sealer::key_id(&raw[0]) == Some("k"), "sealed in place");
+    let o =
+        coremq::store::open(dir.path(), 1, Durability::Group, Arc::new(keyed(keys.path(), false)), 1, &[]);
+    assert_eq!(o.unwrap().sessions[0].len(), 1, "and read back with the key");
+}
+
+#[test]
+fn with_encryption_on_a_planted_plain_policy_is_refused_and_the_pepper_gets_sealed() {
+    use coremq::control::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let pepper = {
+        let plain = Store::open(dir.path()).unwrap();
+        plain.put_policy("acme", &serde_json::json!({"version": "2.0", "default_action": "allow"})).unwrap();
+        let p = plain.pepper().unwrap();
+        plain.sync().unwrap();
+        p
+    };
+    let sealed = Store::open_sealed(dir.path(), Arc::new(keyed(keys.path(), false))).unwrap();
+    let e = sealed.policy("acme").unwrap_err().to_string();
+    assert!(e.contains("stored unencrypted"), "{e}");
+    assert_eq!(sealed.pepper().unwrap(), pepper, "the same pepper, now sealed");
+    drop(sealed);
+    let plain_again = Store::open(dir.path()).unwrap();
+    assert!(plain_again.pepper().is_err(), "the stored pepper no longer opens without the key");
+    drop(plain_again);
+    // A reseal pass (a key's first start) seals the policy.
+    let s = keyed(keys.path(), false);
+    s.request_reseal();
+    let sealed = Store::open_sealed(dir.path(), Arc::new(s)).unwrap();
+    assert!(sealed.policy("acme").unwrap().is_some());
+}

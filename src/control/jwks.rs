@@ -180,11 +180,10 @@ impl Ring {
                 let doc: serde_json::Value =
                     serde_json::from_slice(&doc).map_err(|e| format!("{url}: not JSON: {e}"))?;
                 let jwks = doc["jwks_uri"].as_str().ok_or_else(|| format!("{url}: no jwks_uri"))?.to_string();
-                if !jwks.starts_with("https://")
-                    && !jwks.starts_with("http://127.")
-                    && !jwks.starts_with("http://localhost")
-                {
-                    return Err(format!("{url}: jwks_uri {jwks} is not https"));
+                if !crate::config::fetchable_url(&jwks) {
+                    return Err(format!(
+                        "{url}: jwks_uri {jwks} is not https (http only to a loopback address)"
+                    ));
                 }
                 self.state.lock().expect("ring lock").discovered = Some(jwks.clone());
                 jwks

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::auth::directory::Attrs;
-use crate::store::seal::Sealer;
+use crate::store::seal::{OpenError, Sealer};
 
 /// A stored organization.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +140,17 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The org whose key seals a control row (`None`: no org's), from its keyspace and key; for an
+/// API key, from its record `v` (plain JSON; a sealed one names its key itself).
+fn row_org(ks: &str, key: &[u8], v: &[u8]) -> Option<String> {
+    match ks {
+        "meta" => None,
+        "orgs" | "policies" | "quotas" => Some(String::from_utf8_lossy(key).into_owned()),
+        "api_keys" => serde_json::from_slice::<ApiKeyRecord>(v).ok().map(|r| r.org),
+        _ => key.split(|b| *b == 0).next().map(|o| String::from_utf8_lossy(o).into_owned()),
+    }
+}
+
 /// Prefix of the `meta` rows that mark a deletion in progress.
 const PURGE_PREFIX: &[u8] = b"purge\0";
 
@@ -194,6 +205,39 @@ impl Store {
             sealer,
         })
         .and_then(|s| s.drop_destroyed().map(|_| s))
+        .and_then(|s| s.seal_plain_rows().map(|_| s))
+    }
+
+    /// A key used for the first time ([`Sealer::request_reseal`]): seals the plain rows it
+    /// covers, so they are not refused as planted later.
+    fn seal_plain_rows(&self) -> Result<(), StoreError> {
+        if !self.sealer.reseal_requested() {
+            return Ok(());
+        }
+        let mut sealed = 0;
+        for (name, ks) in self.keyspaces() {
+            let mut rows = Vec::new();
+            for g in ks.iter() {
+                let (k, v) = g.into_inner()?;
+                let pepper = name == "meta" && &*k == b"pepper"; // `pepper()` seals it
+                if !pepper && Sealer::is_plain(&v) {
+                    let org = row_org(name, &k, &v);
+                    if self.sealer.seals(org.as_deref()) {
+                        let sealed = self.sealer.seal(org.as_deref(), &row_aad(name, &k), v.to_vec());
+                        rows.push((k, sealed));
+                    }
+                }
+            }
+            sealed += rows.len();
+            for (k, v) in rows {
+                ks.insert(k, v)?;
+            }
+        }
+        if sealed > 0 {
+            self.sync()?;
+            tracing::info!(rows = sealed, "control store: plain rows sealed with the new encryption key");
+        }
+        Ok(())
     }
 
     fn keyspaces(&self) -> [(&'static str, &Keyspace); 8] {
@@ -241,10 +285,14 @@ impl Store {
                 let plain = if name == "meta" && v.len() == 32 {
                     v.to_vec() // the plain pepper
                 } else {
-                    self.sealer
-                        .open(&row_aad(name, &k), &v)
-                        .map_err(|e| StoreError(format!("control store: {name} row: {e}")))?
-                        .into_owned()
+                    // Export reads plain values wherever they are (a way out of them).
+                    let org = row_org(name, &k, &v);
+                    match self.sealer.open(org.as_deref(), &row_aad(name, &k), &v) {
+                        Err(OpenError::Plain(_)) => v.to_vec(),
+                        r => {
+                            r.map_err(|e| StoreError(format!("control store: {name} row: {e}")))?.into_owned()
+                        }
+                    }
                 };
                 out.push((name, k.to_vec(), plain));
             }
@@ -257,12 +305,7 @@ impl Store {
         let Some((name, _)) = self.keyspaces().into_iter().find(|(n, _)| *n == ks) else {
             return Err(StoreError(format!("unknown control keyspace \"{ks}\"")));
         };
-        let org: Option<String> = match name {
-            "meta" => None,
-            "orgs" | "policies" | "quotas" => Some(String::from_utf8_lossy(key).into_owned()),
-            "api_keys" => Some(self.decode::<ApiKeyRecord>(name, key, &plain)?.org),
-            _ => key.split(|b| *b == 0).next().map(|o| String::from_utf8_lossy(o).into_owned()),
-        };
+        let org = row_org(name, key, &plain);
         if name != "meta" {
             // Refuse what this build cannot read back.
             self.decode::<serde_json::Value>(name, key, &plain)?;
@@ -284,9 +327,10 @@ impl Store {
 
     /// Opens and decodes the value stored under `key`.
     fn decode<T: DeserializeOwned>(&self, ks: &str, key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+        let org = if Sealer::is_plain(v) { row_org(ks, key, v) } else { None };
         let plain = self
             .sealer
-            .open(&row_aad(ks, key), v)
+            .open(org.as_deref(), &row_aad(ks, key), v)
             .map_err(|e| StoreError(format!("control store: {ks} row: {e}")))?;
         serde_json::from_slice(&plain)
             .map_err(|e| StoreError(format!("control store: corrupt {ks} record: {e}")))
@@ -313,13 +357,20 @@ impl Store {
     /// The pepper for credential MACs, created on first use and kept forever.
     pub fn pepper(&self) -> Result<Vec<u8>, StoreError> {
         if let Some(v) = self.meta.get("pepper")? {
-            // A plain pepper is exactly 32 bytes; a sealed one is longer.
+            // A plain pepper is exactly 32 bytes; a sealed one is longer. A key configured
+            // since it was created seals it now.
             if v.len() == 32 {
+                if self.sealer.seals(None) {
+                    let sealed = self.sealer.seal(None, &row_aad("meta", b"pepper"), v.to_vec());
+                    self.meta.insert("pepper", sealed)?;
+                    self.sync()?;
+                    tracing::info!("the credential pepper is now sealed with the encryption key");
+                }
                 return Ok(v.to_vec());
             }
             let p = self
                 .sealer
-                .open(&row_aad("meta", b"pepper"), &v)
+                .open(None, &row_aad("meta", b"pepper"), &v)
                 .map_err(|e| StoreError(format!("control store: pepper: {e}")))?;
             return Ok(p.into_owned());
         }

@@ -386,7 +386,9 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())?;
     let sys = Arc::new(SysBoard::new(nr));
     let sealer = Arc::new(crate::store::seal::Sealer::load(&cfg.encryption).map_err(std::io::Error::other)?);
-    sealer.verify(&cfg.data_dir).map_err(std::io::Error::other)?;
+    if sealer.verify(&cfg.data_dir).map_err(std::io::Error::other)? {
+        sealer.request_reseal(); // a new key: the stores seal the plain values it covers
+    }
     let cp = crate::control::start(&cfg, sys.clone(), sealer.clone()).map_err(std::io::Error::other)?;
     let t0 = std::time::Instant::now();
     let opened = crate::store::open(

@@ -146,7 +146,8 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
             .create(out)
             .map_err(|e| format!("{}: cannot create: {e}", out.display()))?;
     }
-    let sealer = Arc::new(Sealer::load(&cfg.encryption)?);
+    // Export reads plain values wherever they are: it is a way out of them.
+    let sealer = Arc::new(Sealer::load(&cfg.encryption)?.accepting_plain());
     sealer.verify(&cfg.data_dir)?;
     let now_unix = crate::control::unix_now_ms();
     let unix_epoch_ms = now_unix.saturating_sub(crate::shard::now_ms());

@@ -87,7 +87,8 @@ fn open_row<'a>(
     dead: &mut Vec<Vec<u8>>,
     what: impl FnOnce() -> String,
 ) -> Result<Option<std::borrow::Cow<'a, [u8]>>, StoreError> {
-    match sealer.open(&row_aad(ks, k), v) {
+    let org = split_key(k).map(|(o, _)| o);
+    match sealer.open(org, &row_aad(ks, k), v) {
         Ok(v) => Ok(Some(v)),
         Err(OpenError::Destroyed(_)) => {
             dead.push(k.to_vec());
@@ -95,6 +96,22 @@ fn open_row<'a>(
         }
         Err(e) => Err(StoreError(format!("{}: {e}", what()))),
     }
+}
+
+/// Seals the plain values of `ks` (keys `org \0 …`) that a key now covers; how many.
+fn seal_plain(sealer: &Sealer, name: &str, ks: &Keyspace) -> Result<usize, StoreError> {
+    let mut rows = Vec::new();
+    for g in ks.iter() {
+        let (k, v) = g.into_inner().map_err(ctx(name))?;
+        let org = split_key(&k).map(|(o, _)| o);
+        if Sealer::is_plain(&v) && sealer.seals(org) {
+            rows.push((k.to_vec(), sealer.seal(org, &row_aad(name, &k), v.to_vec())));
+        }
+    }
+    for (k, v) in &rows {
+        ks.insert(k, v).map_err(ctx(name))?;
+    }
+    Ok(rows.len())
 }
 
 /// One shard's database.
@@ -233,7 +250,7 @@ impl ShardStore {
     fn stored_epoch(&self, key: &SessionKey) -> Option<u64> {
         let k = session_key(key);
         let v = self.sessions.get(&k).ok()??;
-        let v = self.sealer.open(&row_aad("sessions", &k), &v).ok()?;
+        let v = self.sealer.open(Some(&key.org), &row_aad("sessions", &k), &v).ok()?;
         format::decode_session(&v).ok().map(|m| m.epoch)
     }
 
@@ -391,7 +408,7 @@ impl RetainedStore {
         let aad = row_aad("retained", &k);
         if let Some(old) = self.ks.get(&k).map_err(ctx("retained store"))? {
             // An old value that does not open (destroyed key) is simply overwritten.
-            let old = self.sealer.open(&aad, &old).ok();
+            let old = self.sealer.open(Some(org), &aad, &old).ok();
             if old.is_some_and(|o| format::retained_seq(&o).is_some_and(|s| s >= seq)) {
                 return Ok(());
             }
@@ -409,7 +426,7 @@ impl RetainedStore {
         let k = retained_key(org, topic);
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let Some(old) = self.ks.get(&k).map_err(ctx("retained store"))? else { return Ok(()) };
-        let old = self.sealer.open(&row_aad("retained", &k), &old).ok();
+        let old = self.sealer.open(Some(org), &row_aad("retained", &k), &old).ok();
         if old.is_some_and(|o| format::retained_seq(&o) == Some(seq)) {
             self.ks.remove(k).map_err(ctx("retained store"))?;
         }
@@ -551,7 +568,20 @@ pub fn open(
     for (_, d) in &dirs {
         stores.push(Arc::new(ShardStore::open(d, durability, sealer.clone())?));
     }
-    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"), sealer)?);
+    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"), sealer.clone())?);
+    if sealer.reseal_requested() {
+        // A key used for the first time seals the plain values it covers (else they would be
+        // refused as planted).
+        let mut n = seal_plain(&sealer, "retained", &retained.ks)?;
+        retained.persist()?;
+        for st in &stores {
+            n += seal_plain(&sealer, "sessions", &st.sessions)? + seal_plain(&sealer, "queue", &st.queue)?;
+            st.persist()?;
+        }
+        if n > 0 {
+            tracing::info!(rows = n, "stores: plain values sealed with the new encryption key");
+        }
+    }
     // Deletions that did not finish (a crash, a shard that did not answer) finish first.
     for org in purge {
         for st in &stores {

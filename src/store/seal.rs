@@ -5,8 +5,13 @@
 //! A sealed value is `0xC5, id length, key id, nonce (12), ciphertext, tag (16)`. The key id
 //! says which key opens it, so keys rotate by adding a new one: new writes use the newest key,
 //! older values open with the key they name. The additional data is the keyspace name and the
-//! row key, so a value moved to another row does not open. Values written before encryption was
-//! turned on (plain: they never start with 0xC5) are read as they are and sealed when rewritten.
+//! row key, so a value moved to another row does not open.
+//!
+//! A plain value (it never starts with 0xC5) where a configured key would have sealed it is
+//! refused: anyone able to write the data directory could otherwise plant a policy or a
+//! password hash. The first start with a new key seals the plain values it covers (a reseal
+//! pass over every store); `encryption.accept_plain = true` is the explicit switch for reading
+//! such values anyway, and `coremq data export` always reads them.
 //!
 //! A key may belong to one org: that org's values are sealed with it, and listing its id in
 //! `destroyed_keys` after deleting the key file drops whatever it sealed at the next start
@@ -36,6 +41,8 @@ pub enum OpenError {
     WrongKey(String),
     /// Not a well-formed sealed value.
     Corrupt,
+    /// Stored plain where key `id` would have sealed it.
+    Plain(String),
 }
 
 impl std::fmt::Display for OpenError {
@@ -53,6 +60,12 @@ impl std::fmt::Display for OpenError {
                  this data was sealed with, or the data is corrupt"
             ),
             OpenError::Corrupt => f.write_str("corrupt sealed value"),
+            OpenError::Plain(id) => write!(
+                f,
+                "stored unencrypted where encryption key '{id}' would have sealed it; refused (set \
+                 encryption.accept_plain = true to read such values, or move the data through \
+                 coremq data export / import)"
+            ),
         }
     }
 }
@@ -69,6 +82,9 @@ pub struct Sealer {
     global: Option<String>,
     per_org: HashMap<String, String>,
     destroyed: HashSet<String>,
+    accept_plain: bool,
+    /// A key is used for the first time: stores seal the plain values it covers when opened.
+    reseal: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -111,7 +127,11 @@ impl Sealer {
 
     /// Loads the keys the config names (files, environment variables). Errors name the key.
     pub fn load(cfg: &EncryptionConfig) -> Result<Sealer, String> {
-        let mut s = Sealer { destroyed: cfg.destroyed_keys.iter().cloned().collect(), ..Sealer::default() };
+        let mut s = Sealer {
+            destroyed: cfg.destroyed_keys.iter().cloned().collect(),
+            accept_plain: cfg.accept_plain,
+            ..Sealer::default()
+        };
         for (i, k) in cfg.keys.iter().enumerate() {
             let what = format!("encryption.key[{i}] (id \"{}\")", k.id);
             let text = match &k.material {
@@ -166,10 +186,40 @@ impl Sealer {
         Sealer::key_id(v).is_some_and(|id| self.destroyed.contains(id))
     }
 
-    /// Opens a stored value (a plain one is returned as it is).
-    pub fn open<'a>(&self, aad: &[u8], v: &'a [u8]) -> Result<Cow<'a, [u8]>, OpenError> {
-        if v.first() != Some(&SEALED) {
-            return Ok(Cow::Borrowed(v));
+    /// This sealer reads plain values wherever they are (`coremq data export`).
+    pub fn accepting_plain(mut self) -> Sealer {
+        self.accept_plain = true;
+        self
+    }
+
+    /// Whether `v` is stored plain.
+    pub fn is_plain(v: &[u8]) -> bool {
+        v.first() != Some(&SEALED)
+    }
+
+    /// Whether a value of `org`'s row (`None`: not an org's) would be sealed.
+    pub fn seals(&self, org: Option<&str>) -> bool {
+        self.key_for(org).is_some()
+    }
+
+    /// Asks the stores to seal the plain values a key now covers, when they are opened.
+    pub fn request_reseal(&self) {
+        self.reseal.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the stores must seal plain values when opened ([`Sealer::request_reseal`]).
+    pub fn reseal_requested(&self) -> bool {
+        self.reseal.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Opens a stored value of `org`'s row (`None`: not an org's). A plain value is returned as
+    /// it is where no key would have sealed it (or `accept_plain` is set), else refused.
+    pub fn open<'a>(&self, org: Option<&str>, aad: &[u8], v: &'a [u8]) -> Result<Cow<'a, [u8]>, OpenError> {
+        if Sealer::is_plain(v) {
+            return match self.key_for(org) {
+                Some((id, _)) if !self.accept_plain => Err(OpenError::Plain(id.to_string())),
+                _ => Ok(Cow::Borrowed(v)),
+            };
         }
         let id = Sealer::key_id(v).ok_or(OpenError::Corrupt)?;
         if self.destroyed.contains(id) {
@@ -195,9 +245,10 @@ impl Sealer {
     /// Checks every configured key against the check values in `data_dir/keys.check` (a
     /// known plaintext sealed by each key the first time it was used), so a wrong key is
     /// named at start before any store is read; adds check values for new keys.
-    pub fn verify(&self, data_dir: &Path) -> Result<(), String> {
+    /// Returns whether a key was used for the first time.
+    pub fn verify(&self, data_dir: &Path) -> Result<bool, String> {
         if !self.enabled() {
-            return Ok(());
+            return Ok(false);
         }
         let path = data_dir.join("keys.check");
         let mut checks: std::collections::BTreeMap<String, String> = match std::fs::read(&path) {
@@ -214,7 +265,7 @@ impl Sealer {
                 Some(hex) => {
                     let v =
                         hex_decode(hex).ok_or_else(|| format!("{}: corrupt entry {id}", path.display()))?;
-                    match self.open(aad.as_bytes(), &v) {
+                    match self.open(None, aad.as_bytes(), &v) {
                         Ok(p) if &p[..] == CHECK_TEXT => {}
                         _ => {
                             return Err(format!(
@@ -240,7 +291,7 @@ impl Sealer {
                 .and_then(|_| std::fs::rename(&tmp, &path))
                 .map_err(|e| format!("{}: cannot write: {e}", path.display()))?;
         }
-        Ok(())
+        Ok(added)
     }
 }
 
@@ -315,16 +366,27 @@ mod tests {
         let v = s.seal(None, b"queue/k1", b"payload".to_vec());
         assert_eq!(Sealer::key_id(&v), Some("a"));
         assert!(!v.windows(7).any(|w| w == b"payload"), "the plaintext is not in the sealed value");
-        assert_eq!(&s.open(b"queue/k1", &v).unwrap()[..], b"payload");
-        assert_eq!(s.open(b"queue/k2", &v).unwrap_err(), OpenError::WrongKey("a".into()), "moved row");
+        assert_eq!(&s.open(None, b"queue/k1", &v).unwrap()[..], b"payload");
+        assert_eq!(s.open(None, b"queue/k2", &v).unwrap_err(), OpenError::WrongKey("a".into()), "moved row");
         let other = sealer(&[("a", None, 0x22)], &[]);
-        assert_eq!(other.open(b"queue/k1", &v).unwrap_err(), OpenError::WrongKey("a".into()));
-        assert_eq!(Sealer::plain().open(b"queue/k1", &v).unwrap_err(), OpenError::UnknownKey("a".into()));
+        assert_eq!(other.open(None, b"queue/k1", &v).unwrap_err(), OpenError::WrongKey("a".into()));
+        assert_eq!(
+            Sealer::plain().open(None, b"queue/k1", &v).unwrap_err(),
+            OpenError::UnknownKey("a".into())
+        );
         for cut in 1..v.len() {
-            assert!(s.open(b"queue/k1", &v[..cut]).is_err(), "cut at {cut}");
+            assert!(s.open(None, b"queue/k1", &v[..cut]).is_err(), "cut at {cut}");
         }
-        // Plain values (written before encryption was on) read as they are.
-        assert_eq!(&s.open(b"queue/k1", b"\x01plain").unwrap()[..], b"\x01plain");
+        // A plain value where a key would have sealed it is refused (it could be planted),
+        // unless the operator accepts plain values; where no key would seal it, it reads.
+        assert_eq!(s.open(None, b"queue/k1", b"\x01plain").unwrap_err(), OpenError::Plain("a".into()));
+        assert_eq!(s.open(Some("acme"), b"queue/k1", b"{}").unwrap_err(), OpenError::Plain("a".into()));
+        let lenient = sealer(&[("a", None, 0x11)], &[]).accepting_plain();
+        assert_eq!(&lenient.open(None, b"queue/k1", b"\x01plain").unwrap()[..], b"\x01plain");
+        let org_only = sealer(&[("k", Some("acme"), 0x11)], &[]);
+        assert_eq!(&org_only.open(Some("other"), b"r", b"{}").unwrap()[..], b"{}");
+        assert_eq!(&org_only.open(None, b"r", b"{}").unwrap()[..], b"{}");
+        assert_eq!(org_only.open(Some("acme"), b"r", b"{}").unwrap_err(), OpenError::Plain("k".into()));
     }
 
     #[test]
@@ -336,17 +398,17 @@ mod tests {
         assert_eq!(Sealer::key_id(&s.seal(Some("other"), b"r", b"x".to_vec())), Some("b"));
         let v_acme = s.seal(Some("acme"), b"r", b"x".to_vec());
         assert_eq!(Sealer::key_id(&v_acme), Some("acme"));
-        assert_eq!(&s.open(b"r", &v_old).unwrap()[..], b"x", "old values open with the old key");
+        assert_eq!(&s.open(None, b"r", &v_old).unwrap()[..], b"x", "old values open with the old key");
         let shredded = sealer(&[("b", None, 0x22)], &["acme"]);
         assert!(shredded.is_destroyed(&v_acme));
-        assert_eq!(shredded.open(b"r", &v_acme).unwrap_err(), OpenError::Destroyed("acme".into()));
+        assert_eq!(shredded.open(None, b"r", &v_acme).unwrap_err(), OpenError::Destroyed("acme".into()));
     }
 
     #[test]
     fn the_key_check_names_a_wrong_key_before_any_store_is_read() {
         let dir = tempfile::tempdir().unwrap();
-        sealer(&[("a", None, 0x11)], &[]).verify(dir.path()).unwrap();
-        sealer(&[("a", None, 0x11)], &[]).verify(dir.path()).unwrap();
+        assert!(sealer(&[("a", None, 0x11)], &[]).verify(dir.path()).unwrap(), "a new key");
+        assert!(!sealer(&[("a", None, 0x11)], &[]).verify(dir.path()).unwrap());
         let e = sealer(&[("a", None, 0x22)], &[]).verify(dir.path()).unwrap_err();
         assert!(e.contains("encryption key 'a' is not the key"), "{e}");
     }
@@ -361,6 +423,7 @@ mod tests {
         let cfg = EncryptionConfig {
             keys: vec![KeyConfig { id: "a".into(), org: None, material: KeyMaterial::File(p) }],
             destroyed_keys: vec![],
+            accept_plain: false,
         };
         let e = Sealer::load(&cfg).unwrap_err();
         assert!(e.contains("encryption.key[0]") && e.contains("chmod 600"), "{e}");

@@ -169,3 +169,17 @@ def test_destroying_an_orgs_key_destroys_that_orgs_data_only():
     r.subscribe("r/#", qos=1)
     assert r.quiet(0.5) == [], "acme's retained message is gone with its key"
     assert b.stop() == 0, b.logs()
+
+
+def test_turning_encryption_on_seals_what_was_stored_plain():
+    """Issue 15.9: with encryption on, plain values are refused as planted; the first start
+    with a key seals what was stored before it, so the state comes back."""
+    b = Broker(shards=2, setup=keys_setup)
+    store_some_state(b)
+    assert b.stop() == 0, b.logs()
+    assert on_disk(b, SECRET)
+    set_encryption(b, '[encryption]\n[[encryption.key]]\nid = "main"\nfile = "main.key"')
+    b.start()
+    assert "plain values sealed with the new encryption key" in b.logs()
+    check_state_back(b)
+    assert b.stop() == 0, b.logs()
