@@ -45,5 +45,18 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// A maximal topic (`limits::TOPIC_LEVELS_MAX` levels) against 100 rules (issue 14.5).
+fn max_depth(c: &mut Criterion) {
+    let id = AclIdentity { agent_id: Some("agent-7".into()), ..Default::default() };
+    let acl = CompiledAcl::compile(&policy(100), &id, &[], &[]);
+    let max = coremq::limits::TOPIC_LEVELS_MAX;
+    let topic = format!("agents/agent-7/{}", vec!["l"; max - 2].join("/"));
+    let filter = format!("agents/agent-7/{}", vec!["+"; max - 2].join("/"));
+    let mut g = c.benchmark_group("acl_max_depth");
+    g.bench_function("publish_100_rules", |b| b.iter(|| acl.check_publish(black_box(&topic), 1, false)));
+    g.bench_function("subscribe_100_rules", |b| b.iter(|| acl.check_subscribe(black_box(&filter), 1)));
+    g.finish();
+}
+
+criterion_group!(benches, bench, max_depth);
 criterion_main!(benches);

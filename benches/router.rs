@@ -97,5 +97,33 @@ fn fanout(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matching, fanout);
+/// The deepest topic and filter accepted (`limits::TOPIC_LEVELS_MAX` levels) against a trie of
+/// 1,000 filters: routing a maximal topic, and subscribing then unsubscribing a maximal
+/// filter, take a bounded time (issue 14.5).
+fn max_depth(c: &mut Criterion) {
+    let max = coremq::limits::TOPIC_LEVELS_MAX;
+    let mut g = c.benchmark_group("max_depth");
+    let mut r = router(1_000, "mixed");
+    let org: Arc<str> = Arc::from("acme");
+    let deep_filter = format!("{}/#", vec!["+"; max - 1].join("/"));
+    r.subscribe(&org, &deep_filter, sub(1_000_001));
+    let topic = vec!["l"; max].join("/");
+    let mut m = Matches::default();
+    g.bench_function("route", |b| {
+        b.iter(|| {
+            r.route("acme", &topic, true, &mut m);
+            m.subs.len()
+        })
+    });
+    let filter = vec!["+"; max].join("/");
+    g.bench_function("subscribe_unsubscribe", |b| {
+        b.iter(|| {
+            r.subscribe(&org, &filter, sub(2_000_000));
+            r.unsubscribe(&org, &filter, SessionRef(2_000_000))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, matching, fanout, max_depth);
 criterion_main!(benches);

@@ -33,7 +33,13 @@ pub struct QuotaLimits {
     pub max_packet_size: Option<u64>,
     /// Unacknowledged QoS 1/2 messages towards a client.
     pub max_inflight: Option<u64>,
+    /// Temporary tokens alive at once (`None`: [`LIVE_TOKENS_DEFAULT`]); a mint beyond it is
+    /// refused (409), so one tenant cannot grow the credential directory without bound.
+    pub max_live_tokens: Option<u64>,
 }
+
+/// Live temporary tokens an org may hold when `max_live_tokens` is not set.
+pub const LIVE_TOKENS_DEFAULT: u64 = 10_000;
 
 const UNLIMITED: u64 = u64::MAX;
 
@@ -65,6 +71,7 @@ pub struct OrgQuota {
     max_subscriptions: AtomicU64,
     max_packet_size: AtomicU64,
     max_inflight: AtomicU64,
+    max_live_tokens: AtomicU64,
     connections: AtomicU64,
     bucket: Mutex<Bucket>,
     /// PUBLISH packets refused or dropped over the rate.
@@ -111,6 +118,7 @@ impl OrgQuota {
             max_subscriptions: AtomicU64::new(UNLIMITED),
             max_packet_size: AtomicU64::new(UNLIMITED),
             max_inflight: AtomicU64::new(UNLIMITED),
+            max_live_tokens: AtomicU64::new(UNLIMITED),
             connections: AtomicU64::new(0),
             bucket: Mutex::new(Bucket { milli: 0, last_ms: now_ms }),
             rate_limited: AtomicU64::new(0),
@@ -136,6 +144,12 @@ impl OrgQuota {
         store(&self.max_subscriptions, l.max_subscriptions_per_client);
         store(&self.max_packet_size, l.max_packet_size);
         store(&self.max_inflight, l.max_inflight);
+        store(&self.max_live_tokens, l.max_live_tokens);
+    }
+
+    /// Live tokens the org may hold.
+    pub fn max_live_tokens(&self) -> u64 {
+        load(&self.max_live_tokens).unwrap_or(LIVE_TOKENS_DEFAULT)
     }
 
     /// The limits now.
@@ -148,6 +162,7 @@ impl OrgQuota {
             max_subscriptions_per_client: load(&self.max_subscriptions),
             max_packet_size: load(&self.max_packet_size),
             max_inflight: load(&self.max_inflight),
+            max_live_tokens: load(&self.max_live_tokens),
         }
     }
 

@@ -158,6 +158,9 @@ pub fn parse_pattern(topic: &str) -> Result<Vec<TLevel>, String> {
         return Err("topic pattern over 1024 bytes".into());
     }
     let parts: Vec<&str> = topic.split('/').collect();
+    if parts.len() > crate::limits::TOPIC_LEVELS_MAX {
+        return Err(format!("topic pattern over {} levels", crate::limits::TOPIC_LEVELS_MAX));
+    }
     let mut out = Vec::with_capacity(parts.len());
     for (i, l) in parts.iter().enumerate() {
         match *l {

@@ -132,15 +132,17 @@ pub fn looks_like_jwt(p: &[u8]) -> bool {
 }
 
 /// Looks a claim up by path: first as an exact name (URL-style names are common), then split
-/// on dots through nested objects (SPEC §12). Strings, numbers and booleans become strings.
+/// on dots through nested objects (SPEC §12). Only a string binds: a number, boolean, array or
+/// object is unbindable, exactly like a missing claim (SPEC §3: variables fail closed).
 pub fn claim(claims: &Value, path: &str) -> Option<String> {
     let v = claims.get(path).or_else(|| path.split('.').try_fold(claims, |v, part| v.get(part)))?;
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
+    v.as_str().map(str::to_string)
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, possibly with a fraction; `None` if not a finite,
+/// non-negative number.
+fn numeric_date(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|s| s.is_finite() && *s >= 0.0)
 }
 
 /// Verifies `token` against `org`'s providers. `may_fetch`: report an unknown `kid` as
@@ -193,13 +195,18 @@ pub fn verify(org: &Arc<str>, providers: &[Arc<ProviderDir>], token: &[u8], may_
                 K::InvalidSignature => "jwt_bad_signature",
                 K::InvalidAlgorithm => "jwt_algorithm_refused",
                 K::MissingRequiredClaim(_) => "jwt_missing_claim",
+                K::InvalidClaimFormat(_) => "jwt_invalid_date",
                 _ => "jwt_invalid",
             });
         }
     };
     let c = data.claims;
     let Some(sub) = c.get("sub").and_then(Value::as_str) else { return Invalid("jwt_missing_claim") };
-    let Some(exp) = c.get("exp").and_then(Value::as_u64) else { return Invalid("jwt_missing_claim") };
+    let Some(exp) = c.get("exp") else { return Invalid("jwt_missing_claim") };
+    let Some(exp) = numeric_date(exp) else { return Invalid("jwt_invalid_date") };
+    if ["nbf", "iat"].iter().any(|k| c.get(*k).is_some_and(|v| numeric_date(v).is_none())) {
+        return Invalid("jwt_invalid_date");
+    }
     let mut attrs = Attrs::default();
     for (var, path) in &p.claims {
         let Some(val) = claim(&c, path) else { continue };
@@ -224,7 +231,7 @@ pub fn verify(org: &Arc<str>, providers: &[Arc<ProviderDir>], token: &[u8], may_
         name: sub.into(),
         attrs: Arc::new(attrs),
         roles: Arc::new([]),
-        expires_unix_ms: Some(exp.saturating_mul(1000)),
+        expires_unix_ms: Some((exp * 1000.0) as u64), // saturates
         user_publish: Arc::new([]),
         user_subscribe: Arc::new([]),
     })

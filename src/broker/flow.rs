@@ -716,6 +716,10 @@ impl ShardCore {
         let mut reasons = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let f = f.as_str();
+            if !valid_filter(f) {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID); // MQTT 5 §3.11.3
+                continue;
+            }
             let st = &mut self.session_mut(sref).expect("active").state;
             if st.subs.remove(f).is_none() {
                 reasons.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);

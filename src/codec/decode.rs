@@ -4,7 +4,7 @@
 use bytes::{Buf, Bytes};
 
 use super::props::{PropCtx, Properties};
-use super::topic::valid_name;
+use super::topic::{valid_name, NameError};
 use super::*;
 
 /// Why a packet was rejected, with the reason code to answer with before closing.
@@ -245,13 +245,20 @@ fn decode_publish(b: &mut Bytes, flags: u8, v5: bool) -> Result<Publish, DecodeE
         return Err(DecodeError::malformed("DUP set on QoS 0 PUBLISH")); // [MQTT-3.3.1-2]
     }
     let topic = read_str(b)?;
-    if topic.as_str().contains(['+', '#']) {
-        return Err(DecodeError::new(ReasonCode::TOPIC_NAME_INVALID, "wildcard in topic name"));
+    match super::topic::check_name(topic.as_str()) {
+        Ok(()) | Err(NameError::Empty) => {}
+        Err(NameError::Wildcard) => {
+            return Err(DecodeError::new(ReasonCode::TOPIC_NAME_INVALID, "wildcard in topic name"))
+        }
+        Err(NameError::TooDeep) => {
+            return Err(DecodeError::new(ReasonCode::TOPIC_NAME_INVALID, "topic name has too many levels"))
+        }
     }
     let packet_id = if qos != QoS::AtMostOnce { Some(read_pid(b)?) } else { None };
     let props = if v5 { Properties::decode(b, PropCtx::Publish)? } else { Properties::default() };
     if topic.is_empty() && props.topic_alias.is_none() {
-        return Err(DecodeError::new(ReasonCode::TOPIC_NAME_INVALID, "empty topic name"));
+        // MQTT 5 §3.3.4: an empty topic without a Topic Alias is a Protocol Error.
+        return Err(DecodeError::new(ReasonCode::PROTOCOL_ERROR, "empty topic name without a topic alias"));
     }
     if !props.subscription_identifiers.is_empty() {
         // Only the server sends subscription identifiers in PUBLISH; decoding them is allowed so

@@ -291,7 +291,7 @@ fn malformed_table() {
         ("PUBLISH wildcard topic +", Some(V311), b"\x30\x03\x00\x01+", 0x90),
         ("PUBLISH wildcard topic #", Some(V5), b"\x30\x06\x00\x03a/#\x00", 0x90),
         ("PUBLISH packet id 0", Some(V311), b"\x32\x05\x00\x01a\x00\x00", M),
-        ("PUBLISH empty topic without alias", Some(V5), b"\x30\x03\x00\x00\x00", 0x90),
+        ("PUBLISH empty topic without alias", Some(V5), b"\x30\x03\x00\x00\x00", P),
         ("PUBLISH topic alias 0", Some(V5), b"\x30\x07\x00\x01a\x03\x23\x00\x00", P),
         ("PUBLISH topic not UTF-8", Some(V311), b"\x30\x03\x00\x01\xc3", M),
         ("PUBLISH topic with U+0000", Some(V311), b"\x30\x03\x00\x01\x00", M),
@@ -336,6 +336,24 @@ fn malformed_table() {
             Err(e) => assert_eq!(e.reason.0, *want, "{name}: {e}"),
         }
     }
+}
+
+#[test]
+fn topic_depth_is_bounded() {
+    use crate::codec::topic::{valid_filter, valid_name};
+    use crate::limits::TOPIC_LEVELS_MAX;
+    let deep = |n: usize| vec!["a"; n].join("/");
+    assert!(valid_name(&deep(TOPIC_LEVELS_MAX)) && valid_filter(&deep(TOPIC_LEVELS_MAX)));
+    assert!(!valid_name(&deep(TOPIC_LEVELS_MAX + 1)) && !valid_filter(&deep(TOPIC_LEVELS_MAX + 1)));
+    assert!(!valid_filter(&"/".repeat(64_999)), "the 65,000-level filter of issue 14.5");
+    // A PUBLISH one level too deep: Topic Name invalid.
+    let topic = deep(TOPIC_LEVELS_MAX + 1);
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.push(0); // no properties
+    let mut raw = vec![0x30, 0x80 | (body.len() % 128) as u8, (body.len() / 128) as u8];
+    raw.extend_from_slice(&body);
+    assert_eq!(decode_all(Some(Protocol::V5), &raw).unwrap_err().reason, ReasonCode::TOPIC_NAME_INVALID);
 }
 
 #[test]

@@ -1,14 +1,47 @@
 //! Topic name and topic filter rules (MQTT 5.0 §4.7), and `$share/` parsing (§4.8.2).
 
-/// A topic name: non-empty, no `+` or `#` [MQTT-4.7.1-1], at most 65535 bytes.
+use crate::limits::TOPIC_LEVELS_MAX;
+
+/// What is wrong with a topic name, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    /// Empty.
+    Empty,
+    /// Holds `+` or `#`.
+    Wildcard,
+    /// More than [`TOPIC_LEVELS_MAX`] levels.
+    TooDeep,
+}
+
+/// Checks a topic name in one pass over its bytes: non-empty, no `+` or `#`
+/// [MQTT-4.7.1-1], at most [`TOPIC_LEVELS_MAX`] levels.
+pub fn check_name(t: &str) -> Result<(), NameError> {
+    if t.is_empty() {
+        return Err(NameError::Empty);
+    }
+    let mut slashes = 0;
+    for b in t.bytes() {
+        match b {
+            b'+' | b'#' => return Err(NameError::Wildcard),
+            b'/' => slashes += 1,
+            _ => {}
+        }
+    }
+    if slashes >= TOPIC_LEVELS_MAX {
+        return Err(NameError::TooDeep);
+    }
+    Ok(())
+}
+
+/// A topic name: non-empty, no `+` or `#` [MQTT-4.7.1-1], at most [`TOPIC_LEVELS_MAX`] levels.
 pub fn valid_name(t: &str) -> bool {
-    !t.is_empty() && !t.bytes().any(|b| b == b'+' || b == b'#')
+    check_name(t).is_ok()
 }
 
 /// A topic filter: non-empty; `#` only as the whole last level [MQTT-4.7.1-2]; `+` only as a
-/// whole level [MQTT-4.7.1-3].
+/// whole level [MQTT-4.7.1-3]; at most [`TOPIC_LEVELS_MAX`] levels.
 pub fn valid_filter(f: &str) -> bool {
-    if f.is_empty() {
+    if f.is_empty() || f.bytes().filter(|b| *b == b'/').count() >= TOPIC_LEVELS_MAX {
         return false;
     }
     let mut levels = f.split('/').peekable();

@@ -145,12 +145,26 @@ fn scope(ctl: &Ctl, headers: &HeaderMap, q: &OrgQuery) -> ApiResult<(Caller, Str
 /// Runs one change to the store under the write lock, makes it durable before the API answers,
 /// and (`republish`) rebuilds the credential directory the shards read. An error from `f`
 /// returns before anything is synced or published.
-fn change<T>(ctl: &Ctl, republish: bool, f: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
+/// What of the published credential directory a change touches.
+enum Publish<'a> {
+    /// Nothing the shards read.
+    Nothing,
+    /// This org's part (users, policy, the org itself).
+    Org(&'a str),
+    /// One token of an org: added, or (`None`) removed.
+    Token(&'a str, &'a str, Option<crate::auth::directory::TokenDir>),
+}
+
+/// Runs one admin change under the write lock, makes it durable, then republishes what it
+/// touched.
+fn change<T>(ctl: &Ctl, publish: Publish<'_>, f: impl FnOnce() -> ApiResult<T>) -> ApiResult<T> {
     let _w = ctl.write.lock().expect("write lock");
     let out = f()?;
     ctl.store.sync()?;
-    if republish {
-        ctl.publish()?;
+    match publish {
+        Publish::Nothing => {}
+        Publish::Org(org) => ctl.publish_org(org)?,
+        Publish::Token(org, id, t) => ctl.publish_token(org, id, t),
     }
     Ok(out)
 }
@@ -172,6 +186,7 @@ fn body<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>, empty_ok: bool) -
 
 /// The admin API's routes over `ctl`.
 pub fn router(ctl: Arc<Ctl>) -> Router {
+    let gate = super::http::KeyGate::default();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -204,6 +219,7 @@ pub fn router(ctl: Arc<Ctl>) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_MAX))
         .layer(axum::middleware::from_fn(|req, next| super::http::read_body(BODY_MAX, req, next)))
+        .layer(axum::middleware::from_fn(move |req, next| super::http::per_key(gate.clone(), req, next)))
         .with_state(ctl)
 }
 
@@ -416,7 +432,7 @@ async fn create_org(
     if ttl_max == 0 || ttl == 0 || ttl > ttl_max {
         return Err(ApiError::bad("token_ttl must be 1..=token_ttl_max seconds"));
     }
-    let key = change(&ctl, true, || {
+    let key = change(&ctl, Publish::Org(&id), || {
         if ctl.store.org(&id)?.is_some() {
             return Err(ApiError::conflict(format!("org \"{id}\" exists")));
         }
@@ -473,7 +489,7 @@ async fn delete_org(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     operator(&ctl, &headers)?;
-    change(&ctl, true, || {
+    change(&ctl, Publish::Org(&id), || {
         match ctl.store.org(&id)? {
             None if ctl.store.purge_pending(&id)? => return Ok(()), // finish an earlier attempt
             None => return Err(ApiError::not_found(format!("org \"{id}\" does not exist"))),
@@ -537,7 +553,7 @@ async fn create_api_key(
 ) -> ApiResult<impl IntoResponse> {
     let req: CreateApiKey = body(b, true)?;
     let (who, org) = scope(&ctl, &headers, &OrgQuery { org: req.org })?;
-    let (key, id) = change(&ctl, false, || Ok(ctl.mint_api_key(&org, "api")?))?;
+    let (key, id) = change(&ctl, Publish::Nothing, || Ok(ctl.mint_api_key(&org, "api")?))?;
     ctl.audit_admin(&org, &who.actor(), "api_key.create", &id);
     Ok((StatusCode::CREATED, Json(CreatedApiKey { api_key: key, id, org })))
 }
@@ -572,7 +588,7 @@ async fn delete_api_key(
     Query(q): Query<OrgQuery>,
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
-    change(&ctl, false, || {
+    change(&ctl, Publish::Nothing, || {
         let Some((mac, _)) = ctl.store.api_keys_of(&org)?.into_iter().find(|(_, k)| k.id == id) else {
             return Err(ApiError::not_found(format!("no API key {id} in org {org}")));
         };
@@ -692,7 +708,7 @@ async fn create_user(
     check_rules("publish", &req.publish)?;
     check_rules("subscribe", &req.subscribe)?;
     let phc = hash(&ctl, req.password).await?;
-    change(&ctl, true, || {
+    change(&ctl, Publish::Org(&org), || {
         if ctl.store.user(&org, &req.name)?.is_some() {
             return Err(ApiError::conflict(format!("user \"{}\" exists in org {org}", req.name)));
         }
@@ -779,7 +795,7 @@ async fn update_user(
     if let Some(d) = req.disabled {
         changed.insert("disabled".into(), d.into());
     }
-    let u = change(&ctl, true, || {
+    let u = change(&ctl, Publish::Org(&org), || {
         let mut u =
             ctl.store.user(&org, &name)?.ok_or_else(|| ApiError::not_found(format!("no user \"{name}\"")))?;
         if let Some(p) = phc {
@@ -817,7 +833,7 @@ async fn delete_user(
     Query(q): Query<OrgQuery>,
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
-    change(&ctl, true, || {
+    change(&ctl, Publish::Org(&org), || {
         if !ctl.store.delete_user(&org, &name)? {
             return Err(ApiError::not_found(format!("no user \"{name}\"")));
         }
@@ -928,7 +944,23 @@ fn mint_token(ctl: &Ctl, org: &str, ttl: u64, attrs: Attrs) -> ApiResult<Created
         expires_unix_ms: expires,
         attrs,
     };
-    change(ctl, true, || Ok(ctl.store.put_token(org, &rec)?))?;
+    let published = crate::auth::directory::TokenDir {
+        mac: ctl.auth.pepper.mac(TOKEN_DOMAIN, password.as_bytes()),
+        expires_unix_ms: expires,
+        attrs: Arc::new(rec.attrs.clone()),
+    };
+    change(ctl, Publish::Token(org, &id, Some(published)), || {
+        // Checked under the write lock: concurrent mints cannot pass the limit together.
+        let max = ctl.quota(org).max_live_tokens();
+        if ctl.live_tokens(org, now) as u64 >= max {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "quota_exceeded",
+                format!("org {org} holds {max} live tokens (max_live_tokens); revoke some or wait for them to expire"),
+            ));
+        }
+        Ok(ctl.store.put_token(org, &rec)?)
+    })?;
     Ok(CreatedToken { username: format!("{id}@{org}"), password, expires_at: rfc3339(expires) })
 }
 
@@ -1051,7 +1083,7 @@ async fn revoke_token(
         Some(_) => return Err(ApiError::forbidden("that token belongs to another org")),
         None => username.clone(),
     };
-    change(&ctl, true, || {
+    change(&ctl, Publish::Token(&org, &id, None), || {
         if !ctl.store.delete_token(&org, &id)? {
             return Err(ApiError::not_found(format!("no token {id} in org {org}")));
         }
@@ -1247,7 +1279,7 @@ async fn put_quotas(
             continue;
         }
         if merged.get(k).is_none() {
-            return Err(ApiError::bad(format!("{k}: unknown quota (known: max_connections, messages_per_minute, max_retained_messages, session_storage_bytes, max_subscriptions_per_client, max_packet_size, max_inflight)")));
+            return Err(ApiError::bad(format!("{k}: unknown quota (known: max_connections, messages_per_minute, max_retained_messages, session_storage_bytes, max_subscriptions_per_client, max_packet_size, max_inflight, max_live_tokens)")));
         }
         if !(v.is_null() || v.as_u64().is_some()) {
             return Err(ApiError::bad(format!("{k}: expected a non-negative integer or null")));
@@ -1262,7 +1294,7 @@ async fn put_quotas(
     if limits.max_packet_size.is_some_and(|v| v < 64) {
         return Err(ApiError::bad("max_packet_size: must be at least 64 bytes"));
     }
-    change(&ctl, false, || Ok(ctl.store.put_quotas(&org, &limits)?))?;
+    change(&ctl, Publish::Nothing, || Ok(ctl.store.put_quotas(&org, &limits)?))?;
     quota.set_limits(&limits);
     let mut d = serde_json::Map::new();
     d.insert("limits".into(), serde_json::to_value(limits).unwrap_or_default());
@@ -1297,7 +1329,7 @@ async fn put_acl(
     let (who, org) = scope(&ctl, &headers, &q)?;
     let doc: serde_json::Value = body(b, false)?;
     let policy = crate::acl::Policy::from_value(doc).map_err(policy_error)?;
-    change(&ctl, true, || Ok(ctl.store.put_policy(&org, &policy.source)?))?;
+    change(&ctl, Publish::Org(&org), || Ok(ctl.store.put_policy(&org, &policy.source)?))?;
     ctl.policy_changed(&org);
     let mut d = serde_json::Map::new();
     d.insert("rules".into(), policy.rules.len().into());
@@ -1406,7 +1438,7 @@ async fn rest_publish(
         return Err(ApiError::bad("qos: 0 or 1"));
     }
     let t = &req.topic;
-    if t.is_empty() || t.len() > 65535 || t.contains(['+', '#', '\0']) || t.starts_with('$') {
+    if !crate::codec::topic::valid_name(t) || t.len() > 65535 || t.contains('\0') || t.starts_with('$') {
         return Err(ApiError::bad(format!("topic: \"{t}\" is not a topic this API may publish to")));
     }
     let payload = match (req.payload, req.payload_base64) {

@@ -2,7 +2,9 @@
 //! A request head must arrive within [`HEAD_TIMEOUT`] (also the next one on a kept-alive
 //! connection), and at most [`CONNECTIONS_MAX`] connections are open at once: more are closed
 //! at accept, so unauthenticated idle sockets cannot take the descriptors the MQTT listeners
-//! share. Bodies have their own time and size limits ([`read_body`]).
+//! share. Bodies have their own time and size limits ([`read_body`]), and one bearer key has
+//! at most [`PER_KEY_INFLIGHT_MAX`] requests in progress ([`KeyGate`]), so one tenant's admin
+//! load cannot take the control plane from the others.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,55 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Admin connections open at once.
 pub const CONNECTIONS_MAX: usize = 128;
+/// Requests one bearer key may have in progress; more answer 429 `busy`.
+pub const PER_KEY_INFLIGHT_MAX: u32 = 4;
+
+/// Requests in progress per bearer key (by a keyed hash: no secret is kept).
+#[derive(Clone, Default)]
+pub(crate) struct KeyGate {
+    inflight: Arc<std::sync::Mutex<std::collections::HashMap<u64, u32>>>,
+    hasher: ahash::RandomState,
+}
+
+/// Releases a request's place in its key's count, also when the request is dropped.
+struct Place {
+    gate: KeyGate,
+    key: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut m = self.gate.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Middleware: at most [`PER_KEY_INFLIGHT_MAX`] requests per bearer key at once (429 beyond).
+pub(crate) async fn per_key(gate: KeyGate, req: Request, next: Next) -> Response {
+    let Some(auth) = req.headers().get(axum::http::header::AUTHORIZATION) else {
+        return next.run(req).await;
+    };
+    let key = gate.hasher.hash_one(auth.as_bytes());
+    {
+        let mut m = gate.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key).or_insert(0);
+        if *n >= PER_KEY_INFLIGHT_MAX {
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "busy",
+                "too many requests in progress for this key; retry",
+            );
+        }
+        *n += 1;
+    }
+    let _place = Place { gate, key };
+    next.run(req).await
+}
 
 /// Serves `app` on `l` until the listener fails.
 pub(crate) async fn serve(l: tokio::net::TcpListener, app: axum::Router) {

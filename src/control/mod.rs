@@ -257,53 +257,114 @@ impl Ctl {
             .clone()
     }
 
-    /// Rebuilds the credential directory from the store and publishes it to shards.
+    /// Rebuilds the whole credential directory from the store and publishes it to shards (at
+    /// start and when a JWT provider's keys change).
     pub(crate) fn publish(&self) -> Result<(), StoreError> {
         let now = unix_now_ms();
         let mut dir = Directory::default();
         for o in self.store.orgs()? {
-            let mut od = OrgDir::default();
-            for u in self.store.users(&o.id)? {
-                od.users.insert(
-                    u.name.clone().into(),
-                    Arc::new(UserDir {
-                        name: u.name.into(),
-                        phc: u.phc.into(),
-                        version: u.version,
-                        disabled: u.disabled,
-                        roles: u.roles.into(),
-                        publish: u.publish.into(),
-                        subscribe: u.subscribe.into(),
-                    }),
-                );
-            }
-            for r in self.rings.by_org.get(&o.id).into_iter().flatten() {
-                od.jwt.push(Arc::new(r.provider_dir(now)));
-            }
-            for t in self.store.tokens(&o.id)? {
-                if t.expires_unix_ms <= now {
-                    continue;
-                }
-                let Some(mac) = unhex32(&t.mac) else { continue };
-                od.tokens.insert(
-                    t.id.into(),
-                    Arc::new(TokenDir { mac, expires_unix_ms: t.expires_unix_ms, attrs: Arc::new(t.attrs) }),
-                );
-            }
-            if let Some(doc) = self.store.policy(&o.id)? {
-                match crate::acl::Policy::from_value(doc) {
-                    Ok(p) => od.policy = Some(Arc::new(p)),
-                    Err(e) => {
-                        tracing::error!(org = %o.id, error = %e, "stored policy invalid; org is deny-all")
-                    }
-                }
-            }
-            od.quota = Some(self.quota(&o.id));
-            od.retention = self.retention.get(&o.id).copied().unwrap_or_default();
+            let od = self.org_dir(&o.id, now)?;
             dir.orgs.insert(o.id.into(), Arc::new(od));
         }
         self.auth.directory.store(Arc::new(dir));
         Ok(())
+    }
+
+    /// Republishes one org's part of the directory (an admin change of that org; removed if
+    /// the org is gone). The other orgs' parts are shared as they are: the cost of a change
+    /// does not grow with the other tenants.
+    pub(crate) fn publish_org(&self, org: &str) -> Result<(), StoreError> {
+        let mut dir = (**self.auth.directory.load()).clone();
+        match self.store.org(org)? {
+            Some(_) => {
+                dir.orgs.insert(org.into(), Arc::new(self.org_dir(org, unix_now_ms())?));
+            }
+            None => {
+                dir.orgs.remove(org);
+            }
+        }
+        self.auth.directory.store(Arc::new(dir));
+        Ok(())
+    }
+
+    /// Puts one token into the published directory, or (`None`) takes it out: a mint or a
+    /// revocation reads nothing else from the store.
+    pub(crate) fn publish_token(&self, org: &str, id: &str, token: Option<TokenDir>) {
+        let mut dir = (**self.auth.directory.load()).clone();
+        let Some(od) = dir.orgs.get(org) else { return };
+        let mut od = (**od).clone();
+        match token {
+            Some(t) => od.tokens.insert(id.into(), Arc::new(t)),
+            None => od.tokens.remove(id),
+        };
+        dir.orgs.insert(org.into(), Arc::new(od));
+        self.auth.directory.store(Arc::new(dir));
+    }
+
+    /// Drops expired tokens from the published directory (reads the directory, not the store).
+    pub(crate) fn prune_expired_tokens(&self, now: u64) {
+        let mut dir = (**self.auth.directory.load()).clone();
+        let mut changed = false;
+        for od in dir.orgs.values_mut() {
+            if od.tokens.values().any(|t| t.expires_unix_ms <= now) {
+                let mut o = (**od).clone();
+                o.tokens.retain(|_, t| t.expires_unix_ms > now);
+                *od = Arc::new(o);
+                changed = true;
+            }
+        }
+        if changed {
+            self.auth.directory.store(Arc::new(dir));
+        }
+    }
+
+    /// Tokens of `org` alive now, as published.
+    pub(crate) fn live_tokens(&self, org: &str, now: u64) -> usize {
+        let dir = self.auth.directory.load();
+        dir.orgs.get(org).map_or(0, |o| o.tokens.values().filter(|t| t.expires_unix_ms > now).count())
+    }
+
+    /// One org's part of the directory, from the store.
+    fn org_dir(&self, org: &str, now: u64) -> Result<OrgDir, StoreError> {
+        let mut od = OrgDir::default();
+        for u in self.store.users(org)? {
+            od.users.insert(
+                u.name.clone().into(),
+                Arc::new(UserDir {
+                    name: u.name.into(),
+                    phc: u.phc.into(),
+                    version: u.version,
+                    disabled: u.disabled,
+                    roles: u.roles.into(),
+                    publish: u.publish.into(),
+                    subscribe: u.subscribe.into(),
+                }),
+            );
+        }
+        for r in self.rings.by_org.get(org).into_iter().flatten() {
+            od.jwt.push(Arc::new(r.provider_dir(now)));
+        }
+        for t in self.store.tokens(org)? {
+            if t.expires_unix_ms <= now {
+                continue;
+            }
+            let Some(mac) = unhex32(&t.mac) else { continue };
+            od.tokens.insert(
+                t.id.into(),
+                Arc::new(TokenDir { mac, expires_unix_ms: t.expires_unix_ms, attrs: Arc::new(t.attrs) }),
+            );
+        }
+        if let Some(doc) = self.store.policy(org)? {
+            match crate::acl::Policy::from_value(doc) {
+                Ok(p) => od.policy = Some(Arc::new(p)),
+                Err(e) => {
+                    tracing::error!(org = %org, error = %e, "stored policy invalid; org is deny-all")
+                }
+            }
+        }
+        od.quota = Some(self.quota(org));
+        od.retention = self.retention.get(org).copied().unwrap_or_default();
+        Ok(od)
     }
 
     /// Tells every shard that `org`'s policy changed.
@@ -700,7 +761,7 @@ async fn run(
                 Ok(0) => {}
                 Ok(k) => {
                     tracing::debug!(tokens = k, "expired tokens purged");
-                    let _ = ctl.publish();
+                    ctl.prune_expired_tokens(now);
                 }
                 Err(e) => tracing::error!(error = %e, "token purge failed"),
             }

@@ -91,16 +91,37 @@ def test_agent_pipelines_preset(ab, proto):
     assert any(e["detail"]["topic"] == "agents/a2/inbox" and e["detail"]["rule"] is None for e in ev) or ev
 
 
-@pytest.mark.parametrize("value", ["#", "+", "a/b", "", None], ids=["hash", "plus", "slash", "empty", "missing"])
+@pytest.mark.parametrize("value", ["#", "+", "a/b", "", None, 123, True, 1.5, [1], {"a": "b"}],
+                         ids=["hash", "plus", "slash", "empty", "missing", "int", "bool", "float", "array", "object"])
 def test_jwt_claims_never_widen_a_pattern(ab, value):
+    """Only a string claim binds (issue 14.3): any other type fails closed like a missing one."""
     claims = {} if value is None else {"agent": value}
     c = ab.jwt_client(claims)
     for f in ["agents/+/inbox", "agents/#", "#", "agents//inbox", "agents/a/b/inbox"]:
         assert [rc(x) for x in c.subscribe(f, 0)] == [0x87], (value, f)
     assert rc(c.publish("agents/x/state", "x", qos=1)) == 0x87
+    if not isinstance(value, str) and value is not None:
+        assert [rc(x) for x in c.subscribe(f"agents/{json.dumps(value)}/inbox", 0)] == [0x87]
+        assert [rc(x) for x in c.subscribe(f"agents/{str(value).lower()}/inbox", 0)] == [0x87]
     # A well-formed claim works.
     good = ab.jwt_client({"agent": "a9"})
     assert [rc(x) for x in good.subscribe("agents/a9/inbox", 0)] == [0]
+
+
+def test_numeric_dates_may_have_fractions(ab):
+    """RFC 7519 §2: exp, nbf and iat are NumericDates, which may be non-integer (issue 14.4)."""
+    now = time.time()
+    c = ab.jwt_client({"agent": "f1", "exp": now + 300.5, "nbf": now - 10.25, "iat": now - 10.75})
+    assert [rc(x) for x in c.subscribe("agents/f1/inbox", 0)] == [0]
+    ab.jwt_client({"agent": "f2", "exp": now - 100.5}, expect_rc=0x86)
+    ab.jwt_client({"agent": "f3", "exp": now + 300, "iat": "yesterday"}, expect_rc=0x86)
+    deadline = time.time() + 5  # audit events arrive asynchronously
+    while time.time() < deadline:
+        ev = ab.api("GET", "/v2/audit?type=auth_failure&limit=100")[1]["events"]
+        if any(e["detail"]["reason"] == "jwt_invalid_date" for e in ev):
+            break
+        time.sleep(0.1)
+    assert any(e["detail"]["reason"] == "jwt_invalid_date" for e in ev), ev
 
 
 def test_qos_cap_retain_and_overlapping_deny(ab):

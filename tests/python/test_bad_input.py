@@ -60,6 +60,8 @@ def connected(broker, level):
     return r
 
 
+DEEP_129 = "/".join(["a"] * 129).encode()  # one level over limits::TOPIC_LEVELS_MAX
+
 AFTER_CONNECT = [
     ("publish qos 3", b"\x36\x05\x00\x01a\x00\x01", 0x81),
     ("wildcard in topic", b"\x30\x03\x00\x01#", 0x90),
@@ -69,6 +71,8 @@ AFTER_CONNECT = [
     ("invalid utf-8 topic", b"\x30\x04\x00\x02\xc3\x28", 0x81),
     ("topic alias never set", b"\x30\x06\x00\x00\x03\x23\x00\x07", 0x82),
     ("auth without method", b"\xf0\x00", 0x82),
+    ("empty topic without alias", b"\x30\x03\x00\x00\x00", 0x82),
+    ("topic name 129 levels deep", b"\x30" + enc_len(2 + 257 + 1) + s16(DEEP_129) + b"\x00", 0x90),
 ]
 
 
@@ -218,4 +222,30 @@ def test_many_connections_and_churn(broker, bystander):
     for r in socks[1::2]:
         r.send(b"\xe0\x00")
         assert r.closed()
+    bystander()
+
+
+@pytest.mark.parametrize("level,refused", [(5, 0x8F), (4, 0x80)], ids=["v5", "v311"])
+def test_filters_deeper_than_the_limit_are_refused(broker, bystander, level, refused):
+    """Issue 14.5: a 65,000-level filter was granted; now SUBACK 0x8F (3.1.1: 0x80), while a
+    128-level one is granted; UNSUBSCRIBE of an invalid filter gets 0x8F (5.0)."""
+    r = connected(broker, level)
+    props = b"\x00" if level == 5 else b""
+    for pid, f, want in [(1, "/" * 64_999, refused), (2, "/".join(["a"] * 128), 0x00)]:
+        body = pid.to_bytes(2, "big") + props + s16(f.encode()) + b"\x00"
+        r.send(b"\x82" + enc_len(len(body)) + body)
+        t, b = r.read_packet()
+        assert t == 0x90 and b[-1] == want, (f[:10], t, b)
+    if level == 5:
+        body = (3).to_bytes(2, "big") + b"\x00" + s16(b"#abc")
+        r.send(b"\xa2" + enc_len(len(body)) + body)
+        t, b = r.read_packet()
+        assert t == 0xB0 and b[-1] == 0x8F, (t, b)
+    bystander()
+
+
+def test_a_3_1_1_publish_too_deep_closes(broker, bystander):
+    r = connected(broker, 4)
+    r.send(b"\x30" + enc_len(2 + len(DEEP_129)) + s16(DEEP_129))
+    assert r.closed()
     bystander()

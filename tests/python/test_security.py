@@ -178,3 +178,30 @@ def test_refusals_take_the_same_time_for_users_and_unknown_names(sb):
         unknown.append(t)
     k, u = statistics.median(known), statistics.median(unknown)
     assert u > 0.5 * k, f"unknown name refused in {u * 1000:.1f} ms, known user in {k * 1000:.1f} ms"
+
+
+def test_live_tokens_are_capped_per_org_and_one_key_cannot_hog_the_api(sb):
+    st, body = admin_api(sb.admin_port, "PUT", "/v2/quotas", OPERATOR, {"org": "acme", "max_live_tokens": 3})
+    assert st == 200, body
+    minted = []
+    for _ in range(3):
+        st, t = sb.api("POST", "/v2/tokens", body={"ttl": 600})
+        assert st == 201, t
+        minted.append(t["username"])
+    st, body = sb.api("POST", "/v2/tokens", body={"ttl": 600})
+    assert st == 409 and body["error"]["code"] == "quota_exceeded", (st, body)
+    assert "max_live_tokens" in body["error"]["message"]
+    assert sb.api("DELETE", f"/v2/tokens/{minted[0]}")[0] == 204
+    st, t = sb.api("POST", "/v2/tokens", body={"ttl": 600})
+    assert st == 201, t
+    # The revoked token is gone from what shards read; the new one connects.
+    assert connect_as(sb.port, "t-old", minted[0], b"whatever") == 0x86
+    assert connect_as(sb.port, "t-new", t["username"], t["password"].encode()) == 0
+    st, body = admin_api(sb.admin_port, "PUT", "/v2/quotas", OPERATOR, {"org": "acme", "max_live_tokens": None})
+    assert st == 200, body
+    # One key with many slow requests at once gets 429 busy beyond its share, not a queue.
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        codes = list(ex.map(lambda i: sb.api("PATCH", "/v2/users/alice", body={"password": f"alice-pw-{i}"})[0],
+                            range(16)))
+    assert codes.count(429) >= 1 and codes.count(200) >= 1, codes
+    assert sb.api("PATCH", "/v2/users/alice", body={"password": "alice-pw"})[0] == 200
