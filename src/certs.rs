@@ -43,8 +43,34 @@ pub fn write_dev_certs(dir: &Path) -> Result<(), String> {
         ("client.key", client_key.serialize_pem()),
     ];
     for (name, pem) in files {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let p = dir.join(name);
-        std::fs::write(&p, pem).map_err(|e| format!("{}: {e}", p.display()))?;
+        // Private keys are readable by their owner only, from the moment they exist.
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        let _ = std::fs::remove_file(&p); // an older file keeps its mode when truncated
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&p)
+            .and_then(|mut f| f.write_all(pem.as_bytes()))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn private_keys_are_written_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        super::write_dev_certs(dir.path()).unwrap();
+        for name in super::DEV_FILES {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            let want = if name.ends_with(".key") { 0o600 } else { 0o644 };
+            assert_eq!(mode, want, "{name}");
+        }
+    }
 }

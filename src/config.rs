@@ -925,6 +925,13 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
         }
         crate::auth::password::check_phc(&u.password_hash)
             .map_err(|e| ConfigError(format!("{key}.password_hash: {e}")))?;
+        for (field, rules) in [("publish", &u.publish), ("subscribe", &u.subscribe)] {
+            for (k, r) in rules.iter().enumerate() {
+                // Exactly the checks of a policy rule's topic (unknown variables included).
+                crate::acl::policy::parse_pattern(r)
+                    .map_err(|e| ConfigError(format!("{key}.{field}[{k}]: \"{r}\": {e}")))?;
+            }
+        }
         org.users.push(UserConfig {
             name: u.name.clone(),
             password_hash: u.password_hash.clone(),
@@ -934,6 +941,33 @@ fn parse_org(i: usize, o: &RawOrg, seen: &[OrgConfig], base: &Path) -> Result<Or
         });
     }
     Ok(org)
+}
+
+impl Config {
+    /// The `*_env` key variables that `serve` would refuse here: unset, or under 16
+    /// characters (`config check` prints these as warnings).
+    pub fn env_key_warnings(&self) -> Vec<String> {
+        let mut vars: Vec<(String, &str)> = Vec::new();
+        if let Some(v) = self.admin.as_ref().and_then(|a| a.operator_key_env.as_deref()) {
+            vars.push(("admin.operator_key_env".into(), v));
+        }
+        for (i, o) in self.orgs.iter().enumerate() {
+            if let Some(v) = o.api_key_env.as_deref() {
+                vars.push((format!("org[{i}].api_key_env"), v));
+            }
+        }
+        vars.into_iter()
+            .filter_map(|(key, var)| match std::env::var(var) {
+                Err(_) => Some(format!(
+                    "{key}: environment variable {var} is not set here (serve would refuse to start)"
+                )),
+                Ok(v) if v.len() < 16 => {
+                    Some(format!("{key}: {var} holds under 16 characters (serve would refuse it)"))
+                }
+                Ok(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// One shard per online CPU.

@@ -124,6 +124,11 @@ fn main() {
                 Ok(c)
             }) {
                 Ok(c) => {
+                    // What only `serve` reads: the environment. Warnings, since the file may
+                    // be checked on another host than the one that will run it.
+                    for w in c.env_key_warnings() {
+                        eprintln!("coremq: warning: {}: {w}", file.display());
+                    }
                     println!(
                         "{}: ok ({} shard(s), {} listener(s), orgs: {})",
                         file.display(),

@@ -17,6 +17,9 @@ type OrgRetained = HashMap<Box<str>, (Arc<Msg>, u64), RandomState>;
 #[derive(Debug, Default)]
 pub struct Retained {
     orgs: HashMap<Arc<str>, OrgRetained, RandomState>,
+    /// Per org, retained topics the broker made (`$SYS/…`): they do not count against the
+    /// org's retained quota.
+    broker_owned: HashMap<Arc<str>, usize, RandomState>,
     /// Highest sequence of a delete per (org, topic), so a late older set cannot resurrect it.
     tombstones: HashMap<(Arc<str>, Box<str>), u64, RandomState>,
 }
@@ -38,7 +41,21 @@ impl Retained {
     /// Whether a retained publish on `topic` would be refused for the org's limit `max`
     /// (replacing or deleting a topic never is).
     pub fn is_full_for(&self, org: &str, topic: &str, max: usize) -> bool {
-        self.orgs.get(org).is_some_and(|m| !m.contains_key(topic) && m.len() >= max)
+        !topic.starts_with('$')
+            && self.orgs.get(org).is_some_and(|m| !m.contains_key(topic) && self.tenant_len(org, m) >= max)
+    }
+
+    /// Retained topics of `org` that count against its quota (not the broker's `$` ones).
+    fn tenant_len(&self, org: &str, m: &OrgRetained) -> usize {
+        m.len().saturating_sub(self.broker_owned.get(org).copied().unwrap_or(0))
+    }
+
+    /// Keeps the count of broker-made topics right as `topic` appears (`+1`) or goes (`-1`).
+    fn note_broker_owned(&mut self, org: &Arc<str>, topic: &str, delta: isize) {
+        if topic.starts_with('$') {
+            let n = self.broker_owned.entry(org.clone()).or_default();
+            *n = n.saturating_add_signed(delta);
+        }
     }
 
     /// Applies a set (non-empty payload) or delete (empty payload) with sequence `seq`.
@@ -58,7 +75,11 @@ impl Retained {
             }
         }
         if msg.payload.is_empty() {
-            map.remove(topic);
+            let removed = map.remove(topic).is_some();
+            if removed {
+                let t = topic.to_string();
+                self.note_broker_owned(org, &t, -1);
+            }
             self.tombstones.insert(tomb_key, seq);
             if self.tombstones.len() > 100_000 {
                 // Bound: tombstones only guard against reordering within the mesh, which is
@@ -67,10 +88,19 @@ impl Retained {
             }
             return RetainOutcome::Deleted;
         }
-        if !map.contains_key(topic) && map.len() >= max {
-            return RetainOutcome::Full;
+        let new = !map.contains_key(topic);
+        if new && !topic.starts_with('$') {
+            let len = map.len().saturating_sub(self.broker_owned.get(org).copied().unwrap_or(0));
+            if len >= max {
+                return RetainOutcome::Full;
+            }
         }
-        map.insert(topic.into(), (Arc::new(msg), seq));
+        let topic: Box<str> = topic.into();
+        let map = self.orgs.get_mut(org).expect("entry made above");
+        map.insert(topic.clone(), (Arc::new(msg), seq));
+        if new {
+            self.note_broker_owned(org, &topic, 1);
+        }
         RetainOutcome::Stored
     }
 
@@ -94,17 +124,57 @@ impl Retained {
             }
             keep
         });
+        let org: Arc<str> = org.into();
+        for (t, _) in &out {
+            self.note_broker_owned(&org, t, -1);
+        }
         out
     }
 
     /// Forgets every retained message of `org` (the org was deleted).
     pub fn purge(&mut self, org: &str) {
         self.orgs.remove(org);
+        self.broker_owned.remove(org);
         self.tombstones.retain(|(o, _), _| &**o != org);
     }
 
     /// Number of retained messages in `org`.
     pub fn count(&self, org: &str) -> usize {
         self.orgs.get(org).map_or(0, |m| m.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{MqStr, Properties, QoS};
+
+    fn msg(topic: &str) -> Msg {
+        Msg {
+            topic: MqStr::copy_from(topic).unwrap(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: QoS::AtMostOnce,
+            retain: true,
+            props: Properties::default(),
+            received_ms: 0,
+        }
+    }
+
+    #[test]
+    fn broker_topics_do_not_use_the_orgs_retained_quota() {
+        let mut r = Retained::default();
+        let org: Arc<str> = "acme".into();
+        let mut seq = 0;
+        let mut put = |r: &mut Retained, t: &str| {
+            seq += 1;
+            r.apply(&org, msg(t), seq, 2)
+        };
+        for i in 0..7 {
+            assert_eq!(put(&mut r, &format!("$SYS/broker/x{i}")), RetainOutcome::Stored);
+        }
+        assert_eq!(put(&mut r, "a"), RetainOutcome::Stored);
+        assert_eq!(put(&mut r, "b"), RetainOutcome::Stored);
+        assert_eq!(put(&mut r, "c"), RetainOutcome::Full, "the org's own limit still holds");
+        assert!(r.is_full_for("acme", "c", 2) && !r.is_full_for("acme", "$SYS/broker/y", 2));
     }
 }

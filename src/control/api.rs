@@ -54,6 +54,15 @@ impl ApiError {
     fn conflict(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, "conflict", message)
     }
+    /// The config file declares this setting: it owns it (it would replace an API change at
+    /// the next start).
+    fn config_owned(what: String) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "config_owned",
+            format!("{what} is declared in the config file, which owns it: change it there (or remove it there to manage it through the API)"),
+        )
+    }
 }
 
 impl From<super::store::StoreError> for ApiError {
@@ -589,9 +598,12 @@ async fn delete_api_key(
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
     change(&ctl, Publish::Nothing, || {
-        let Some((mac, _)) = ctl.store.api_keys_of(&org)?.into_iter().find(|(_, k)| k.id == id) else {
+        let Some((mac, k)) = ctl.store.api_keys_of(&org)?.into_iter().find(|(_, k)| k.id == id) else {
             return Err(ApiError::not_found(format!("no API key {id} in org {org}")));
         };
+        if k.source == "config" {
+            return Err(ApiError::config_owned(format!("API key {id} (api_key_env of org {org})")));
+        }
         Ok(ctl.store.delete_api_key(&mac)?)
     })?;
     ctl.audit_admin(&org, &who.actor(), "api_key.delete", &id);
@@ -661,11 +673,12 @@ fn check_password(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
+/// A user's own rules are checked exactly like a policy rule's topic (unknown variables,
+/// wildcards, depth).
 fn check_rules(field: &str, rules: &[String]) -> ApiResult<()> {
-    for r in rules {
-        if !crate::codec::topic::valid_filter(r) {
-            return Err(ApiError::bad(format!("{field}: \"{r}\" is not a valid topic filter")));
-        }
+    for (i, r) in rules.iter().enumerate() {
+        crate::acl::policy::parse_pattern(r)
+            .map_err(|e| ApiError::bad(format!("{field}[{i}]: \"{r}\": {e}")))?;
     }
     Ok(())
 }
@@ -798,6 +811,9 @@ async fn update_user(
     let u = change(&ctl, Publish::Org(&org), || {
         let mut u =
             ctl.store.user(&org, &name)?.ok_or_else(|| ApiError::not_found(format!("no user \"{name}\"")))?;
+        if u.source == "config" {
+            return Err(ApiError::config_owned(format!("user \"{name}\" of org {org}")));
+        }
         if let Some(p) = phc {
             u.phc = p;
         }
@@ -834,6 +850,9 @@ async fn delete_user(
 ) -> ApiResult<StatusCode> {
     let (who, org) = scope(&ctl, &headers, &q)?;
     change(&ctl, Publish::Org(&org), || {
+        if ctl.store.user(&org, &name)?.is_some_and(|u| u.source == "config") {
+            return Err(ApiError::config_owned(format!("user \"{name}\" of org {org}")));
+        }
         if !ctl.store.delete_user(&org, &name)? {
             return Err(ApiError::not_found(format!("no user \"{name}\"")));
         }
@@ -1225,7 +1244,7 @@ async fn audit(
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 64 {
+    if !s.len().is_multiple_of(2) || s.len() > 64 {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
@@ -1271,6 +1290,9 @@ async fn put_quotas(
         .to_string();
     if ctl.store.org(&org)?.is_none() {
         return Err(ApiError::not_found(format!("org \"{org}\" does not exist")));
+    }
+    if ctl.config_owned.quotas.contains(&org) {
+        return Err(ApiError::config_owned(format!("the quotas of org {org} ([org.quotas])")));
     }
     let quota = ctl.quota(&org);
     let mut merged = serde_json::to_value(quota.limits()).unwrap_or_default();
@@ -1329,6 +1351,9 @@ async fn put_acl(
     let (who, org) = scope(&ctl, &headers, &q)?;
     let doc: serde_json::Value = body(b, false)?;
     let policy = crate::acl::Policy::from_value(doc).map_err(policy_error)?;
+    if ctl.config_owned.policies.contains(&org) {
+        return Err(ApiError::config_owned(format!("the policy of org {org}")));
+    }
     change(&ctl, Publish::Org(&org), || Ok(ctl.store.put_policy(&org, &policy.source)?))?;
     ctl.policy_changed(&org);
     let mut d = serde_json::Map::new();

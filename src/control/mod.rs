@@ -223,6 +223,18 @@ pub struct Ctl {
     pub(crate) quotas: Mutex<HashMap<String, Arc<crate::quota::OrgQuota>>>,
     /// `[org.retention]` of declared orgs.
     pub(crate) retention: HashMap<String, crate::config::Retention>,
+    /// What the config file declares, which the admin API may not change (409 `config_owned`).
+    pub(crate) config_owned: ConfigOwned,
+}
+
+/// Settings the config file declares: it owns them (the API would lose a change to them at
+/// the next start). Config users and API keys carry `source = "config"` in the store.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigOwned {
+    /// Orgs whose `policy` the config sets.
+    pub(crate) policies: std::collections::HashSet<String>,
+    /// Orgs with an `[org.quotas]` table.
+    pub(crate) quotas: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Ctl {
@@ -635,6 +647,10 @@ pub fn start(
                 .collect(),
         ),
         retention: cfg.orgs.iter().map(|o| (o.id.clone(), o.retention)).collect(),
+        config_owned: ConfigOwned {
+            policies: cfg.orgs.iter().filter(|o| o.policy.is_some()).map(|o| o.id.clone()).collect(),
+            quotas: cfg.orgs.iter().filter(|o| o.quotas.is_some()).map(|o| o.id.clone()).collect(),
+        },
     });
     bootstrap(&ctl, cfg)?;
     ctl.publish().map_err(|e| e.to_string())?;
@@ -753,7 +769,7 @@ async fn run(
                 tracing::error!(error = %e, "audit sync failed");
             }
         }
-        if n % 20 == 0 {
+        if n.is_multiple_of(20) {
             let now = unix_now_ms();
             ctl.audit.lock().expect("audit lock").prune(now);
             let _w = ctl.write.lock().expect("write lock");

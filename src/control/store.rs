@@ -308,7 +308,8 @@ impl Store {
         let org = row_org(name, key, &plain);
         if name != "meta" {
             // Refuse what this build cannot read back.
-            self.decode::<serde_json::Value>(name, key, &plain)?;
+            serde_json::from_slice::<serde_json::Value>(&plain)
+                .map_err(|e| StoreError(format!("control store: corrupt {name} record: {e}")))?;
         }
         let sealed = self.sealer.seal(org.as_deref(), &row_aad(name, key), plain);
         Ok(self.keyspace(name).insert(key, sealed)?)

@@ -5,6 +5,7 @@
 //! of the cross-shard channel.
 
 mod conn;
+pub mod guard;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -378,6 +379,14 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     }
     let nr = cfg.shards;
     let rts = build_listeners(&cfg).map_err(std::io::Error::other)?;
+    // Held until the process exits: one broker per data_dir, one per address.
+    let _lock = guard::lock_data_dir(&cfg.data_dir).map_err(std::io::Error::other)?;
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        guard::check_address_free(&format!("listener[{i}]"), l.bind).map_err(std::io::Error::other)?;
+    }
+    if let Some(a) = &cfg.admin {
+        guard::check_address_free("admin.bind", a.bind).map_err(std::io::Error::other)?;
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
@@ -707,7 +716,7 @@ async fn shard_main(
         }
         shard.core.borrow_mut().wake_throttled();
         shard.flush_audit();
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             shard.core.borrow_mut().handle_timeout(now_ms());
             shard.flush_mesh();
         }

@@ -28,13 +28,15 @@ class ABroker(Broker):
         self.admin_port = free_port()
         orch = subprocess.run([BIN, "passwd"], input="orch-pw\n", capture_output=True, text=True, check=True).stdout.strip()
         extra = (f'[admin]\nbind = "127.0.0.1:{self.admin_port}"\n'
-                 '[[org]]\nid = "acme"\napi_key_env = "ACME_KEY"\npolicy = "preset:agent-pipelines"\n'
+                 '[[org]]\nid = "acme"\napi_key_env = "ACME_KEY"\n'
                  f'[[org.user]]\nname = "orch"\npassword_hash = "{orch}"\nroles = ["orchestrator"]\n'
                  'publish = ["own/{username}/#"]\n'
                  '[[org.jwt]]\npreset = "custom"\nissuer = "https://idp.test"\naudience = "mqtt"\n'
                  'hs256_secret_env = "HS"\n[org.jwt.claims]\nagent_id = "agent"\n')
         self.extra_ports = [self.admin_port]
         super().__init__(shards=2, extra=extra, env={"ACME_KEY": KEY, "HS": HS})
+        # Set through the API: a policy the config declared would be owned by the config.
+        assert self.api("PUT", "/v2/acl", preset("agent-pipelines"))[0] == 200
 
     def api(self, method, path, body=None):
         return admin_api(self.admin_port, method, path, KEY, body)
@@ -321,3 +323,36 @@ def test_audit_names_the_policy_rule_that_denied(ab):
             break
         time.sleep(0.1)
     assert ev and ev[0]["detail"]["rule"] == 1, ev
+
+
+def test_the_config_owns_what_it_declares(tmp_path):
+    """Issue 14.9: an API change to a setting the config file declares would be replaced at the
+    next start; it is refused with 409 config_owned instead."""
+    h = subprocess.run([BIN, "passwd"], input="pw\n", capture_output=True, text=True, check=True).stdout.strip()
+    admin = free_port()
+    extra = (f'[admin]\nbind = "127.0.0.1:{admin}"\noperator_key_env = "OPK"\n'
+             '[[org]]\nid = "acme"\napi_key_env = "ACME_KEY"\npolicy = "preset:permit-all"\n'
+             '[org.quotas]\nmax_connections = 10\n'
+             f'[[org.user]]\nname = "cfguser"\npassword_hash = "{h}"\n')
+
+    class CBroker(Broker):
+        def __init__(self):
+            self.extra_ports = [admin]
+            super().__init__(shards=1, extra=extra, env={"ACME_KEY": KEY, "OPK": "operator-key-0123456789abcdef"})
+
+    b = CBroker()
+    try:
+        api = lambda m, p, body=None, key=KEY: admin_api(admin, m, p, key, body)
+        for st, body in [api("PUT", "/v2/acl", preset("blank")),
+                         api("PUT", "/v2/quotas", {"org": "acme", "max_connections": 1},
+                             key="operator-key-0123456789abcdef"),
+                         api("PATCH", "/v2/users/cfguser", {"password": "another-password"}),
+                         api("DELETE", "/v2/users/cfguser"),
+                         api("DELETE", "/v2/api-keys/key_env_acme")]:
+            assert st == 409 and body["error"]["code"] == "config_owned", (st, body)
+            assert "config file" in body["error"]["message"]
+        # What the config does not declare stays the API's.
+        assert api("POST", "/v2/users", {"name": "apiuser", "password": "api-user-pw"})[0] == 201
+        assert api("DELETE", "/v2/users/apiuser")[0] == 204
+    finally:
+        b.stop()

@@ -90,3 +90,32 @@ def test_embedded_default_serves_anonymous_on_1883():
         out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert "127.0.0.1:1883" in out and "shards=" in out, out
+
+
+def test_a_second_broker_is_refused_on_the_same_data_dir_or_address(broker):
+    """Issue 14.9: SO_REUSEPORT let a second broker join the port silently; two brokers on one
+    data_dir would corrupt it. Both are refused at start, naming what is taken."""
+    r = subprocess.run([BIN, "serve", "--config", broker.config], capture_output=True, text=True, timeout=20,
+                       cwd=broker.dir)
+    assert r.returncode == 1 and "in use by another coremq" in r.stderr, r.stderr
+    assert f"pid {broker.proc.pid}" in r.stderr, r.stderr
+    other = os.path.join(tempfile.mkdtemp(), "c.toml")
+    with open(other, "w") as f:
+        f.write(f'data_dir = "d"\nshards = 1\n[[listener]]\nkind = "tcp"\nbind = "127.0.0.1:{broker.port}"\n')
+    r = subprocess.run([BIN, "serve", "--config", other], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 1 and f"127.0.0.1:{broker.port}: already served" in r.stderr, r.stderr
+    c = Client(broker.port, "still-served", V311)  # the first broker is untouched
+    c.disconnect()
+
+
+def test_config_check_warns_about_key_variables_serve_would_refuse():
+    rc, out = check('[admin]\nbind = "127.0.0.1:0"\noperator_key_env = "COREMQ_TEST_UNSET_VAR"\n'
+                    '[[listener]]\nkind = "tcp"\n')
+    assert rc == 0 and "warning" in out and "COREMQ_TEST_UNSET_VAR is not set" in out, out
+
+
+def test_certs_dev_writes_private_keys_owner_only(tmp_path):
+    r = subprocess.run([BIN, "certs", "dev", str(tmp_path)], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    for name in ["ca.key", "server.key", "client.key"]:
+        assert oct(os.stat(tmp_path / name).st_mode & 0o777) == "0o600", name

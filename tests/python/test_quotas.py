@@ -109,16 +109,20 @@ def test_connection_limit_is_exact_under_a_storm_over_two_shards(conns):
 def test_put_quotas_changes_limits_live_and_validates(conns):
     st, body = conns.api("PUT", "/v2/quotas", key=Q_KEY, body={"org": "q", "max_connections": 1})
     assert st in (401, 403), body
+    # `q` has an [org.quotas] table: the config owns its quotas (an API change would be lost at
+    # the next start). `free` has none: the API manages it.
     st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "q", "max_connections": 1})
+    assert st == 409 and body["error"]["code"] == "config_owned", body
+    st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "free", "max_connections": 1})
     assert st == 200 and body["limits"]["max_connections"] == 1, body
-    qclient(conns, "first")
-    qclient(conns, "second", expect_rc=0x97)
-    st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "q", "max_connections": None})
+    qclient(conns, "first", org="free")
+    qclient(conns, "second", org="free", expect_rc=0x97)
+    st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "free", "max_connections": None})
     assert st == 200 and body["limits"]["max_connections"] is None
-    qclient(conns, "third")
-    for bad, field in [({"org": "q", "max_conections": 1}, "max_conections"),
-                       ({"org": "q", "max_inflight": 0}, "max_inflight"),
-                       ({"org": "q", "max_connections": -1}, "max_connections"),
+    qclient(conns, "third", org="free")
+    for bad, field in [({"org": "free", "max_conections": 1}, "max_conections"),
+                       ({"org": "free", "max_inflight": 0}, "max_inflight"),
+                       ({"org": "free", "max_connections": -1}, "max_connections"),
                        ({"max_connections": 1}, "org")]:
         st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body=bad)
         assert st == 400 and field in body["error"]["message"], body
@@ -337,7 +341,7 @@ def test_quotas_set_through_the_api_survive_a_restart_config_tables_win(conns):
     st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "free", "max_connections": 1})
     assert st == 200, body
     st, body = conns.api("PUT", "/v2/quotas", key=OPERATOR, body={"org": "q", "max_connections": 9})
-    assert st == 200, body
+    assert st == 409, body  # the config owns q's quotas: refused, not silently lost at restart
     assert conns.stop() == 0
     conns.start()
     st, q = conns.api("GET", "/v2/quotas?org=free", key=OPERATOR)
