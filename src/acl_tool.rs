@@ -53,8 +53,8 @@ fn line(r: &SimResult) -> String {
         "verdict {}  rule {}  pattern {}{}",
         r.verdict,
         r.rule.map_or("-".into(), |r| r.to_string()),
-        r.pattern.as_deref().unwrap_or("-"),
-        r.reason.as_ref().map_or(String::new(), |x| format!("  ({x})")),
+        crate::cli::value_safe(r.pattern.as_deref().unwrap_or("-")),
+        r.reason.as_ref().map_or(String::new(), |x| format!("  ({})", crate::cli::value_safe(x))),
     )
 }
 
@@ -118,7 +118,7 @@ pub fn simulate_cmd(
                     "{} case {i}: {} {} (qos {}{}) expect {e}: {}",
                     if ok { "ok  " } else { "FAIL" },
                     req.action,
-                    req.topic,
+                    crate::cli::value_safe(&req.topic),
                     req.qos,
                     if req.retain { ", retain" } else { "" },
                     line(&r)
@@ -159,7 +159,8 @@ pub fn diff(old: &Path, new: &Path, cases: Option<&Path>) -> Result<(String, boo
             let (x, y) = (simulate(&a, req, (&[], &[])), simulate(&b, req, (&[], &[])));
             if x.verdict != y.verdict {
                 changed += 1;
-                out.push(format!("case {i}: {} {}: {} -> {}", req.action, req.topic, x.verdict, y.verdict));
+                let topic = crate::cli::value_safe(&req.topic);
+                out.push(format!("case {i}: {} {topic}: {} -> {}", req.action, x.verdict, y.verdict));
             }
         }
         out.push(format!("{changed} of {} case(s) change verdict", reqs.len()));

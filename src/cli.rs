@@ -22,6 +22,12 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Address of the first listener (the embedded default's TCP one: 127.0.0.1:1883).
+        #[arg(long)]
+        bind: Option<std::net::SocketAddr>,
+        /// Where the stores live (the embedded default: ./data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Certificate tools.
     Certs {
@@ -182,13 +188,13 @@ pub enum AclAction {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
     /// Admin API base URL.
-    #[arg(long, env = "COREMQ_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, global = true, env = "COREMQ_ADMIN_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Bearer key: the operator key or an org API key.
-    #[arg(long, env = "COREMQ_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "COREMQ_API_KEY", hide_env_values = true)]
     pub key: Option<String>,
     /// The org to act on (operator key only; an org key acts on its own org).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub org: Option<String>,
 }
 
@@ -356,4 +362,57 @@ pub enum CertsAction {
         /// Output directory (created if missing).
         dir: PathBuf,
     },
+}
+
+/// `text` made safe to print on a terminal, line by line: control characters (an ESC
+/// sequence, a carriage return, a line break inside a value) and the invisible
+/// bidirectional and format characters are written as `\u{…}`; the line breaks between
+/// lines are kept. Everything the CLI prints that a client or tenant could have chosen (topics,
+/// client ids, user names, audit details) goes through it.
+pub fn terminal_safe(text: &str) -> String {
+    escape_invisible(text, |c| format!("\\u{{{:04x}}}", c as u32))
+}
+
+/// One value a client chose (a topic, a client id), safe to print inside a line: like
+/// [`terminal_safe`], line breaks included.
+pub fn value_safe(v: &str) -> String {
+    terminal_safe(v).replace('\n', "\\u{000a}")
+}
+
+/// Pretty JSON made safe to print: serde_json already escapes control characters; the
+/// bidirectional and format characters become JSON `\uXXXX` escapes (still valid JSON).
+pub fn json_terminal_safe(json: &str) -> String {
+    escape_invisible(json, |c| format!("\\u{:04x}", c as u32))
+}
+
+fn escape_invisible(text: &str, esc: impl Fn(char) -> String) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for c in line.chars() {
+            let invisible = matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+            if c.is_control() || invisible {
+                out.push_str(&esc(c));
+            } else {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn client_text_cannot_drive_the_terminal() {
+        let t = super::terminal_safe("a\u{1b}[2Jb\rc\u{202e}d\ne\u{7}");
+        assert_eq!(t, "a\\u{001b}[2Jb\\u{000d}c\\u{202e}d\ne\\u{0007}");
+        assert_eq!(super::terminal_safe("plain/topic ünïcode"), "plain/topic ünïcode");
+        let j = super::json_terminal_safe("{\"t\": \"a\u{202e}b\"}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&j).unwrap()["t"], "a\u{202e}b");
+        assert!(!j.contains('\u{202e}'));
+    }
 }

@@ -34,6 +34,7 @@ pub mod control;
 pub mod identity;
 pub mod limits;
 pub mod quota;
+pub mod ratelog;
 pub mod router;
 pub mod shard;
 pub mod store;

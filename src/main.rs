@@ -12,11 +12,12 @@ fn print_api(r: Result<serde_json::Value, admin_client::ClientError>) -> i32 {
     match r {
         Ok(serde_json::Value::Null) => 0,
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).expect("JSON prints"));
+            let text = serde_json::to_string_pretty(&v).expect("JSON prints");
+            println!("{}", coremq::cli::json_terminal_safe(&text));
             0
         }
         Err(e) => {
-            eprintln!("coremq: {e}");
+            eprintln!("coremq: {}", coremq::cli::terminal_safe(&e.to_string()));
             1
         }
     }
@@ -62,7 +63,7 @@ fn acl(a: coremq::cli::AclAction) -> i32 {
     };
     match r {
         Ok((out, ok)) => {
-            println!("{out}");
+            println!("{}", coremq::cli::terminal_safe(&out));
             if ok {
                 0
             } else {
@@ -70,7 +71,7 @@ fn acl(a: coremq::cli::AclAction) -> i32 {
             }
         }
         Err(t::ToolError(msg, code)) => {
-            eprintln!("coremq: {msg}");
+            eprintln!("coremq: {}", coremq::cli::terminal_safe(&msg));
             code
         }
     }
@@ -81,17 +82,33 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COREMQ_LOG")
-                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn,rustls=error".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let code = match cli.command {
-        Command::Serve { config } => {
+        Command::Serve { config, bind, data_dir } => {
             let cfg = match config {
                 None => Ok(Config::embedded_default()),
                 Some(p) => Config::load(&p),
-            };
+            }
+            .map_err(|e| e.to_string())
+            .and_then(|mut c| {
+                if let (Some(b), Some(l)) = (bind, c.listeners.first_mut()) {
+                    if l.anonymous_org.is_some() && !b.ip().is_loopback() {
+                        return Err(format!(
+                            "--bind {b}: anonymous clients on a non-loopback address are refused; bind \
+                             127.0.0.1, or use a config file (danger_allow_anonymous_non_loopback)"
+                        ));
+                    }
+                    l.bind = b;
+                }
+                if let Some(d) = data_dir {
+                    c.data_dir = d;
+                }
+                Ok(c)
+            });
             match cfg {
                 Err(e) => {
                     eprintln!("coremq: {e}");

@@ -382,6 +382,8 @@ pub struct ShardCore {
     quota_audits: HashMap<(Arc<str>, &'static str), (u64, u64)>,
     /// Orgs deleted while this shard ran (`purge`): a late claim of theirs installs nothing.
     deleted_orgs: std::collections::HashSet<Arc<str>, RandomState>,
+    /// Refused logins get one log line a second (with the count of the others).
+    refusal_log: crate::ratelog::EverySecond,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -432,6 +434,7 @@ impl ShardCore {
             throttled: Vec::new(),
             quota_audits: HashMap::new(),
             deleted_orgs: Default::default(),
+            refusal_log: Default::default(),
             pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,
@@ -1185,6 +1188,12 @@ impl ShardCore {
             Denied::Busy => ReasonCode::SERVER_BUSY,
             _ => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
         };
+        if let Some(folded) = self.refusal_log.tick(now_ms) {
+            let c = self.conn(id).expect("caller checked");
+            // The reason and where from; never a password, token or user name.
+            tracing::info!(shard = self.shard, org = org.as_deref().unwrap_or("-"), reason = why.as_str(),
+                transport = c.listener.transport, remote = %c.remote, more_since_last_line = folded, "login refused");
+        }
         if let Some(org) = org {
             let (transport, remote) = {
                 let conn = self.conn(id).expect("caller checked");

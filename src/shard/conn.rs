@@ -53,12 +53,13 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
         }
     }
     let ctx = rt.ctx.clone();
+    let remote = peer.remote.clone();
     // Every branch is boxed: an async fn's state is as large as its largest branch, and the
     // TLS handshake's (rustls state inline) would otherwise make every plain TCP connection's
     // task cost ~34 KB instead of the few hundred bytes `serve` needs.
     let outcome: Result<(), String> = match rt.cfg.kind {
         ListenerKind::Tcp => {
-            Box::pin(serve(shard, tcp, ctx, peer)).await;
+            Box::pin(serve(shard.clone(), tcp, ctx, peer)).await;
             Ok(())
         }
         ListenerKind::Ws => {
@@ -95,7 +96,22 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
         }
     };
     if let Err(e) = outcome {
-        tracing::debug!(transport = rt.cfg.kind.name(), error = %e, "connection refused before MQTT");
+        let folded = shard.refused_log.borrow_mut().tick(super::now_ms());
+        match folded {
+            Some(n) => {
+                // A TLS record that is not one: most likely a plain MQTT client on a TLS port.
+                let hint = if e.contains("InvalidContentType") || e.contains("corrupt message") {
+                    "plain (non-TLS) traffic on a TLS listener?"
+                } else {
+                    ""
+                };
+                tracing::info!(transport = rt.cfg.kind.name(), %remote, error = %e, hint, more_since_last_line = n,
+                    "connection refused before MQTT");
+            }
+            None => {
+                tracing::debug!(transport = rt.cfg.kind.name(), %remote, error = %e, "connection refused before MQTT")
+            }
+        }
     }
 }
 

@@ -117,6 +117,8 @@ impl std::fmt::Debug for ListenerRtHandle {
 /// One shard's shell state, shared by its tasks (single-threaded).
 pub(crate) struct Shard {
     pub(crate) core: RefCell<ShardCore>,
+    /// Connections refused before MQTT (handshakes) get one log line a second.
+    pub(crate) refused_log: RefCell<crate::ratelog::EverySecond>,
     senders: Senders<MeshMsg>,
     /// Peers whose queue was full: a task awaits room for the first held-back message, then
     /// flushes the rest (order kept; nothing else is sent to that peer meanwhile).
@@ -497,6 +499,7 @@ async fn shard_main(
     let unix_epoch = core_cfg.unix_epoch_ms;
     let shard = Rc::new(Shard {
         core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
+        refused_log: RefCell::default(),
         senders,
         mesh_waiting: RefCell::new(vec![false; nr_peers]),
         deadlines: RefCell::new(std::collections::BinaryHeap::new()),

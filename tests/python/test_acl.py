@@ -356,3 +356,18 @@ def test_the_config_owns_what_it_declares(tmp_path):
         assert api("DELETE", "/v2/users/apiuser")[0] == 204
     finally:
         b.stop()
+
+
+def test_cli_output_escapes_what_clients_chose(tmp_path):
+    """Issue 14.10: a topic holding a line break or an ESC sequence cannot break the
+    one-line-per-case output or reach the terminal."""
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([
+        {"identity": {"agent_id": "a1"}, "action": "publish", "topic": "agents/a1/x\nFAKE ok case", "expect": "allow"},
+        {"identity": {"agent_id": "a1"}, "action": "publish", "topic": "agents/a1/\x1b[2J\u202e", "expect": "allow"},
+    ]))
+    r = subprocess.run([BIN, "acl", "simulate", "--policy", "preset:agent-pipelines", "--cases", str(cases)],
+                       capture_output=True, text=True)
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[-1] == "2 passed, 0 failed", r.stdout
+    assert "\x1b" not in r.stdout and "\u202e" not in r.stdout and "\\u{001b}" in r.stdout, r.stdout

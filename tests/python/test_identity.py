@@ -501,3 +501,18 @@ def test_wills_and_topic_aliases_stay_in_their_org(ib):
     pb.publish("", "b2", qos=1, props=publish_props(TopicAlias=1))
     assert [(m.topic, m.payload) for m in wa.expect(3)[1:]] == [("w/acme-topic", b"a1"), ("w/acme-topic", b"a2")]
     assert [(m.topic, m.payload) for m in wb.expect(2)] == [("w/beta-topic", b"b1"), ("w/beta-topic", b"b2")]
+
+
+def test_refusals_leave_a_rate_limited_line_in_the_log(ib):
+    """Issue 14.9: refused logins and refused handshakes (plain MQTT on a TLS port) are logged
+    at INFO, at most once a second with a count, never with a secret."""
+    for i in range(5):
+        Client(ib.port, f"bad{i}", V5, username="alice@acme", password="not-the-password", expect_rc=0x86)
+    r = Raw(ib.p["tls"])
+    r.send(raw_connect_user(4, b"plain-on-tls", b"alice@acme", ALICE_PW.encode()))
+    assert r.closed()
+    logs = wait_for(lambda: "plain (non-TLS) traffic on a TLS listener?" in ib.logs() and ib.logs(),
+                    what="the handshake refusal line")
+    lines = [l for l in logs.splitlines() if "login refused" in l]
+    assert 1 <= len(lines) <= 3 and "reason=\"bad_password\"" in lines[0] and "org=\"acme\"" in lines[0], lines
+    assert "not-the-password" not in logs and ALICE_PW not in logs
