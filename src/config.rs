@@ -29,6 +29,9 @@ pub struct Config {
     pub sys_interval_ms: u64,
     /// Largest packet accepted.
     pub max_packet_size: u32,
+    /// Longest keep-alive a client may ask for, seconds (Mosquitto's `max_keepalive`; 65535:
+    /// no cap). 5.0: a client asking more, or 0, gets Server Keep Alive = this; 3.1.1: refused.
+    pub max_keepalive: u16,
     /// When stored messaging state reaches the disk (docs/durability.md).
     pub durability: Durability,
     /// Encryption at rest (`[encryption]`); no keys: values are stored plain.
@@ -264,6 +267,7 @@ struct RawConfig {
     durability: Option<String>,
     sys_interval: Option<RawDuration>,
     max_packet_size: Option<u32>,
+    max_keepalive: Option<u16>,
     #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
@@ -418,6 +422,7 @@ impl Config {
             audit_retention_ms: limits::AUDIT_RETENTION_DEFAULT_MS,
             sys_interval_ms: 10_000,
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
+            max_keepalive: u16::MAX,
             durability: Durability::Group,
             encryption: EncryptionConfig::default(),
         }
@@ -467,6 +472,10 @@ impl Config {
                 "max_packet_size: must be 64..={}, got {max_packet_size}",
                 limits::PACKET_BYTES_MAX_CEILING
             )));
+        }
+        let max_keepalive = raw.max_keepalive.unwrap_or(u16::MAX);
+        if max_keepalive == 0 {
+            return Err(ConfigError("max_keepalive: must be 1..=65535 seconds".into()));
         }
         let mut orgs: Vec<OrgConfig> = Vec::new();
         for (i, o) in raw.org.iter().enumerate() {
@@ -638,6 +647,7 @@ impl Config {
             audit_retention_ms,
             sys_interval_ms,
             max_packet_size,
+            max_keepalive,
             durability,
             encryption: parse_encryption(raw.encryption.as_ref(), base)?,
         })

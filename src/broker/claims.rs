@@ -413,6 +413,7 @@ impl ShardCore {
             return;
         }
         let fair = self.fair.join(&key.org);
+        let max_keepalive = self.cfg.max_keepalive;
         let c = self.conn_mut(id).expect("alive");
         let max_packet = c.max_packet; // the listener's, lowered by the org's quota
         c.session = Some(sref);
@@ -423,6 +424,10 @@ impl ShardCore {
         let mut props = Properties::default();
         if v5 {
             props.receive_maximum = Some(limits::INFLIGHT_MAX);
+            if max_keepalive != u16::MAX {
+                // The keep-alive in force (MQTT 5 §3.2.2.3.14): the client's, capped.
+                props.server_keep_alive = Some((c.keep_alive_ms / 1000) as u16);
+            }
             props.topic_alias_maximum = Some(limits::TOPIC_ALIAS_MAX);
             props.maximum_packet_size = Some(max_packet);
             props.assigned_client_identifier = c.assigned_id.clone();

@@ -77,6 +77,8 @@ pub struct CoreConfig {
     pub nr_shards: u8,
     /// Largest packet accepted from clients.
     pub max_packet_size: u32,
+    /// Longest keep-alive a client may ask for, seconds (`u16::MAX`: no cap).
+    pub max_keepalive: u16,
     /// `$SYS` publication interval; 0 disables.
     pub sys_interval_ms: u64,
     /// Retained messages per org.
@@ -108,6 +110,7 @@ impl CoreConfig {
         CoreConfig {
             nr_shards: n,
             max_packet_size: limits::PACKET_BYTES_MAX_DEFAULT,
+            max_keepalive: u16::MAX,
             sys_interval_ms: 10_000,
             retained_max: limits::RETAINED_PER_ORG_MAX,
             auth: Arc::new(AuthShared::new(Directory::with_orgs(["local"]), Pepper::new(b"test"))),
@@ -1009,9 +1012,14 @@ impl ShardCore {
     fn handle_connect(&mut self, id: ConnId, now_ms: u64, c: Connect) {
         let v = c.protocol;
         let v5 = v == Protocol::V5;
+        let max_ka = self.cfg.max_keepalive;
         let conn = self.conn_mut(id).expect("caller checked");
         conn.protocol = Some(v);
         if c.client_id.len() > limits::CLIENT_ID_BYTES_MAX {
+            return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        if !v5 && max_ka != u16::MAX && (c.keep_alive == 0 || c.keep_alive > max_ka) {
+            // 3.1.1 cannot be told another keep-alive: refused as Mosquitto does (return code 2).
             return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
         }
         let client_id = if c.client_id.is_empty() {
@@ -1285,10 +1293,14 @@ impl ShardCore {
                 ],
             );
         }
+        let max_ka = self.cfg.max_keepalive;
         let conn = self.conn_mut(id).expect("caller checked");
         conn.identity = Some(Arc::new(identity));
         conn.auth_deadline_ms = deadline;
-        conn.keep_alive_ms = c.keep_alive as u64 * 1000;
+        // A 3.1.1 client over the cap was refused at CONNECT; a 5.0 one gets the cap (CONNACK
+        // Server Keep Alive), as does one asking for none.
+        let ka = if c.keep_alive == 0 || c.keep_alive > max_ka { max_ka } else { c.keep_alive };
+        conn.keep_alive_ms = if max_ka == u16::MAX && c.keep_alive == 0 { 0 } else { ka as u64 * 1000 };
         conn.clean_start = c.clean_start;
         conn.expiry_req = if v5 {
             c.props.session_expiry_interval.unwrap_or(0)

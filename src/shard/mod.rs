@@ -423,6 +423,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
         max_packet_size: cfg.max_packet_size,
+        max_keepalive: cfg.max_keepalive,
         sys_interval_ms: cfg.sys_interval_ms,
         retained_max: limits::RETAINED_PER_ORG_MAX,
         auth: cp.auth.clone(),

@@ -249,3 +249,34 @@ def test_a_3_1_1_publish_too_deep_closes(broker, bystander):
     r.send(b"\x30" + enc_len(2 + len(DEEP_129)) + s16(DEEP_129))
     assert r.closed()
     bystander()
+
+
+def test_max_keepalive_caps_what_clients_ask_for():
+    """Issue 14.10: `max_keepalive` (as Mosquitto's): a 5.0 client asking for more, or for 0,
+    gets Server Keep Alive = the cap and is held to it; 3.1.1 is refused with return code 2."""
+    from conftest import Broker
+    b = Broker(shards=1, extra="max_keepalive = 2")
+    try:
+        for ka, want in [(60, 2), (0, 2), (1, 1)]:
+            r = Raw(b.port)
+            r.send(raw_connect(level=5, client_id=b"ka%d" % ka, keepalive=ka))
+            t, body = r.read_packet()
+            assert t == 0x20 and body[1] == 0, body
+            assert b"\x13" + want.to_bytes(2, "big") in body[2:], (ka, body)  # Server Keep Alive
+            r.s.close()
+        r = Raw(b.port)
+        r.send(raw_connect(level=5, client_id=b"idle", keepalive=0))
+        assert r.read_packet()[0] == 0x20
+        t0 = time.time()
+        pkt = r.read_packet(timeout=6)
+        assert pkt[0] == 0xE0 and pkt[1][0] == 0x8D, pkt  # reaped at 1.5 x the cap
+        assert time.time() - t0 < 5
+        for ka in [60, 0]:
+            r = Raw(b.port)
+            r.send(raw_connect(level=4, client_id=b"old%d" % ka, keepalive=ka))
+            assert r.read_packet() == (0x20, b"\x00\x02"), ka
+        r = Raw(b.port)
+        r.send(raw_connect(level=4, client_id=b"ok311", keepalive=2))
+        assert r.read_packet() == (0x20, b"\x00\x00")
+    finally:
+        assert b.stop() == 0, b.logs()
