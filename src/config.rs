@@ -848,7 +848,9 @@ fn parse_jwt(key: &str, r: &RawJwt, base: &Path) -> Result<JwtConfig, ConfigErro
         keys,
         claims,
         leeway_secs: secs("leeway", &r.leeway, 30)?,
-        key_grace_secs: secs("key_grace", &r.key_grace, 3600)?,
+        // 0 by default: a key leaves the set because it must no longer be trusted, so it stops
+        // being accepted at the refresh that sees it gone (the JWKS's own max-age).
+        key_grace_secs: secs("key_grace", &r.key_grace, 0)?,
         refresh_min_secs: secs("refresh_min", &r.refresh_min, 10)?,
     })
 }

@@ -387,6 +387,9 @@ pub struct ShardCore {
     deleted_orgs: std::collections::HashSet<Arc<str>, RandomState>,
     /// Refused logins get one log line a second (with the count of the others).
     refusal_log: crate::ratelog::EverySecond,
+    /// The broker is stopping: a CONNECT still arriving (accepted just before the listeners
+    /// closed) is refused (0x88 Server unavailable; 3.1.1 return code 3).
+    shutting_down: bool,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -438,6 +441,7 @@ impl ShardCore {
             quota_audits: HashMap::new(),
             deleted_orgs: Default::default(),
             refusal_log: Default::default(),
+            shutting_down: false,
             pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,
@@ -737,6 +741,7 @@ impl ShardCore {
 
     /// Closes every connection with `reason` (5.0 clients get a DISCONNECT), for shutdown.
     pub fn shutdown_all(&mut self, now_ms: u64, reason: ReasonCode) {
+        self.shutting_down = true;
         let ids: Vec<ConnId> = self
             .conns
             .iter()
@@ -1013,8 +1018,13 @@ impl ShardCore {
         let v = c.protocol;
         let v5 = v == Protocol::V5;
         let max_ka = self.cfg.max_keepalive;
+        let shutting_down = self.shutting_down;
         let conn = self.conn_mut(id).expect("caller checked");
         conn.protocol = Some(v);
+        if shutting_down {
+            // 0x8B is a DISCONNECT code only; a CONNACK says Server unavailable (3.1.1: code 3).
+            return self.refuse(id, v, ReasonCode::SERVER_UNAVAILABLE);
+        }
         if c.client_id.len() > limits::CLIENT_ID_BYTES_MAX {
             return self.refuse(id, v, ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
         }

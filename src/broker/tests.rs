@@ -558,3 +558,20 @@ fn a_qos2_message_reaches_another_shards_subscribers_only_once_its_inbound_id_is
     let acks = cl.recv(p);
     assert!(matches!(&acks[..], [Packet::PubRec(_), Packet::PubAck(_)]), "{acks:?}");
 }
+
+#[test]
+fn a_connect_arriving_after_shutdown_began_is_refused() {
+    // Issue 14.10: a socket accepted just before the listeners closed must not be served.
+    let mut cl = Cluster::new(1);
+    cl.shards[0].shutdown_all(cl.now_ms, ReasonCode::SERVER_SHUTTING_DOWN);
+    for v in [Protocol::V5, Protocol::V311] {
+        let c = cl.open(0, v); // accepted while the listeners were closing
+        cl.send(c, &connect_pkt(v, "late", true, None, None, 30));
+        let got = cl.recv(c);
+        let code = match got.first() {
+            Some(Packet::ConnAck(a)) => a.reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code, ReasonCode::SERVER_UNAVAILABLE, "{v:?}");
+    }
+}

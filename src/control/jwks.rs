@@ -16,7 +16,7 @@ use crate::config::{JwtConfig, KeySource};
 /// Largest JWKS or discovery document accepted.
 const DOC_BYTES_MAX: usize = 1024 * 1024;
 /// Bounds on how long a fetched key set is trusted without a refresh.
-const MAX_AGE_MIN: Duration = Duration::from_secs(60);
+const MAX_AGE_MIN: Duration = Duration::from_secs(10);
 const MAX_AGE_MAX: Duration = Duration::from_secs(24 * 3600);
 const MAX_AGE_DEFAULT: Duration = Duration::from_secs(3600);
 

@@ -45,6 +45,7 @@ class Jwks:
     def __init__(self):
         self.docs = {}
         self.hits = {}
+        self.max_age = {}  # path -> Cache-Control max-age (default 3600)
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -58,7 +59,7 @@ class Jwks:
                 body = json.dumps(doc).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Cache-Control", "public, max-age=3600")
+                self.send_header("Cache-Control", f"public, max-age={outer.max_age.get(self.path, 3600)}")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -108,6 +109,8 @@ class Provider:
 class JBroker(Broker):
     def __init__(self, tmp_keys_dir=None):
         self.jwks = Jwks()
+        # Supabase's keys are served with a 10 s cache lifetime (the refresh schedule follows it).
+        self.jwks.max_age["/supabase/auth/v1/.well-known/jwks.json"] = 10
         b = self.jwks.base
         self.p = {
             "auth0": Provider(self.jwks, "/auth0/.well-known/jwks.json", "RS256", "a1", f"{b}/auth0/", "mqtt"),
@@ -361,3 +364,27 @@ def test_token_exchange(jb):
     st, toks = jb.api("GET", "/v2/tokens")
     attrs = [t["attrs"] for t in toks if t["username"] == creds["username"]][0]
     assert attrs["role"] == "admin", attrs
+
+
+def test_a_removed_key_stops_working_once_the_jwks_max_age_passed(jb):
+    """Issue 14.10: without key_grace (default 0), a key the IdP removed from its JWKS (served
+    with max-age=10) is refused once that lifetime has passed; before, it was honoured 1 h."""
+    s = jb.p["supabase"]
+    old_token = s.token(sub="leaver")
+    connect_jwt(jb, old_token)
+    s.rotate("s2")  # the IdP drops s1
+    t0 = time.time()
+    deadline = t0 + 25
+    while time.time() < deadline:
+        r = Raw(jb.port)
+        body = s16(b"MQTT") + bytes([5, 0xC2]) + (30).to_bytes(2, "big") + b"\x00" + s16(b"leaver") \
+            + s16(b"x@acme") + s16(old_token.encode())
+        r.send(b"\x10" + enc_len(len(body)) + body)
+        t, b = r.read_packet()
+        r.s.close()
+        if b[1] == 0x86:
+            break
+        time.sleep(0.5)
+    refused_after = time.time() - t0
+    assert refused_after < 10 + 3, f"the removed key was still accepted {refused_after:.1f} s later"
+    connect_jwt(jb, s.token(sub="stayer"))  # the new key works
