@@ -96,7 +96,9 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
         }
     };
     if let Err(e) = outcome {
-        let folded = shard.refused_log.borrow_mut().tick(super::now_ms());
+        // A peer that closed without a byte (a health check's TCP probe) is not a failure.
+        let probe = e.contains("handshake eof") || e.contains("closed during the HTTP request");
+        let folded = if probe { None } else { shard.refused_log.borrow_mut().tick(super::now_ms()) };
         match folded {
             Some(n) => {
                 // A TLS record that is not one: most likely a plain MQTT client on a TLS port.
