@@ -742,12 +742,7 @@ impl ShardCore {
     /// Closes every connection with `reason` (5.0 clients get a DISCONNECT), for shutdown.
     pub fn shutdown_all(&mut self, now_ms: u64, reason: ReasonCode) {
         self.shutting_down = true;
-        let ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().map(|c| ConnId { idx: i as u32, gen: c.gen }))
-            .collect();
+        let ids = self.conns_where(|_| true);
         for id in ids {
             self.close_conn(id, Some(reason), now_ms);
         }
@@ -1621,16 +1616,7 @@ impl ShardCore {
     /// The org's policy changed: recompile the ACL of its live connections and sessions and
     /// remove the subscriptions it no longer allows (SPEC §3).
     pub fn policy_changed(&mut self, now_ms: u64, org: &str) -> usize {
-        let ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
-                (c.identity.as_ref().is_some_and(|x| &*x.org == org))
-                    .then_some(ConnId { idx: i as u32, gen: c.gen })
-            })
-            .collect();
+        let ids = self.conns_where(|c| c.identity.as_ref().is_some_and(|x| &*x.org == org));
         for id in &ids {
             let c = self.conn(*id).expect("listed");
             let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) else { continue };
@@ -1689,17 +1675,20 @@ impl ShardCore {
         self.close_admin(now_ms, |c| c.identity.as_ref().is_some_and(|i| &*i.org == org && matches(i)))
     }
 
-    /// Closes the live connections `select` picks, with 0x98 administrative action; how many.
-    fn close_admin(&mut self, now_ms: u64, select: impl Fn(&Conn) -> bool) -> usize {
-        let ids: Vec<ConnId> = self
-            .conns
+    /// The connections `select` picks (admin commands; a scan of this shard's connections).
+    fn conns_where(&self, select: impl Fn(&Conn) -> bool) -> Vec<ConnId> {
+        self.conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
-                (!c.closing && select(c)).then_some(ConnId { idx: i as u32, gen: c.gen })
+                c.as_ref().filter(|c| select(c)).map(|c| ConnId { idx: i as u32, gen: c.gen })
             })
-            .collect();
+            .collect()
+    }
+
+    /// Closes the live connections `select` picks, with 0x98 administrative action; how many.
+    fn close_admin(&mut self, now_ms: u64, select: impl Fn(&Conn) -> bool) -> usize {
+        let ids = self.conns_where(|c| !c.closing && select(c));
         for id in &ids {
             if let Some(c) = self.conn_mut(*id) {
                 c.close_reason = Some("administrative_action");

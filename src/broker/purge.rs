@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::mesh::SessionKey;
 use super::persist::StoreOp;
-use super::{ConnId, ShardCore};
+use super::ShardCore;
 use crate::codec::ReasonCode;
 use crate::router::SessionRef;
 
@@ -19,17 +19,11 @@ impl ShardCore {
     pub fn purge_org(&mut self, now_ms: u64, org: &str) -> usize {
         let org: Arc<str> = org.into();
         self.deleted_orgs.insert(org.clone());
-        let ids: Vec<ConnId> = self
-            .conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let c = c.as_ref()?;
-                let of_org = c.identity.as_ref().is_some_and(|x| x.org == org)
-                    || c.key.as_ref().is_some_and(|k| k.org == org);
-                (of_org && !c.closing).then_some(ConnId { idx: i as u32, gen: c.gen })
-            })
-            .collect();
+        let ids = self.conns_where(|c| {
+            let of_org = c.identity.as_ref().is_some_and(|x| x.org == org)
+                || c.key.as_ref().is_some_and(|k| k.org == org);
+            of_org && !c.closing
+        });
         for id in &ids {
             if let Some(c) = self.conn_mut(*id) {
                 c.will = None; // the org is gone: nothing is published on its behalf
