@@ -363,7 +363,7 @@ impl ShardCore {
         // The session now belongs to this connection's identity: what it may not subscribe to
         // or read (another identity took it over, the rights changed, a restart) is dropped
         // before it is restored.
-        if let Some(acl) = self.conn(id).filter(|_| alive).and_then(|c| c.acl.clone()) {
+        if let Some(acl) = self.conn(id).filter(|_| alive && !refused).and_then(|c| c.acl.clone()) {
             self.hold_under(sref, acl, now_ms, false);
         }
         // Restore subscriptions into this shard's index.

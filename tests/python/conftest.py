@@ -141,6 +141,26 @@ V311 = mqtt.MQTTv311
 V5 = mqtt.MQTTv5
 
 
+# Every Client made by a test, stopped when the test ends (`_stop_clients`): a paho client left
+# running keeps a network thread that reconnects to its (stopped) broker with backoff for the
+# rest of the session; a few hundred of them starve later tests' clients of the GIL.
+_LIVE_CLIENTS = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_clients():
+    yield
+    while _LIVE_CLIENTS:
+        c = _LIVE_CLIENTS.pop()
+        try:
+            c.c.loop_stop()
+            sock = c.c.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            pass
+
+
 class Client:
     """A paho client that records what it receives, with blocking helpers."""
 
@@ -151,6 +171,7 @@ class Client:
         if protocol == V311:
             kwargs["clean_session"] = clean
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        _LIVE_CLIENTS.append(self)
         self.messages = []
         self.lock = threading.Condition()
         self.connack = None
