@@ -50,9 +50,9 @@ impl Retained {
         m.len().saturating_sub(self.broker_owned.get(org).copied().unwrap_or(0))
     }
 
-    /// Keeps the count of broker-made topics right as `topic` appears (`+1`) or goes (`-1`).
-    fn note_broker_owned(&mut self, org: &Arc<str>, topic: &str, delta: isize) {
-        if topic.starts_with('$') {
+    /// Keeps the count of broker-made (`$…`) topics right as one appears (`+1`) or goes (`-1`).
+    fn note_broker_owned(&mut self, org: &Arc<str>, broker_made: bool, delta: isize) {
+        if broker_made {
             let n = self.broker_owned.entry(org.clone()).or_default();
             *n = n.saturating_add_signed(delta);
         }
@@ -75,10 +75,8 @@ impl Retained {
             }
         }
         if msg.payload.is_empty() {
-            let removed = map.remove(topic).is_some();
-            if removed {
-                let t = topic.to_string();
-                self.note_broker_owned(org, &t, -1);
+            if map.remove(topic).is_some() {
+                self.note_broker_owned(org, topic.starts_with('$'), -1);
             }
             self.tombstones.insert(tomb_key, seq);
             if self.tombstones.len() > 100_000 {
@@ -89,17 +87,16 @@ impl Retained {
             return RetainOutcome::Deleted;
         }
         let new = !map.contains_key(topic);
-        if new && !topic.starts_with('$') {
+        let broker_made = topic.starts_with('$');
+        if new && !broker_made {
             let len = map.len().saturating_sub(self.broker_owned.get(org).copied().unwrap_or(0));
             if len >= max {
                 return RetainOutcome::Full;
             }
         }
-        let topic: Box<str> = topic.into();
-        let map = self.orgs.get_mut(org).expect("entry made above");
-        map.insert(topic.clone(), (Arc::new(msg), seq));
+        map.insert(topic.into(), (Arc::new(msg), seq));
         if new {
-            self.note_broker_owned(org, &topic, 1);
+            self.note_broker_owned(org, broker_made, 1);
         }
         RetainOutcome::Stored
     }
@@ -126,7 +123,7 @@ impl Retained {
         });
         let org: Arc<str> = org.into();
         for (t, _) in &out {
-            self.note_broker_owned(&org, t, -1);
+            self.note_broker_owned(&org, t.starts_with('$'), -1);
         }
         out
     }
