@@ -108,6 +108,11 @@ impl ShardCore {
         match msg {
             MeshMsg::Forward { org, msg, shared, ack } => {
                 let since = self.store_seq();
+                if ack.as_ref().is_some_and(|a| !self.accept_forward(a)) {
+                    // A replay of a forward whose copies are stored here: confirm only.
+                    let a = ack.expect("checked");
+                    return self.confirm_forward(a.origin, a.token, since);
+                }
                 self.route(&org, &msg, None, true, None, now_ms);
                 for full in shared {
                     if let Some(sub) = self.router.pick_shared_local(&org, &full) {
@@ -118,8 +123,8 @@ impl ShardCore {
                         self.deliver(sub.session, &msg, q, retain, &ids, &mut stored, now_ms);
                     }
                 }
-                if let Some((origin, token)) = ack {
-                    self.confirm_forward(origin, token, since);
+                if let Some(a) = ack {
+                    self.confirm_forward(a.origin, a.token, since);
                 }
             }
             MeshMsg::Stored { token, ok } => self.forward_confirmed(token, ok, now_ms),
@@ -558,6 +563,7 @@ impl ShardCore {
             self.last_retention_ms = now_ms;
             self.expire_retention(now_ms);
         }
+        self.expire_origins(now_ms);
         if now_ms >= self.last_report_ms + 1000 {
             // Figures for /metrics every second, whether or not $SYS is published.
             self.last_report_ms = now_ms;

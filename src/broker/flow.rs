@@ -2,6 +2,7 @@
 //! SUBSCRIBE/UNSUBSCRIBE, DISCONNECT. The fan-out path allocates nothing in steady state
 //! (proved by `tests/no_alloc.rs`).
 
+use super::exactly_once::{FwdAck, RouteAck, Targets};
 use super::persist::AfterDurable;
 use super::*;
 
@@ -86,6 +87,7 @@ impl ShardCore {
         // The acknowledgement goes out after routing: with durability gating it waits for the
         // store writes routing made (offline queues, retained) to reach the disk.
         let since = self.store_seq();
+        let pid_in = p.packet_id.map(|p| p.get());
         let ack = match p.qos {
             QoS::AtMostOnce => None,
             QoS::AtLeastOnce => {
@@ -101,8 +103,11 @@ impl ShardCore {
                     return;
                 }
                 if st.inbound_qos2.contains(&pid.get()) {
-                    // A resend of a message we already have: acknowledge, do not deliver twice.
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS)), since, now_ms);
+                    // A resend of a message we already have: acknowledge, do not deliver twice;
+                    // once its copies on other shards are durable, if they are not yet.
+                    let rec = Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS));
+                    let waits = self.waiting_record(sref, pid.get());
+                    self.ack_waiting(id, rec, since, waits, now_ms);
                     return;
                 }
                 if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
@@ -140,7 +145,16 @@ impl ShardCore {
             self.next_token += 1;
             self.next_token
         });
-        let forwards = self.route(&org, &msg, Some(sref), false, token, now_ms);
+        // A QoS 2 message of a persistent session is recorded with its inbound id if it goes
+        // to other shards (exactly once across a crash, `exactly_once`).
+        let qos2 = match (token, msg.qos, pid_in) {
+            (Some(_), QoS::ExactlyOnce, Some(pid)) if self.stored_key(sref).is_some() => {
+                Some((pid, self.new_origin_id(now_ms)))
+            }
+            _ => None,
+        };
+        let route_ack = token.map(|token| RouteAck { token, qos2 });
+        let forwards = self.route(&org, &msg, Some(sref), false, route_ack, now_ms);
         if let Some(a) = ack {
             let waits = token.filter(|_| forwards > 0).map(|t| (t, forwards));
             self.ack_waiting(id, a, since, waits, now_ms);
@@ -185,7 +199,7 @@ impl ShardCore {
         msg: &Msg,
         publisher: Option<SessionRef>,
         from_remote: bool,
-        ack_token: Option<u64>,
+        ack: Option<RouteAck>,
         now_ms: u64,
     ) -> u16 {
         let mut m = std::mem::take(&mut self.matches);
@@ -229,14 +243,26 @@ impl ShardCore {
             for p in &m.shared_remote {
                 targets |= 1 << p.shard;
             }
+            let shared_for = |shard: u8| -> SmallVec<[Arc<str>; 2]> {
+                m.shared_remote.iter().filter(|p| p.shard == shard).map(|p| p.filter.clone()).collect()
+            };
+            if let (Some(a), Some((pid, oid)), Some(p)) = (ack, ack.and_then(|a| a.qos2), publisher) {
+                // Stored with the inbound id, before the forwards may leave.
+                let mut all = Targets::new();
+                let mut mask = targets;
+                while mask != 0 {
+                    let shard = mask.trailing_zeros() as u8;
+                    mask &= mask - 1;
+                    all.push((shard, shared_for(shard)));
+                }
+                self.record_forward(p, pid, (a.token, oid), msg, all);
+            }
             while targets != 0 {
                 let shard = targets.trailing_zeros() as u8;
                 targets &= targets - 1;
-                let mut shared = SmallVec::new();
-                for p in m.shared_remote.iter().filter(|p| p.shard == shard) {
-                    shared.push(p.filter.clone());
-                }
-                let ack = ack_token.map(|t| (self.shard, t));
+                let shared = shared_for(shard);
+                let oid = ack.and_then(|a| a.qos2).map_or(0, |q| q.1);
+                let ack = ack.map(|a| FwdAck { origin: self.shard, token: a.token, oid, replay: false });
                 forwards += 1;
                 let f = MeshMsg::Forward { org: org.clone(), msg: msg.clone(), shared, ack };
                 // QoS 2 exactly once across a crash: the other shard's subscribers may hand the

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
+use super::exactly_once::FwdAck;
 use super::msg::Msg;
 use super::session::SessionState;
 use super::ConnId;
@@ -31,10 +32,10 @@ pub enum MeshMsg {
         msg: Msg,
         /// Shared groups (`$share/g/f`) this shard was picked to deliver.
         shared: SmallVec<[Arc<str>; 2]>,
-        /// With durability gating: (origin shard, token). The publisher's acknowledgement
+        /// With durability gating: origin shard and token (the publisher's acknowledgement
         /// waits for a [`MeshMsg::Stored`] with this token, sent once what this shard stored
-        /// for the message is durable.
-        ack: Option<(u8, u64)>,
+        /// for the message is durable), and the origin id of a recorded QoS 2 forward.
+        ack: Option<FwdAck>,
     },
     /// What a shard stored for a forwarded message is durable (`ok`), or its store failed.
     Stored {

@@ -7,6 +7,7 @@
 //! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
 
 mod claims;
+pub mod exactly_once;
 mod fair;
 mod flow;
 pub mod mesh;
@@ -390,6 +391,8 @@ pub struct ShardCore {
     /// The broker is stopping: a CONNECT still arriving (accepted just before the listeners
     /// closed) is refused (0x88 Server unavailable; 3.1.1 return code 3).
     shutting_down: bool,
+    /// QoS 2 exactly once across shards: pending forward records, de-duplication rows.
+    xonce: exactly_once::ExactlyOnce,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -442,6 +445,7 @@ impl ShardCore {
             deleted_orgs: Default::default(),
             refusal_log: Default::default(),
             shutting_down: false,
+            xonce: Default::default(),
             pressure: Vec::new(),
             next_generation: 0,
             next_token: 0,

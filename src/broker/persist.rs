@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::exactly_once::PendingForward;
 use super::mesh::SessionKey;
 use super::msg::Msg;
 use super::session::{Delivery, InFlight, OutState, Session, SessionState, SubEntry};
@@ -87,6 +88,27 @@ pub enum StoreOp {
         pid: u16,
         /// Pending (true) or released.
         pending: bool,
+    },
+    /// A QoS 2 message forwarded to other shards, stored with its inbound packet id (pending)
+    /// until they all confirm their copies durable (`super::exactly_once`).
+    Qos2Forward {
+        /// Whose.
+        key: SessionKey,
+        /// Packet id.
+        pid: u16,
+        /// The message and where it goes.
+        fwd: Box<PendingForward>,
+    },
+    /// This shard stored the copies of a forward with an origin id: a replay of it after a
+    /// crash is then recognised (`super::exactly_once`).
+    Origin {
+        /// Origin id.
+        oid: u64,
+    },
+    /// De-duplication rows with origin ids below `before` go.
+    ExpireOrigins {
+        /// Exclusive bound.
+        before: u64,
     },
     /// A retained message set (non-empty payload) or deleted (empty), with its global sequence.
     Retain {
@@ -289,6 +311,7 @@ impl ShardCore {
             w.0 = w.0.saturating_sub(1);
             w.1 |= !ok;
         }
+        self.record_confirmed(token, ok);
         self.release_held(now_ms);
     }
 
@@ -664,19 +687,22 @@ impl ShardCore {
         self.retained.apply(org, msg, seq, usize::MAX);
     }
 
-    /// Restores a persistent session from the store as an offline session homed here (at
-    /// start, before any client connects). `queue` is in sequence order; each delivery keeps
-    /// its stored sequence; those in `outbound` go back in flight under their packet ids. A
-    /// session already past its expiry is dropped (and forgotten).
-    pub fn restore_session(
-        &mut self,
-        now_ms: u64,
-        key: SessionKey,
-        meta: &StoredSession,
-        queue: Vec<Delivery>,
-        outbound: &[OutboundMark],
-        qos2_pending: &[u16],
-    ) -> bool {
+    /// At start: a session homed here that shard `shard` restores under `generation`.
+    pub fn restore_owner(&mut self, key: SessionKey, shard: u8, generation: u64) {
+        self.next_generation = self.next_generation.max(generation >> 8);
+        let nobody = ConnId { idx: u32::MAX, gen: 0 };
+        self.registry.insert(key, Owner { shard, conn: nobody, generation });
+    }
+
+    /// Restores a persistent session from the store as an offline session of this shard (at
+    /// start, before any client connects), under the generation [`crate::store::open`] gave it. `queue` is in sequence order; each delivery keeps
+    /// its stored sequence; those in `outbound` go back in flight under their packet ids;
+    /// `forwards` are re-forwarded by [`ShardCore::replay_forwards`]. A session already past its
+    /// expiry is dropped (and forgotten).
+    pub fn restore_session(&mut self, now_ms: u64, s: crate::store::RestoredSession) -> bool {
+        let crate::store::RestoredSession { key, meta, queue, outbound, qos2, forwards, generation } = s;
+        let (meta, outbound, qos2_pending) = (&meta, &outbound[..], &qos2[..]);
+        self.next_generation = self.next_generation.max(generation >> 8);
         let unix_now = self.cfg.unix_epoch_ms + now_ms;
         let expires_at_ms = match meta.expires_at_unix_ms {
             Some(t) if t <= unix_now => {
@@ -710,8 +736,6 @@ impl ShardCore {
             state.subs.insert(s.filter.as_str().into(), s.entry());
         }
         state.inbound_qos2.extend(qos2_pending.iter().copied());
-        self.next_generation += 1;
-        let generation = (self.next_generation << 8) | self.shard as u64;
         let session = Session {
             org: key.org.clone(),
             client_id: key.client_id.clone(),
@@ -722,9 +746,11 @@ impl ShardCore {
             state,
         };
         let sref = self.insert_session(session);
+        self.restore_forwards(&key, forwards);
         self.session_index.insert(key.clone(), sref);
-        let nobody = ConnId { idx: u32::MAX, gen: 0 };
-        self.registry.insert(key.clone(), Owner { shard: self.shard, conn: nobody, generation });
+        if home_shard(&key, self.cfg.nr_shards) == self.shard {
+            self.restore_owner(key.clone(), self.shard, generation);
+        }
         for s in &meta.subs {
             let e = s.entry();
             let ch = self.router.subscribe(

@@ -151,6 +151,9 @@ pub(crate) struct Shard {
 }
 
 /// What each shard gets from the control plane.
+/// What one shard restores at start (see [`crate::store::Opened`]).
+type Restored = (Vec<RestoredSession>, Vec<(crate::broker::mesh::SessionKey, u8, u64)>, Vec<u64>);
+
 #[derive(Clone)]
 struct ShardLinks {
     pool: HashPool,
@@ -161,7 +164,9 @@ struct ShardLinks {
     /// The stores and what they held at start (each shard takes its sessions).
     stores: Arc<Vec<Arc<ShardStore>>>,
     retained_store: Arc<RetainedStore>,
-    restored: Arc<std::sync::Mutex<Vec<Vec<RestoredSession>>>>,
+    /// Per shard: its sessions, the home registry entries of its sessions held elsewhere, and
+    /// its de-duplication rows of forwarded QoS 2 messages.
+    restored: Arc<std::sync::Mutex<Vec<Restored>>>,
     retained_msgs: Arc<Vec<crate::store::StoredRetained>>,
 }
 
@@ -441,7 +446,15 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         commands: Arc::new(cp.shard_commands),
         stores: Arc::new(opened.shards),
         retained_store: opened.retained,
-        restored: Arc::new(std::sync::Mutex::new(opened.sessions)),
+        restored: Arc::new(std::sync::Mutex::new(
+            opened
+                .sessions
+                .into_iter()
+                .zip(opened.owners)
+                .zip(opened.origins)
+                .map(|((s, w), o)| (s, w, o))
+                .collect(),
+        )),
         retained_msgs: Arc::new(opened.retained_msgs),
     };
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
@@ -528,9 +541,15 @@ async fn shard_main(
         for m in links.retained_msgs.iter() {
             core.restore_retained(&m.0, m.1.clone(), m.2);
         }
-        for s in restored {
-            core.restore_session(now, s.key, &s.meta, s.queue, &s.outbound, &s.qos2);
+        let (restored, owners, origins) = restored;
+        core.restore_origins(now, origins);
+        for (key, shard, generation) in owners {
+            core.restore_owner(key, shard, generation);
         }
+        for s in restored {
+            core.restore_session(now, s);
+        }
+        core.replay_forwards(now);
     }
     shard.flush_mesh();
     // Commits: writes are applied at once; a persist on the blocking pool (an fsync never runs

@@ -371,7 +371,17 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
             }
         }
         got.queued += queue.len() as u64;
-        let s = RestoredSession { key, meta: l.session, queue, outbound, qos2: l.qos2 };
+        // Inbound ids only: a QoS 2 message a crash left pending on other shards is not
+        // exported (docs/durability.md).
+        let s = RestoredSession {
+            key,
+            meta: l.session,
+            queue,
+            outbound,
+            qos2: l.qos2,
+            forwards: Vec::new(),
+            generation: 0,
+        };
         let home = home_shard(&s.key, nr as u8) as usize;
         stores[home].write_session(&s, unix_epoch_ms).map_err(|e| e.to_string())?;
         got.sessions += 1;

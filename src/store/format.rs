@@ -5,6 +5,8 @@
 //!   received (Unix ms, u64 BE)`, then the message as an MQTT 5.0 PUBLISH packet.
 //! - In-flight state of a queued message (same key): `1, packet id (u16 BE), released (0/1)`.
 //! - Retained message: `1, sequence (u64 BE), received (Unix ms, u64 BE)`, then the PUBLISH.
+//! - Inbound QoS 2 id: empty, or while its message's copies on other shards are not all
+//!   durable, that message and where it goes ([`encode_forward`]).
 //!
 //! Messages are stored as MQTT 5.0 PUBLISH packets so every property survives, and the codec
 //! that validates clients' packets validates stored ones too: a corrupt value is an error, not
@@ -12,6 +14,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::broker::exactly_once::{PendingForward, Targets};
 use crate::broker::msg::Msg;
 use crate::broker::persist::{stored_delivery, StoredSession};
 use crate::broker::session::Delivery;
@@ -156,6 +159,53 @@ pub fn decode_retained(v: &[u8], now_unix_ms: u64) -> Result<Option<(Msg, u64)>,
     Ok(decode_publish(&v[17..], received, now_unix_ms)?.map(|m| (m, seq)))
 }
 
+/// Encodes a QoS 2 message pending on other shards (the value of its inbound id's row):
+/// `1, origin id (u64 BE), received (Unix ms, u64 BE), n, n × (shard, m, m × (length u16 BE,
+/// shared group filter))`, then the PUBLISH. A bare inbound id has an empty value.
+pub fn encode_forward(f: &PendingForward, unix_epoch_ms: u64) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(32 + f.msg.topic.len() + f.msg.payload.len());
+    out.extend_from_slice(&[VERSION]);
+    out.extend_from_slice(&f.oid.to_be_bytes());
+    out.extend_from_slice(&(f.msg.received_ms + unix_epoch_ms).to_be_bytes());
+    out.extend_from_slice(&[f.targets.len().min(255) as u8]);
+    for (shard, shared) in f.targets.iter().take(255) {
+        out.extend_from_slice(&[*shard, shared.len().min(255) as u8]);
+        for g in shared.iter().take(255) {
+            out.extend_from_slice(&(g.len() as u16).to_be_bytes());
+            out.extend_from_slice(g.as_bytes());
+        }
+    }
+    publish_bytes(&mut out, &f.msg);
+    out.to_vec()
+}
+
+/// Decodes a pending forward; `None` if its message expired while stored.
+pub fn decode_forward(v: &[u8], now_unix_ms: u64) -> Result<Option<PendingForward>, String> {
+    let truncated = || "truncated pending forward".to_string();
+    let (head, mut rest) = v.split_at_checked(18).ok_or_else(truncated)?;
+    if head[0] != VERSION {
+        return Err(format!("pending forward version {} (this build reads {VERSION})", head[0]));
+    }
+    let oid = u64::from_be_bytes(head[1..9].try_into().expect("8 bytes"));
+    let received = u64::from_be_bytes(head[9..17].try_into().expect("8 bytes"));
+    let mut targets = Targets::new();
+    for _ in 0..head[17] {
+        let [shard, m, r @ ..] = rest else { return Err(truncated()) };
+        rest = r;
+        let mut shared = smallvec::SmallVec::new();
+        for _ in 0..*m {
+            let [a, b, r @ ..] = rest else { return Err(truncated()) };
+            let (g, r) = r.split_at_checked(u16::from_be_bytes([*a, *b]) as usize).ok_or_else(truncated)?;
+            let g = std::str::from_utf8(g).map_err(|_| "corrupt pending forward".to_string())?;
+            shared.push(std::sync::Arc::from(g));
+            rest = r;
+        }
+        targets.push((*shard, shared));
+    }
+    let Some(msg) = decode_publish(rest, received, now_unix_ms)? else { return Ok(None) };
+    Ok(Some(PendingForward { oid, msg, targets }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +231,21 @@ mod tests {
         assert_eq!(&back.msg.payload[..], b"hello");
         assert_eq!((back.qos, back.retain, back.seq), (QoS::AtLeastOnce, true, 42));
         assert_eq!(&back.sub_ids[..], &[7, 9]);
+    }
+
+    #[test]
+    fn a_pending_forward_round_trips_with_its_targets() {
+        let shared: smallvec::SmallVec<[std::sync::Arc<str>; 2]> =
+            ["$share/g/a/#".into()].into_iter().collect();
+        let targets: Targets = [(1, Default::default()), (3, shared)].into_iter().collect();
+        let f = PendingForward { oid: 7 << 40, msg: msg(None), targets };
+        let v = encode_forward(&f, 1_700_000_000_000);
+        let back = decode_forward(&v, 1_700_000_005_000).unwrap().unwrap();
+        assert_eq!((back.oid, &back.targets), (f.oid, &f.targets));
+        assert_eq!((back.msg.topic.as_str(), &back.msg.payload[..]), ("a/b", &b"hello"[..]));
+        for cut in 0..v.len() {
+            assert!(decode_forward(&v[..cut], 1_700_000_005_000).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

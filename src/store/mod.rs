@@ -3,15 +3,18 @@
 //! client_id`), the QoS 1/2 messages held for them until acknowledged (`queue`: `org \0
 //! client_id \0 seq`, big-endian sequence, so one session's queue is one prefix scan in
 //! order), the packet id and state of those in flight (`outbound`, same key), and inbound QoS 2
-//! packet ids not yet released (`qos2`: `org \0 client_id \0 pid`), and one database for retained
+//! packet ids not yet released (`qos2`: `org \0 client_id \0 pid`, empty, or the message while
+//! its copies on other shards are not all durable), de-duplication rows of QoS 2 messages
+//! forwarded from other shards (`origins`: origin id, u64 BE), and one database for retained
 //! messages under `data_dir/retained` (`org \0 topic` -> sequence + message; written by
 //! whichever shard received the publish, the highest sequence wins).
 //!
 //! The shard's core records [`StoreOp`]s; the shell applies them at once ([`ShardStore::apply`],
 //! memtable and journal buffer) and makes them durable per the `durability` mode
 //! ([`ShardStore::persist`] on glommio's blocking pool). At start, [`open`] reads every shard
-//! database (also those of a different shard count), moves each session to the database of its
-//! home shard, and hands each shard its sessions and every shard the retained messages.
+//! database (also those of a larger shard count, whose sessions move to their home's database),
+//! and hands each shard the sessions its database holds, the home registry entries of its
+//! sessions held elsewhere, and every retained message.
 
 pub mod export;
 pub mod format;
@@ -23,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
+use crate::broker::exactly_once::PendingForward;
 use crate::broker::home_shard;
 use crate::broker::mesh::SessionKey;
 use crate::broker::msg::Msg;
@@ -104,7 +108,7 @@ fn seal_plain(sealer: &Sealer, name: &str, ks: &Keyspace) -> Result<usize, Store
     for g in ks.iter() {
         let (k, v) = g.into_inner().map_err(ctx(name))?;
         let org = split_key(&k).map(|(o, _)| o);
-        if Sealer::is_plain(&v) && sealer.seals(org) {
+        if !v.is_empty() && Sealer::is_plain(&v) && sealer.seals(org) {
             rows.push((k.to_vec(), sealer.seal(org, &row_aad(name, &k), v.to_vec())));
         }
     }
@@ -122,6 +126,8 @@ pub struct ShardStore {
     queue: Keyspace,
     outbound: Keyspace,
     qos2: Keyspace,
+    /// De-duplication rows of forwarded QoS 2 messages (`broker::exactly_once`).
+    origins: Keyspace,
     durability: Durability,
     sealer: Arc<Sealer>,
 }
@@ -165,6 +171,7 @@ impl ShardStore {
             queue: db.keyspace("queue", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             outbound: db.keyspace("outbound", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             qos2: db.keyspace("qos2", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
+            origins: db.keyspace("origins", KeyspaceCreateOptions::default).map_err(ctx(&what))?,
             db,
             dir: dir.to_path_buf(),
             durability,
@@ -217,6 +224,16 @@ impl ShardStore {
                     } else {
                         batch.remove(&self.qos2, k);
                     }
+                }
+                StoreOp::Qos2Forward { key, pid, fwd } => {
+                    let k = qos2_key(&key, pid);
+                    let v = self.seal(&key, "qos2", &k, format::encode_forward(&fwd, unix_epoch_ms));
+                    batch.insert(&self.qos2, k, v);
+                }
+                StoreOp::Origin { oid } => batch.insert(&self.origins, oid.to_be_bytes(), []),
+                StoreOp::ExpireOrigins { before } => {
+                    std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
+                    self.expire_origins(before)?;
                 }
                 StoreOp::Forget { key } => {
                     // Committed first: the ranges are read from the tree, which must hold what
@@ -275,6 +292,28 @@ impl ShardStore {
         Ok(())
     }
 
+    /// Deletes the de-duplication rows with origin ids below `before`.
+    fn expire_origins(&self, before: u64) -> Result<(), StoreError> {
+        let what = self.dir.display().to_string();
+        let mut batch = self.db.batch();
+        for g in self.origins.range(..before.to_be_bytes()) {
+            batch.remove(&self.origins, g.key().map_err(ctx(&what))?);
+        }
+        batch.commit().map_err(ctx(&what))
+    }
+
+    /// The de-duplication rows (origin ids).
+    fn read_origins(&self) -> Result<Vec<u64>, StoreError> {
+        let what = self.dir.display().to_string();
+        let mut out = Vec::new();
+        for g in self.origins.iter() {
+            let k = g.key().map_err(ctx(&what))?;
+            let oid = <[u8; 8]>::try_from(&*k).map(u64::from_be_bytes);
+            out.push(oid.map_err(|_| StoreError(format!("{what}: corrupt origin row")))?);
+        }
+        Ok(out)
+    }
+
     /// Makes every applied write durable (`fsync` of the journal); blocking.
     pub fn persist(&self) -> Result<(), StoreError> {
         self.db.persist(PersistMode::SyncData).map_err(ctx(&self.dir.display().to_string()))
@@ -329,12 +368,26 @@ impl ShardStore {
                 outbound.push(OutboundMark { seq, pid, released });
             }
             let mut qos2 = Vec::new();
+            let mut forwards = Vec::new();
             for g in self.qos2.prefix(queue_prefix(&key)) {
-                let k = g.key().map_err(ctx(&what))?;
+                let (k, v) = g.into_inner().map_err(ctx(&what))?;
                 let pid = k.len().checked_sub(2).map(|i| u16::from_be_bytes([k[i], k[i + 1]]));
-                qos2.push(pid.ok_or_else(|| StoreError(format!("{what}: corrupt qos2 key")))?);
+                let pid = pid.ok_or_else(|| StoreError(format!("{what}: corrupt qos2 key")))?;
+                qos2.push(pid);
+                if v.is_empty() {
+                    continue;
+                }
+                let Some(v) = open_row(&self.sealer, "qos2", &k, &v, &mut Vec::new(), || {
+                    format!("{what}: pending forward of {org}/{cid}")
+                })?
+                else {
+                    continue;
+                };
+                let f = format::decode_forward(&v, now_unix_ms)
+                    .map_err(|e| StoreError(format!("{what}: pending forward of {org}/{cid}: {e}")))?;
+                forwards.extend(f.map(|f| (pid, f)));
             }
-            out.push(RestoredSession { key, meta, queue, outbound, qos2 });
+            out.push(RestoredSession { key, meta, queue, outbound, qos2, forwards, generation: 0 });
         }
         // Crypto-shredded: what a destroyed key sealed is deleted (it cannot be read anyway).
         for k in &shredded {
@@ -381,6 +434,11 @@ impl ShardStore {
         }
         for pid in &s.qos2 {
             batch.insert(&self.qos2, qos2_key(&s.key, *pid), []);
+        }
+        for (pid, f) in &s.forwards {
+            let k = qos2_key(&s.key, *pid);
+            let v = self.seal(&s.key, "qos2", &k, format::encode_forward(f, unix_epoch_ms));
+            batch.insert(&self.qos2, k, v);
         }
         batch.commit().map_err(ctx(&what))
     }
@@ -501,6 +559,10 @@ pub struct RestoredSession {
     pub outbound: Vec<OutboundMark>,
     /// Inbound QoS 2 packet ids received and not yet released.
     pub qos2: Vec<u16>,
+    /// Those whose message's copies on other shards were not all confirmed durable.
+    pub forwards: Vec<(u16, PendingForward)>,
+    /// The generation its shard restores it under (assigned by [`open`]; 0 before).
+    pub generation: u64,
 }
 
 /// The stores, opened, with what they held at start.
@@ -510,8 +572,13 @@ pub struct Opened {
     pub shards: Vec<Arc<ShardStore>>,
     /// Shared by all shards.
     pub retained: Arc<RetainedStore>,
-    /// Sessions per home shard.
+    /// Sessions per shard that restores them (the one whose store holds them).
     pub sessions: Vec<Vec<RestoredSession>>,
+    /// Per home shard: its sessions that another shard restores (key, that shard, generation).
+    #[allow(clippy::type_complexity)]
+    pub owners: Vec<Vec<(SessionKey, u8, u64)>>,
+    /// Per shard: its de-duplication rows of forwarded QoS 2 messages (origin ids).
+    pub origins: Vec<Vec<u64>>,
     /// Retained messages (org, message, sequence).
     pub retained_msgs: Vec<StoredRetained>,
     /// Highest retained sequence stored (new writes continue above it).
@@ -543,8 +610,8 @@ fn newest_copies(
     (kept, older)
 }
 
-/// Opens the stores under `data_dir` for `nr` shards, reads them back, and moves sessions whose
-/// home shard changed (a different shard count) into their new home's database.
+/// Opens the stores under `data_dir` for `nr` shards and reads them back; the sessions of
+/// stores beyond `nr` (a smaller shard count) move into their home's database.
 pub fn open(
     data_dir: &Path,
     nr: usize,
@@ -576,6 +643,7 @@ pub fn open(
         retained.persist()?;
         for st in &stores {
             n += seal_plain(&sealer, "sessions", &st.sessions)? + seal_plain(&sealer, "queue", &st.queue)?;
+            n += seal_plain(&sealer, "qos2", &st.qos2)?;
             st.persist()?;
         }
         if n > 0 {
@@ -607,14 +675,24 @@ pub fn open(
         stores[i].forget(&s.key)?;
         moved = true;
     }
-    for (i, s) in kept {
+    // A session stays with the shard whose store holds it (moving it would change which
+    // shards hold which copies of a message a crash left pending, `broker::exactly_once`); its
+    // home shard learns where it is. Only the stores of shards that no longer exist move their
+    // sessions home.
+    let mut owners: Vec<Vec<(SessionKey, u8, u64)>> = (0..nr).map(|_| Vec::new()).collect();
+    for (n, (mut i, mut s)) in kept.into_iter().enumerate() {
         let home = home_shard(&s.key, nr as u8) as usize;
-        if home != i {
+        if i >= nr {
             stores[home].write_session(&s, unix_epoch_ms)?;
             stores[i].forget(&s.key)?;
             moved = true;
+            i = home;
         }
-        sessions[home].push(s);
+        s.generation = ((n as u64 + 1) << 8) | i as u64;
+        if home != i {
+            owners[home].push((s.key.clone(), i as u8, s.generation));
+        }
+        sessions[i].push(s);
     }
     if moved {
         for st in &stores {
@@ -623,5 +701,6 @@ pub fn open(
     }
     let (retained_msgs, retained_seq) = retained.read_all(unix_now_ms)?;
     stores.truncate(nr);
-    Ok(Opened { shards: stores, retained, sessions, retained_msgs, retained_seq })
+    let origins = stores.iter().map(|s| s.read_origins()).collect::<Result<_, _>>()?;
+    Ok(Opened { shards: stores, retained, sessions, owners, origins, retained_msgs, retained_seq })
 }
