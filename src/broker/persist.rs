@@ -447,6 +447,34 @@ impl ShardCore {
         self.store_broken
     }
 
+    /// The store works again and every write up to `upto` is durable: acknowledgements that
+    /// need the store go out again.
+    pub fn store_recovered(&mut self, upto: u64, now_ms: u64) {
+        self.store_broken = false;
+        self.durable(upto, now_ms);
+    }
+
+    /// Records in every org's audit log that this shard's store failed (`ok` false: from now
+    /// on, publishes that need it are refused) or works again.
+    pub fn audit_store_health(&mut self, ok: bool, now_ms: u64) {
+        let action = if ok { "store_recovered" } else { "store_failing" };
+        let orgs: Vec<Arc<str>> = self.cfg.auth.directory.load().orgs.keys().cloned().collect();
+        for org in orgs {
+            let detail = [("action", action.into()), ("shard", self.shard.into())];
+            self.audit(now_ms, org, crate::audit::AuditKind::Admin, None, Some("broker"), &detail);
+        }
+    }
+
+    /// The board `/metrics` and `$SYS` read.
+    pub fn sys(&self) -> &crate::broker::sys::SysBoard {
+        &self.cfg.sys
+    }
+
+    /// This shard's index.
+    pub fn shard_id(&self) -> u8 {
+        self.shard
+    }
+
     /// An acknowledgement that cannot promise durability: 5.0 gets PUBACK/PUBREC 0x80
     /// (Unspecified error; the sender may retry later); 3.1.1 has no way to say it, so the
     /// connection closes unacknowledged (the client resends after reconnecting).

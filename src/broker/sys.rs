@@ -3,6 +3,7 @@
 //! own numbers. The board is touched once per interval per shard, never on the message path.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ahash::RandomState;
@@ -24,16 +25,45 @@ pub struct OrgFigures {
 
 type Figures = HashMap<Arc<str>, OrgFigures, RandomState>;
 
-/// Per-shard reports, summed on demand.
+/// Per-shard reports, summed on demand, and the health of each shard's store.
 #[derive(Debug)]
 pub struct SysBoard {
     shards: Mutex<Vec<Figures>>,
+    /// Bit `i`: shard `i`'s store is failing.
+    store_failing: AtomicU64,
+    /// Times a store started failing, since start.
+    store_failures: AtomicU64,
 }
 
 impl SysBoard {
     /// A board for `n` shards.
     pub fn new(n: usize) -> SysBoard {
-        SysBoard { shards: Mutex::new((0..n).map(|_| HashMap::default()).collect()) }
+        SysBoard {
+            shards: Mutex::new((0..n).map(|_| HashMap::default()).collect()),
+            store_failing: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks shard `shard`'s store failing or working.
+    pub fn set_store_failing(&self, shard: u8, failing: bool) {
+        if failing {
+            self.store_failing.fetch_or(1 << shard, Ordering::AcqRel);
+            self.store_failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.store_failing.fetch_and(!(1 << shard), Ordering::AcqRel);
+        }
+    }
+
+    /// The shards whose store is failing.
+    pub fn stores_failing(&self) -> Vec<u8> {
+        let bits = self.store_failing.load(Ordering::Acquire);
+        (0..64).filter(|i| bits & (1 << i) != 0).collect()
+    }
+
+    /// Times a store started failing since start.
+    pub fn store_failures(&self) -> u64 {
+        self.store_failures.load(Ordering::Relaxed)
     }
 
     /// Replaces shard `shard`'s report.

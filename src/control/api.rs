@@ -272,9 +272,23 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")), security(()))]
-async fn healthz() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", responses(
+    (status = 200, description = "alive, every store writable"),
+    (status = 503, description = "alive, a shard's store is failing (a full disk): publishes that need it are refused until it recovers")
+), security(()))]
+async fn healthz(State(ctl): State<Arc<Ctl>>) -> impl IntoResponse {
+    let failing = ctl.sys.stores_failing();
+    if failing.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": "ok", "store": "ok" })))
+    } else {
+        let body = json!({ "status": "degraded", "store": "failing", "failing_shards": failing });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ShardLabel {
+    shard: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -312,6 +326,20 @@ async fn metrics(State(ctl): State<Arc<Ctl>>, headers: HeaderMap) -> ApiResult<i
     let received: Family<OrgLabel, Counter> =
         registered(&mut reg, "messages_received", "Messages received from clients");
     let sent: Family<OrgLabel, Counter> = registered(&mut reg, "messages_sent", "Messages sent to clients");
+    let healthy: Family<ShardLabel, Gauge> = registered(
+        &mut reg,
+        "store_healthy",
+        "1 while the shard's store accepts writes, 0 while it is failing",
+    );
+    let failing = ctl.sys.stores_failing();
+    for shard in 0..ctl.shards.len() {
+        healthy
+            .get_or_create(&ShardLabel { shard: shard.to_string() })
+            .set(!failing.contains(&(shard as u8)) as i64);
+    }
+    let failures: Counter = Counter::default();
+    failures.inc_by(ctl.sys.store_failures());
+    reg.register("store_failures", "Times a shard's store started failing since start", failures);
     for (org, f) in ctl.sys.totals() {
         let l = OrgLabel { org: org.to_string() };
         connected.get_or_create(&l).set(f.connected as i64);

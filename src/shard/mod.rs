@@ -5,6 +5,7 @@
 //! of the cross-shard channel.
 
 mod conn;
+mod durable;
 pub mod guard;
 
 use std::cell::RefCell;
@@ -28,6 +29,7 @@ use crate::config::Durability;
 use crate::config::{Config, Listener};
 use crate::control::{ControlRequest, ShardCommand};
 use crate::limits;
+use crate::store::reopen::Reopenable;
 use crate::store::{RestoredSession, RetainedStore, ShardStore};
 use crate::transport::tls::{self, ReloadingCert};
 
@@ -135,25 +137,30 @@ pub(crate) struct Shard {
     control_tx: flume::Sender<ControlRequest>,
     audit_dropped: Arc<AtomicU64>,
     /// This shard's database, and the retained-message one (shared).
-    store: Arc<ShardStore>,
-    retained_store: Arc<RetainedStore>,
+    store: Arc<Reopenable<ShardStore>>,
+    retained_store: Arc<Reopenable<RetainedStore>>,
+    durability: Durability,
     /// Writes taken from the core, applied at the next flush.
     store_ops: RefCell<Vec<StoreOp>>,
+    /// Writes applied (or, while the store fails, collected) and not known durable yet.
+    unpersisted: RefCell<Vec<StoreOp>>,
+    /// The retained store's generation at this shard's last successful persist.
+    retained_gen: std::cell::Cell<u64>,
     /// Writes applied since the last persist.
     store_dirty: std::cell::Cell<bool>,
     /// Sequence of the last write applied (made durable by the next persist).
     store_applied: std::cell::Cell<u64>,
     /// The commit task, woken when writes were applied.
     commit_waker: RefCell<Option<std::task::Waker>>,
-    /// A store write failed: logged once.
+    /// The store is failing: the commit task retries (`durable.rs`).
     store_failed: std::cell::Cell<bool>,
     unix_epoch_ms: u64,
 }
 
-/// What each shard gets from the control plane.
 /// What one shard restores at start (see [`crate::store::Opened`]).
 type Restored = (Vec<RestoredSession>, Vec<(crate::broker::mesh::SessionKey, u8, u64)>, Vec<u64>);
 
+/// What each shard gets from the control plane.
 #[derive(Clone)]
 struct ShardLinks {
     pool: HashPool,
@@ -162,12 +169,13 @@ struct ShardLinks {
     audit_dropped: Arc<AtomicU64>,
     commands: Arc<Vec<flume::Receiver<ShardCommand>>>,
     /// The stores and what they held at start (each shard takes its sessions).
-    stores: Arc<Vec<Arc<ShardStore>>>,
-    retained_store: Arc<RetainedStore>,
+    stores: Arc<Vec<Arc<Reopenable<ShardStore>>>>,
+    retained_store: Arc<Reopenable<RetainedStore>>,
     /// Per shard: its sessions, the home registry entries of its sessions held elsewhere, and
     /// its de-duplication rows of forwarded QoS 2 messages.
     restored: Arc<std::sync::Mutex<Vec<Restored>>>,
     retained_msgs: Arc<Vec<crate::store::StoredRetained>>,
+    durability: Durability,
 }
 
 /// A future that completes at `at_ms` (shard clock), with tick resolution (50 ms).
@@ -263,56 +271,6 @@ impl Shard {
 }
 
 impl Shard {
-    /// Applies the core's store writes (staged; durable at the next persist).
-    fn apply_store_ops(&self) {
-        let mut ops = self.store_ops.borrow_mut();
-        let seq = self.core.borrow_mut().take_store_ops(&mut ops);
-        if ops.is_empty() {
-            return;
-        }
-        match self.store.apply(&mut ops, &self.retained_store, self.unix_epoch_ms) {
-            Ok(()) => {
-                self.store_dirty.set(true);
-                self.store_applied.set(seq);
-                if let Some(w) = self.commit_waker.borrow_mut().take() {
-                    w.wake();
-                }
-            }
-            Err(e) => {
-                ops.clear();
-                self.core.borrow_mut().store_failed(now_ms());
-                if !self.store_failed.replace(true) {
-                    tracing::error!(error = %e, "store write failed: acknowledgements that need the store are refused until restart");
-                }
-            }
-        }
-    }
-
-    /// Makes the applied writes durable (on the blocking pool), if any.
-    async fn persist_stores(self: &Rc<Self>) {
-        if !self.store_dirty.replace(false) {
-            return;
-        }
-        let upto = self.store_applied.get();
-        let st = self.store.clone();
-        let rs = self.retained_store.clone();
-        let r = glommio::executor().spawn_blocking(move || st.persist().and_then(|()| rs.persist())).await;
-        match r {
-            Ok(()) => {
-                // The acknowledgements that waited for these writes go out.
-                self.core.borrow_mut().durable(upto, now_ms());
-                self.flush_mesh();
-            }
-            Err(e) => {
-                self.core.borrow_mut().store_failed(now_ms());
-                self.flush_mesh();
-                if !self.store_failed.replace(true) {
-                    tracing::error!(error = %e, "store persist failed: acknowledgements that need the store are refused until restart");
-                }
-            }
-        }
-    }
-
     /// Hands the audit events raised since the last tick to the control plane, as one batch:
     /// one cross-thread wake-up per tick, not one per event (on a shared core, a wake-up per
     /// CONNECT cost more than the CONNECT).
@@ -446,6 +404,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         commands: Arc::new(cp.shard_commands),
         stores: Arc::new(opened.shards),
         retained_store: opened.retained,
+        durability: cfg.durability,
         restored: Arc::new(std::sync::Mutex::new(
             opened
                 .sessions
@@ -524,9 +483,12 @@ async fn shard_main(
         audit_tx: links.audit_tx.clone(),
         control_tx: links.control_tx.clone(),
         audit_dropped: links.audit_dropped.clone(),
+        durability: links.durability,
         store: links.stores[id as usize].clone(),
         retained_store: links.retained_store.clone(),
         store_ops: RefCell::new(Vec::new()),
+        unpersisted: RefCell::new(Vec::new()),
+        retained_gen: std::cell::Cell::new(links.retained_store.generation()),
         store_dirty: std::cell::Cell::new(false),
         store_applied: std::cell::Cell::new(0),
         commit_waker: RefCell::new(None),
@@ -556,13 +518,15 @@ async fn shard_main(
     // on the reactor) makes them durable and releases the acknowledgements that waited. `group`
     // gathers writes for `GROUP_COMMIT_MS` after the first; `always` starts at once (writes
     // arriving during an fsync go into the next).
-    let group = shard.store.durability() == Durability::Group;
-    if shard.store.durability() != Durability::None {
+    // A failing store is retried from the same task (`durable.rs`).
+    let group = shard.durability == Durability::Group;
+    {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             loop {
                 futures_lite::future::poll_fn(|cx| {
-                    if shard.store_dirty.get() {
+                    let persist = shard.store_dirty.get() && shard.durability != Durability::None;
+                    if persist || shard.store_failed.get() {
                         std::task::Poll::Ready(())
                     } else {
                         *shard.commit_waker.borrow_mut() = Some(cx.waker().clone());
@@ -570,6 +534,10 @@ async fn shard_main(
                     }
                 })
                 .await;
+                if shard.store_failed.get() {
+                    shard.recover_store().await;
+                    continue;
+                }
                 if group {
                     glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
                 }

@@ -18,6 +18,7 @@
 
 pub mod export;
 pub mod format;
+pub mod reopen;
 pub mod seal;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::broker::persist::{OutboundMark, StoreOp, StoredSession};
 use crate::broker::session::Delivery;
 use crate::config::Durability;
 use crate::control::store::{org_key, row_aad};
+use reopen::Reopenable;
 use seal::{OpenError, Sealer};
 
 pub use crate::control::store::StoreError;
@@ -163,7 +165,8 @@ fn open_db(dir: &Path) -> Result<Database, StoreError> {
 }
 
 impl ShardStore {
-    fn open(dir: &Path, durability: Durability, sealer: Arc<Sealer>) -> Result<ShardStore, StoreError> {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, durability: Durability, sealer: Arc<Sealer>) -> Result<ShardStore, StoreError> {
         let db = open_db(dir)?;
         let what = dir.display().to_string();
         Ok(ShardStore {
@@ -184,76 +187,77 @@ impl ShardStore {
         self.durability
     }
 
-    /// Applies the core's writes (staged: in the memtable and the journal's buffer).
+    /// Applies the core's writes (staged: in the memtable and the journal's buffer). Applying
+    /// them again, after a reopen, leaves the same rows.
     pub fn apply(
         &self,
-        ops: &mut Vec<StoreOp>,
+        ops: &[StoreOp],
         retained: &RetainedStore,
         unix_epoch_ms: u64,
     ) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
-        for op in ops.drain(..) {
+        for op in ops {
             match op {
                 StoreOp::Session { key, meta } => {
-                    let k = session_key(&key);
-                    let v = self.seal(&key, "sessions", &k, format::encode_session(&meta));
+                    let k = session_key(key);
+                    let v = self.seal(key, "sessions", &k, format::encode_session(meta));
                     batch.insert(&self.sessions, k, v);
                 }
                 StoreOp::Queued { key, seq, delivery } => {
-                    let k = queue_key(&key, seq);
-                    let v = self.seal(&key, "queue", &k, format::encode_delivery(&delivery, unix_epoch_ms));
+                    let k = queue_key(key, *seq);
+                    let v = self.seal(key, "queue", &k, format::encode_delivery(delivery, unix_epoch_ms));
                     batch.insert(&self.queue, k, v);
                 }
                 StoreOp::Outbound { key, seq, pid, released } => {
                     batch.insert(
                         &self.outbound,
-                        queue_key(&key, seq),
-                        format::encode_outbound(pid, released),
+                        queue_key(key, *seq),
+                        format::encode_outbound(*pid, *released),
                     );
                 }
                 StoreOp::Unqueued { key, seq } => {
-                    let k = queue_key(&key, seq);
+                    let k = queue_key(key, *seq);
                     batch.remove(&self.outbound, k.clone());
                     batch.remove(&self.queue, k);
                 }
                 StoreOp::Qos2 { key, pid, pending } => {
-                    let k = qos2_key(&key, pid);
-                    if pending {
+                    let k = qos2_key(key, *pid);
+                    if *pending {
                         batch.insert(&self.qos2, k, []);
                     } else {
                         batch.remove(&self.qos2, k);
                     }
                 }
                 StoreOp::Qos2Forward { key, pid, fwd } => {
-                    let k = qos2_key(&key, pid);
-                    let v = self.seal(&key, "qos2", &k, format::encode_forward(&fwd, unix_epoch_ms));
+                    let k = qos2_key(key, *pid);
+                    let v = self.seal(key, "qos2", &k, format::encode_forward(fwd, unix_epoch_ms));
                     batch.insert(&self.qos2, k, v);
                 }
                 StoreOp::Origin { oid } => batch.insert(&self.origins, oid.to_be_bytes(), []),
                 StoreOp::ExpireOrigins { before } => {
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    self.expire_origins(before)?;
+                    self.expire_origins(*before)?;
                 }
                 StoreOp::Forget { key } => {
                     // Committed first: the ranges are read from the tree, which must hold what
                     // this batch wrote before.
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    self.forget(&key)?;
+                    self.forget(key)?;
                 }
                 StoreOp::ForgetBefore { key, epoch } => {
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    if self.stored_epoch(&key).is_none_or(|e| e < epoch) {
-                        self.forget(&key)?;
+                    if self.stored_epoch(key).is_none_or(|e| e < *epoch) {
+                        self.forget(key)?;
                     }
                 }
                 StoreOp::PurgeOrg { org } => {
                     std::mem::replace(&mut batch, self.db.batch()).commit().map_err(ctx(&what))?;
-                    self.purge_org(&org)?;
-                    retained.purge_org(&org)?;
+                    self.purge_org(org)?;
+                    retained.purge_org(org)?;
                 }
-                StoreOp::Retain { org, msg, seq } => retained.put(&org, &msg, seq, unix_epoch_ms)?,
-                StoreOp::RetainExpired { org, topic, seq } => retained.expire(&org, &topic, seq)?,
+                StoreOp::Retain { org, msg, seq } => retained.put(org, msg, *seq, unix_epoch_ms)?,
+                StoreOp::RetainExpired { org, topic, seq } => retained.expire(org, topic, *seq)?,
             }
         }
         batch.commit().map_err(ctx(&what))
@@ -452,7 +456,8 @@ impl ShardStore {
 }
 
 impl RetainedStore {
-    fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<RetainedStore, StoreError> {
+    /// Opens (or creates) the retained database in `dir`.
+    pub fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<RetainedStore, StoreError> {
         let db = open_db(dir)?;
         let ks = db.keyspace("retained", KeyspaceCreateOptions::default).map_err(ctx("retained store"))?;
         Ok(RetainedStore { db, ks, sealer, write: Mutex::new(()) })
@@ -569,9 +574,9 @@ pub struct RestoredSession {
 #[derive(Debug)]
 pub struct Opened {
     /// One per shard.
-    pub shards: Vec<Arc<ShardStore>>,
+    pub shards: Vec<Arc<Reopenable<ShardStore>>>,
     /// Shared by all shards.
-    pub retained: Arc<RetainedStore>,
+    pub retained: Arc<Reopenable<RetainedStore>>,
     /// Sessions per shard that restores them (the one whose store holds them).
     pub sessions: Vec<Vec<RestoredSession>>,
     /// Per home shard: its sessions that another shard restores (key, that shard, generation).
@@ -702,5 +707,18 @@ pub fn open(
     let (retained_msgs, retained_seq) = retained.read_all(unix_now_ms)?;
     stores.truncate(nr);
     let origins = stores.iter().map(|s| s.read_origins()).collect::<Result<_, _>>()?;
-    Ok(Opened { shards: stores, retained, sessions, owners, origins, retained_msgs, retained_seq })
+    drop(stores);
+    // Opened again, each wrapped so that it can be reopened after a failure (a full disk).
+    let shards = (0..nr)
+        .map(|i| {
+            let (dir, sealer) = (root.join(i.to_string()), sealer.clone());
+            let st = ShardStore::open(&dir, durability, sealer.clone())?;
+            Ok(Arc::new(Reopenable::new(st, move || ShardStore::open(&dir, durability, sealer.clone()))))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    drop(retained);
+    let dir = data_dir.join("retained");
+    let rs = RetainedStore::open(&dir, sealer.clone())?;
+    let retained = Arc::new(Reopenable::new(rs, move || RetainedStore::open(&dir, sealer.clone())));
+    Ok(Opened { shards, retained, sessions, owners, origins, retained_msgs, retained_seq })
 }

@@ -1,0 +1,168 @@
+//! The shard shell's side of durability: applying the core's store writes, making them
+//! durable on the blocking pool, and recovering from a failing store (issue 14.8).
+//!
+//! Writes applied to the store stay in `Shard::unpersisted` until a persist covers them. When
+//! a write or a persist fails (a full disk), the core refuses what needs the store, writes
+//! keep collecting in `unpersisted`, and the commit task retries with backoff (1 s doubling
+//! to 30 s): it opens the store again (fjall refuses writes after a failed persist), applies
+//! every write not known durable, in order (writes are idempotent), and persists. Once that
+//! succeeds, the core acknowledges again; nothing acknowledged before or after is lost.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::{now_ms, Shard};
+use crate::config::Durability;
+
+/// First and longest wait between two recovery attempts.
+const RETRY_FIRST_MS: u64 = 1_000;
+const RETRY_MAX_MS: u64 = 30_000;
+
+impl Shard {
+    /// Applies the core's store writes (staged; durable at the next persist). While the store
+    /// is failing they only collect, for the recovery to apply.
+    pub(super) fn apply_store_ops(&self) {
+        let mut ops = self.store_ops.borrow_mut();
+        let seq = self.core.borrow_mut().take_store_ops(&mut ops);
+        if ops.is_empty() {
+            return;
+        }
+        self.store_applied.set(seq);
+        if self.store_failed.get() {
+            self.unpersisted.borrow_mut().append(&mut ops);
+            return;
+        }
+        let r = self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_epoch_ms)));
+        if self.durability == Durability::None && r.is_ok() {
+            ops.clear(); // nothing is promised durable: nothing to apply again
+        } else {
+            self.unpersisted.borrow_mut().append(&mut ops);
+        }
+        match r {
+            Ok(()) => self.store_dirty.set(true),
+            Err(e) => self.store_failure("write", &e),
+        }
+        if let Some(w) = self.commit_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Makes the applied writes durable (on the blocking pool), if any.
+    pub(super) async fn persist_stores(self: &Rc<Self>) {
+        if self.store_failed.get() || !self.store_dirty.replace(false) {
+            return;
+        }
+        let upto = self.store_applied.get();
+        let n = self.unpersisted.borrow().len();
+        let (st, rs, gen) = (self.store.clone(), self.retained_store.clone(), self.retained_gen.get());
+        // A reopen of the retained store by another shard's recovery may have dropped writes of
+        // this shard not durable yet: that refuses this persist, and the recovery applies them.
+        let r = glommio::executor()
+            .spawn_blocking(move || st.with(|s| s.persist()).and_then(|()| rs.with_at(gen, |r| r.persist())))
+            .await;
+        match r {
+            Ok(()) => {
+                self.unpersisted.borrow_mut().drain(..n);
+                // The acknowledgements that waited for these writes go out.
+                self.core.borrow_mut().durable(upto, now_ms());
+                self.flush_mesh();
+            }
+            Err(e) => {
+                self.store_failure("persist", &e);
+                self.flush_mesh();
+            }
+        }
+    }
+
+    /// Applies what `store_ops` already holds (writes collected during a recovery attempt).
+    fn reapply_collected(&self) {
+        let ops = std::mem::take(&mut *self.store_ops.borrow_mut());
+        if ops.is_empty() {
+            return;
+        }
+        let r = self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_epoch_ms)));
+        self.unpersisted.borrow_mut().extend(ops);
+        match r {
+            Ok(()) => self.store_dirty.set(true),
+            Err(e) => self.store_failure("write", &e),
+        }
+    }
+
+    /// A store write or persist failed: refuse what needs the store, once, until recovered.
+    fn store_failure(&self, what: &str, e: &crate::store::StoreError) {
+        if self.store_failed.replace(true) {
+            return;
+        }
+        let mut core = self.core.borrow_mut();
+        core.store_failed(now_ms());
+        core.audit_store_health(false, now_ms());
+        core.sys().set_store_failing(core.shard_id(), true);
+        tracing::error!(error = %e, shard = core.shard_id(), "store {what} failed: acknowledgements that need the store are refused; retrying");
+    }
+
+    /// While the store is failing: reopen it, apply every write not known durable, persist;
+    /// with backoff until that succeeds.
+    pub(super) async fn recover_store(self: &Rc<Self>) {
+        let mut wait = RETRY_FIRST_MS;
+        let mut attempts = 0u64;
+        while self.store_failed.get() {
+            glommio::timer::sleep(Duration::from_millis(wait)).await;
+            attempts += 1;
+            let upto = self.store_applied.get();
+            let ops = std::mem::take(&mut *self.unpersisted.borrow_mut());
+            let (st, rs, epoch) = (self.store.clone(), self.retained_store.clone(), self.unix_epoch_ms);
+            let persist = self.durability != Durability::None;
+            let (ops, r) = glommio::executor()
+                .spawn_blocking(move || {
+                    let r = (|| -> Result<u64, crate::store::StoreError> {
+                        st.reopen()?;
+                        // The retained store is shared: opened again only if it fails here too.
+                        if rs.with(|r| r.persist()).is_err() {
+                            rs.reopen()?;
+                        }
+                        st.with(|s| rs.with(|r| s.apply(&ops, r, epoch)))?;
+                        if persist {
+                            st.with(|s| s.persist())?;
+                            rs.with(|r| r.persist())?;
+                        }
+                        Ok(rs.generation())
+                    })();
+                    (ops, r)
+                })
+                .await;
+            match r {
+                Ok(gen) => {
+                    self.retained_gen.set(gen);
+                    self.store_failed.set(false);
+                    {
+                        let mut core = self.core.borrow_mut();
+                        core.store_recovered(upto, now_ms());
+                        core.audit_store_health(true, now_ms());
+                        core.sys().set_store_failing(core.shard_id(), false);
+                        tracing::info!(
+                            shard = core.shard_id(),
+                            attempts,
+                            writes = ops.len(),
+                            "store recovered: acknowledging again"
+                        );
+                    }
+                    // Writes the core made during the attempt: applied now, durable next.
+                    let later = std::mem::take(&mut *self.unpersisted.borrow_mut());
+                    *self.store_ops.borrow_mut() = later;
+                    self.reapply_collected();
+                }
+                Err(e) => {
+                    let mut later = std::mem::take(&mut *self.unpersisted.borrow_mut());
+                    let mut all = ops;
+                    all.append(&mut later);
+                    *self.unpersisted.borrow_mut() = all;
+                    tracing::warn!(error = %e, attempts, retry_in_ms = wait.min(RETRY_MAX_MS), "store still failing");
+                    wait = (wait * 2).min(RETRY_MAX_MS);
+                }
+            }
+        }
+        // What the core wrote during the attempt is applied now.
+        self.apply_store_ops();
+        self.flush_mesh();
+    }
+}
