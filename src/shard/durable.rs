@@ -42,8 +42,10 @@ impl Shard {
             Ok(()) => self.store_dirty.set(true),
             Err(e) => self.store_failure("write", &e),
         }
-        if let Some(w) = self.commit_waker.borrow_mut().take() {
-            w.wake();
+        if self.durability != Durability::None || self.store_failed.get() {
+            if let Some(w) = self.commit_waker.borrow_mut().take() {
+                w.wake();
+            }
         }
     }
 
