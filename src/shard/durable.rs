@@ -55,7 +55,9 @@ impl Shard {
             return;
         }
         let upto = self.store_applied.get();
-        let n = self.unpersisted.borrow().len();
+        // Two persists may overlap (the commit task's and a purge's or the shutdown's): each
+        // drops what it covered, by position since start.
+        let end = self.unpersisted_base.get() + self.unpersisted.borrow().len() as u64;
         let (st, rs, gen) = (self.store.clone(), self.retained_store.clone(), self.retained_gen.get());
         // A reopen of the retained store by another shard's recovery may have dropped writes of
         // this shard not durable yet: that refuses this persist, and the recovery applies them.
@@ -64,7 +66,12 @@ impl Shard {
             .await;
         match r {
             Ok(()) => {
-                self.unpersisted.borrow_mut().drain(..n);
+                if !self.store_failed.get() {
+                    let mut un = self.unpersisted.borrow_mut();
+                    let k = (end.saturating_sub(self.unpersisted_base.get()) as usize).min(un.len());
+                    un.drain(..k);
+                    self.unpersisted_base.set(self.unpersisted_base.get() + k as u64);
+                }
                 // The acknowledgements that waited for these writes go out.
                 self.core.borrow_mut().durable(upto, now_ms());
                 self.flush_mesh();
@@ -135,6 +142,7 @@ impl Shard {
             match r {
                 Ok(gen) => {
                     self.retained_gen.set(gen);
+                    self.unpersisted_base.set(self.unpersisted_base.get() + ops.len() as u64);
                     self.store_failed.set(false);
                     {
                         let mut core = self.core.borrow_mut();

@@ -144,6 +144,8 @@ pub(crate) struct Shard {
     store_ops: RefCell<Vec<StoreOp>>,
     /// Writes applied (or, while the store fails, collected) and not known durable yet.
     unpersisted: RefCell<Vec<StoreOp>>,
+    /// How many writes left `unpersisted` (durable) since start: the position of its first.
+    unpersisted_base: std::cell::Cell<u64>,
     /// The retained store's generation at this shard's last successful persist.
     retained_gen: std::cell::Cell<u64>,
     /// Writes applied since the last persist.
@@ -488,6 +490,7 @@ async fn shard_main(
         retained_store: links.retained_store.clone(),
         store_ops: RefCell::new(Vec::new()),
         unpersisted: RefCell::new(Vec::new()),
+        unpersisted_base: std::cell::Cell::new(0),
         retained_gen: std::cell::Cell::new(links.retained_store.generation()),
         store_dirty: std::cell::Cell::new(false),
         store_applied: std::cell::Cell::new(0),
