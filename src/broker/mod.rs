@@ -17,6 +17,7 @@ mod purge;
 pub mod retained;
 mod rights;
 pub mod session;
+mod store_health;
 pub mod sys;
 pub mod testing;
 #[cfg(test)]

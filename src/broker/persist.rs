@@ -407,78 +407,10 @@ impl ShardCore {
         self.gated = gated;
     }
 
-    /// The store failed (a full disk, an I/O error): what waited for it is refused, and so is
-    /// every later acknowledgement that would depend on it. Nothing is acknowledged as stored
-    /// that was not.
-    pub fn store_failed(&mut self, now_ms: u64) {
-        self.store_broken = true;
-        while let Some((_, to, what)) = self.stored_replies.pop_front() {
-            match what {
-                AfterDurable::Stored(token) => self.send(to, MeshMsg::Stored { token, ok: false }),
-                // A moved session's old copy stays: its new copy may not be on disk.
-                AfterDurable::Forget(..) => {}
-                // Delivered as the local subscribers' copies were (the publisher is refused).
-                AfterDurable::Forward(m) => {
-                    self.deferred_forwards[to as usize] -= 1;
-                    self.send(to, *m);
-                }
-            }
-        }
-        // A CONNACK or SUBACK that promised a stored session must not go out: close without it
-        // (the client reconnects and is told then).
-        for id in std::mem::take(&mut self.gated) {
-            if let Some(c) = self.conn_mut(id) {
-                c.out_gate = 0;
-                c.out.clear();
-                self.close_conn(id, None, now_ms);
-            }
-        }
-        while let Some(h) = self.held_acks.pop_front() {
-            self.remote_waits.remove(&h.token);
-            if let Some(c) = self.conn_mut(h.id) {
-                c.held_acks -= 1;
-                self.refuse_ack(h.id, h.p, now_ms);
-            }
-        }
-    }
-
-    /// Whether the store failed.
-    pub fn store_is_broken(&self) -> bool {
-        self.store_broken
-    }
-
-    /// The store works again and every write up to `upto` is durable: acknowledgements that
-    /// need the store go out again.
-    pub fn store_recovered(&mut self, upto: u64, now_ms: u64) {
-        self.store_broken = false;
-        self.durable(upto, now_ms);
-    }
-
-    /// Records in every org's audit log that this shard's store failed (`ok` false: from now
-    /// on, publishes that need it are refused) or works again.
-    pub fn audit_store_health(&mut self, ok: bool, now_ms: u64) {
-        let action = if ok { "store_recovered" } else { "store_failing" };
-        let orgs: Vec<Arc<str>> = self.cfg.auth.directory.load().orgs.keys().cloned().collect();
-        for org in orgs {
-            let detail = [("action", action.into()), ("shard", self.shard.into())];
-            self.audit(now_ms, org, crate::audit::AuditKind::Admin, None, Some("broker"), &detail);
-        }
-    }
-
-    /// The board `/metrics` and `$SYS` read.
-    pub fn sys(&self) -> &crate::broker::sys::SysBoard {
-        &self.cfg.sys
-    }
-
-    /// This shard's index.
-    pub fn shard_id(&self) -> u8 {
-        self.shard
-    }
-
     /// An acknowledgement that cannot promise durability: 5.0 gets PUBACK/PUBREC 0x80
     /// (Unspecified error; the sender may retry later); 3.1.1 has no way to say it, so the
     /// connection closes unacknowledged (the client resends after reconnecting).
-    fn refuse_ack(&mut self, id: ConnId, p: Packet, now_ms: u64) {
+    pub(super) fn refuse_ack(&mut self, id: ConnId, p: Packet, now_ms: u64) {
         let v5 = self.conn(id).is_some_and(|c| c.protocol == Some(Protocol::V5));
         match p {
             Packet::PubAck(_) | Packet::PubRec(_) if !v5 => self.close_conn(id, None, now_ms),
@@ -723,10 +655,11 @@ impl ShardCore {
     }
 
     /// Restores a persistent session from the store as an offline session of this shard (at
-    /// start, before any client connects), under the generation [`crate::store::open`] gave it. `queue` is in sequence order; each delivery keeps
-    /// its stored sequence; those in `outbound` go back in flight under their packet ids;
-    /// `forwards` are re-forwarded by [`ShardCore::replay_forwards`]. A session already past its
-    /// expiry is dropped (and forgotten).
+    /// start, before any client connects), under the generation [`crate::store::open`] gave
+    /// it. `queue` is in sequence order; each delivery keeps its stored sequence; those in
+    /// `outbound` go back in flight under their packet ids; `forwards` are re-forwarded by
+    /// [`ShardCore::replay_forwards`]. A session already past its expiry is dropped (and
+    /// forgotten).
     pub fn restore_session(&mut self, now_ms: u64, s: crate::store::RestoredSession) -> bool {
         let crate::store::RestoredSession { key, meta, queue, outbound, qos2, forwards, generation } = s;
         let (meta, outbound, qos2_pending) = (&meta, &outbound[..], &qos2[..]);

@@ -83,20 +83,6 @@ impl Shard {
         }
     }
 
-    /// Applies what `store_ops` already holds (writes collected during a recovery attempt).
-    fn reapply_collected(&self) {
-        let ops = std::mem::take(&mut *self.store_ops.borrow_mut());
-        if ops.is_empty() {
-            return;
-        }
-        let r = self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_epoch_ms)));
-        self.unpersisted.borrow_mut().extend(ops);
-        match r {
-            Ok(()) => self.store_dirty.set(true),
-            Err(e) => self.store_failure("write", &e),
-        }
-    }
-
     /// A store write or persist failed: refuse what needs the store, once, until recovered.
     fn store_failure(&self, what: &str, e: &crate::store::StoreError) {
         if self.store_failed.replace(true) {
@@ -156,10 +142,10 @@ impl Shard {
                             "store recovered: acknowledging again"
                         );
                     }
-                    // Writes the core made during the attempt: applied now, durable next.
+                    // Writes the core made during the attempt go first into the next apply
+                    // (below), ahead of what the core writes from now on.
                     let later = std::mem::take(&mut *self.unpersisted.borrow_mut());
                     *self.store_ops.borrow_mut() = later;
-                    self.reapply_collected();
                 }
                 Err(e) => {
                     let mut later = std::mem::take(&mut *self.unpersisted.borrow_mut());
@@ -171,7 +157,7 @@ impl Shard {
                 }
             }
         }
-        // What the core wrote during the attempt is applied now.
+        // What the core wrote during the attempt (and since) is applied now.
         self.apply_store_ops();
         self.flush_mesh();
     }

@@ -638,9 +638,9 @@ pub fn open(
     }
     let mut stores = Vec::new();
     for (_, d) in &dirs {
-        stores.push(Arc::new(ShardStore::open(d, durability, sealer.clone())?));
+        stores.push(ShardStore::open(d, durability, sealer.clone())?);
     }
-    let retained = Arc::new(RetainedStore::open(&data_dir.join("retained"), sealer.clone())?);
+    let retained = RetainedStore::open(&data_dir.join("retained"), sealer.clone())?;
     if sealer.reseal_requested() {
         // A key used for the first time seals the plain values it covers (else they would be
         // refused as planted).
@@ -707,18 +707,16 @@ pub fn open(
     let (retained_msgs, retained_seq) = retained.read_all(unix_now_ms)?;
     stores.truncate(nr);
     let origins = stores.iter().map(|s| s.read_origins()).collect::<Result<_, _>>()?;
-    drop(stores);
-    // Opened again, each wrapped so that it can be reopened after a failure (a full disk).
-    let shards = (0..nr)
-        .map(|i| {
+    // Each wrapped so that it can be reopened after a failure (a full disk).
+    let shards = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, st)| {
             let (dir, sealer) = (root.join(i.to_string()), sealer.clone());
-            let st = ShardStore::open(&dir, durability, sealer.clone())?;
-            Ok(Arc::new(Reopenable::new(st, move || ShardStore::open(&dir, durability, sealer.clone()))))
+            Arc::new(Reopenable::new(st, move || ShardStore::open(&dir, durability, sealer.clone())))
         })
-        .collect::<Result<_, StoreError>>()?;
-    drop(retained);
+        .collect();
     let dir = data_dir.join("retained");
-    let rs = RetainedStore::open(&dir, sealer.clone())?;
-    let retained = Arc::new(Reopenable::new(rs, move || RetainedStore::open(&dir, sealer.clone())));
+    let retained = Arc::new(Reopenable::new(retained, move || RetainedStore::open(&dir, sealer.clone())));
     Ok(Opened { shards, retained, sessions, owners, origins, retained_msgs, retained_seq })
 }
