@@ -19,7 +19,7 @@ use rustls_pki_types::CertificateDer;
 fn setup() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
     coremq::transport::tls::install_provider();
     let dir = tempfile::tempdir().unwrap().keep();
-    coremq::certs::write_dev_certs(&dir).unwrap();
+    coremq::cli::certs::write_dev_certs(&dir).unwrap();
     let s = TlsSettings {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),

@@ -71,14 +71,7 @@ pub enum KeyMaterial {
     Env(String),
 }
 
-/// `[org.retention]`: how long an org's stored messages are kept at most.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Retention {
-    /// Queued messages older than this (since received) are dropped, not delivered.
-    pub queued_max_age_ms: Option<u64>,
-    /// Retained messages older than this (since set) are dropped.
-    pub retained_max_age_ms: Option<u64>,
-}
+pub use crate::quota::Retention;
 
 /// `durability`: when writes to the shards' stores reach the disk (docs/durability.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -21,18 +21,17 @@
 //!    [`broker::mesh::MeshMsg`]. The ownership table is in `docs/architecture.md`.
 
 pub mod acl;
-pub mod acl_tool;
-pub mod admin_client;
 pub mod audit;
 pub mod auth;
 pub mod broker;
-pub mod certs;
 pub mod cli;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod control;
 pub mod identity;
 pub mod limits;
+pub mod plane;
 pub mod quota;
 pub mod ratelog;
 pub mod router;

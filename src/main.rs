@@ -1,7 +1,7 @@
 //! The `coremq` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use coremq::admin_client;
+use coremq::cli::admin_client;
 use coremq::cli::{CertsAction, Cli, Command, ConfigAction};
 use coremq::config::Config;
 
@@ -24,7 +24,7 @@ fn print_api(r: Result<serde_json::Value, admin_client::ClientError>) -> i32 {
 }
 
 fn acl(a: coremq::cli::AclAction) -> i32 {
-    use coremq::acl_tool as t;
+    use coremq::cli::acl_tool as t;
     use coremq::cli::AclAction;
     let r = match a {
         AclAction::Validate { file } => t::validate(&file).map(|s| (s, true)),
@@ -123,16 +123,18 @@ fn main() {
                 },
             }
         }
-        Command::Certs { action: CertsAction::Dev { dir } } => match coremq::certs::write_dev_certs(&dir) {
-            Ok(()) => {
-                println!("wrote {} into {}", coremq::certs::DEV_FILES.join(", "), dir.display());
-                0
+        Command::Certs { action: CertsAction::Dev { dir } } => {
+            match coremq::cli::certs::write_dev_certs(&dir) {
+                Ok(()) => {
+                    println!("wrote {} into {}", coremq::cli::certs::DEV_FILES.join(", "), dir.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("coremq: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("coremq: {e}");
-                1
-            }
-        },
+        }
         Command::Config { action: ConfigAction::Check { file } } => {
             match Config::load(&file).map_err(|e| e.to_string()).and_then(|c| {
                 coremq::shard::build_listeners(&c).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -212,12 +214,8 @@ fn data(action: coremq::cli::DataAction) -> i32 {
             println!("{}", coremq::store::seal::generate_key_hex());
             return 0;
         }
-        DataAction::Export { dir, config } => {
-            load(&config).and_then(|c| coremq::store::export::export(&c, &dir))
-        }
-        DataAction::Import { dir, config } => {
-            load(&config).and_then(|c| coremq::store::export::import(&c, &dir))
-        }
+        DataAction::Export { dir, config } => load(&config).and_then(|c| coremq::cli::data::export(&c, &dir)),
+        DataAction::Import { dir, config } => load(&config).and_then(|c| coremq::cli::data::import(&c, &dir)),
     };
     match r {
         Ok(m) => {

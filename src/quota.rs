@@ -308,6 +308,15 @@ impl Lease {
     }
 }
 
+/// `[org.retention]`: how long an org's stored messages are kept at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Queued messages older than this (since received) are dropped, not delivered.
+    pub queued_max_age_ms: Option<u64>,
+    /// Retained messages older than this (since set) are dropped.
+    pub retained_max_age_ms: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

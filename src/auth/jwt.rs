@@ -11,7 +11,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::directory::{Attrs, Identity, Method};
+use super::principal::{Attrs, Identity, Method};
 
 /// Longest JWT accepted (a 1 MB "token" is refused before any parsing).
 pub const JWT_BYTES_MAX: usize = 16 * 1024;

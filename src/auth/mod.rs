@@ -10,6 +10,7 @@ pub mod cache;
 pub mod directory;
 pub mod jwt;
 pub mod password;
+pub mod principal;
 pub mod secret;
 
 use std::collections::HashMap;

@@ -580,7 +580,7 @@ impl ShardCore {
     /// queues, and retained messages (in the replica here and, once per message, in the store).
     fn expire_retention(&mut self, now_ms: u64) {
         let dir = self.cfg.auth.directory.load();
-        if dir.orgs.values().all(|o| o.retention == crate::config::Retention::default()) {
+        if dir.orgs.values().all(|o| o.retention == crate::quota::Retention::default()) {
             return;
         }
         let mut trimmed = Vec::new();

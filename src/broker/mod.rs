@@ -1347,7 +1347,7 @@ impl ShardCore {
     }
 
     /// Live, authenticated connections of `org` on this shard.
-    pub fn live_sessions(&self, org: &str) -> Vec<crate::control::SessionInfo> {
+    pub fn live_sessions(&self, org: &str) -> Vec<crate::plane::SessionInfo> {
         self.conns
             .iter()
             .flatten()
@@ -1355,7 +1355,7 @@ impl ShardCore {
             .filter_map(|c| {
                 let ident = c.identity.as_ref()?;
                 let key = c.key.as_ref()?;
-                (&*key.org == org).then(|| crate::control::SessionInfo {
+                (&*key.org == org).then(|| crate::plane::SessionInfo {
                     client_id: key.client_id.as_str().to_string(),
                     identity: ident.name.to_string(),
                     method: ident.method.as_str().to_string(),
@@ -1369,9 +1369,9 @@ impl ShardCore {
     }
 
     /// Closes `org`'s connections matching `target`; how many.
-    pub fn kick_target(&mut self, now_ms: u64, org: &str, target: &crate::control::KickTarget) -> usize {
+    pub fn kick_target(&mut self, now_ms: u64, org: &str, target: &crate::plane::KickTarget) -> usize {
         use crate::auth::directory::Method;
-        use crate::control::KickTarget;
+        use crate::plane::KickTarget;
         match target {
             KickTarget::All => self.kick(now_ms, org, |_| true),
             KickTarget::User(u) => self.kick(now_ms, org, |i| i.method == Method::Password && &*i.name == u),
@@ -1474,7 +1474,7 @@ impl ShardCore {
     }
 
     /// The maximum ages of `org`'s stored messages.
-    pub(crate) fn retention(&self, org: &str) -> crate::config::Retention {
+    pub(crate) fn retention(&self, org: &str) -> crate::quota::Retention {
         self.cfg.auth.directory.load().orgs.get(org).map(|o| o.retention).unwrap_or_default()
     }
 

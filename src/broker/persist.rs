@@ -257,6 +257,25 @@ pub struct HeldAck {
     pub p: Packet,
 }
 
+/// A session read back at start.
+#[derive(Debug)]
+pub struct RestoredSession {
+    /// Whose.
+    pub key: SessionKey,
+    /// Its record.
+    pub meta: StoredSession,
+    /// Its queue, in order (expired messages left out).
+    pub queue: Vec<Delivery>,
+    /// Which of them were in flight, under which packet id.
+    pub outbound: Vec<OutboundMark>,
+    /// Inbound QoS 2 packet ids received and not yet released.
+    pub qos2: Vec<u16>,
+    /// Those whose message's copies on other shards were not all confirmed durable.
+    pub forwards: Vec<(u16, PendingForward)>,
+    /// The generation its shard restores it under (assigned by [`crate::store::open`]; 0 before).
+    pub generation: u64,
+}
+
 impl ShardCore {
     /// Store writes made since the last call, in order; returns the sequence of the last one
     /// (pass it to [`ShardCore::durable`] once they are on disk).
@@ -660,8 +679,8 @@ impl ShardCore {
     /// `outbound` go back in flight under their packet ids; `forwards` are re-forwarded by
     /// [`ShardCore::replay_forwards`]. A session already past its expiry is dropped (and
     /// forgotten).
-    pub fn restore_session(&mut self, now_ms: u64, s: crate::store::RestoredSession) -> bool {
-        let crate::store::RestoredSession { key, meta, queue, outbound, qos2, forwards, generation } = s;
+    pub fn restore_session(&mut self, now_ms: u64, s: RestoredSession) -> bool {
+        let RestoredSession { key, meta, queue, outbound, qos2, forwards, generation } = s;
         let (meta, outbound, qos2_pending) = (&meta, &outbound[..], &qos2[..]);
         self.next_generation = self.next_generation.max(generation >> 8);
         let unix_now = self.cfg.unix_epoch_ms + now_ms;

@@ -5,45 +5,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::props::Properties;
+pub use super::wire::{varint_len, write_binary, write_str, write_varint};
 use super::*;
-
-/// Bytes a variable byte integer takes.
-pub fn varint_len(v: usize) -> usize {
-    match v {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-/// Writes a variable byte integer (`v` < 268,435,456).
-pub fn write_varint(out: &mut impl BufMut, mut v: usize) {
-    debug_assert!(v < 268_435_456, "varint out of range");
-    loop {
-        let mut byte = (v % 128) as u8;
-        v /= 128;
-        if v > 0 {
-            byte |= 0x80;
-        }
-        out.put_u8(byte);
-        if v == 0 {
-            break;
-        }
-    }
-}
-
-/// Writes a length-prefixed string.
-pub fn write_str(out: &mut impl BufMut, s: &MqStr) {
-    write_binary(out, s.as_bytes());
-}
-
-/// Writes length-prefixed binary data (callers guarantee len <= 65535).
-pub fn write_binary(out: &mut impl BufMut, b: &[u8]) {
-    debug_assert!(b.len() <= u16::MAX as usize);
-    out.put_u16(b.len() as u16);
-    out.put_slice(b);
-}
 
 fn header(out: &mut BytesMut, first: u8, remaining: usize) {
     out.reserve(1 + varint_len(remaining) + remaining);

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod props;
 pub mod reason;
 pub mod topic;
+pub mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -5,8 +5,10 @@
 use bytes::{Buf, BufMut, Bytes};
 use smallvec::SmallVec;
 
-use super::decode::{read_binary, read_str, read_u16, read_u32, read_u8, read_varint, DecodeError};
-use super::encode::{varint_len, write_binary, write_str, write_varint};
+use super::wire::{
+    read_binary, read_str, read_u16, read_u32, read_u8, read_varint, varint_len, write_binary, write_str,
+    write_varint, DecodeError,
+};
 use super::{MqStr, ReasonCode};
 
 /// Where a property list sits; decides which properties are allowed (MQTT 5.0 §2.2.2.2).

@@ -16,12 +16,14 @@ use serde_json::json;
 use utoipa::{OpenApi, ToSchema};
 
 use super::store::{OrgRecord, TokenRecord, UserRecord};
-use super::{rfc3339, unix_now_ms, Ctl, KickTarget, SessionInfo, ShardCommand};
+use super::Ctl;
 use crate::auth::directory::Attrs;
 use crate::auth::secret;
 use crate::auth::{API_KEY_DOMAIN, TOKEN_DOMAIN};
+use crate::clock::{rfc3339, unix_ms};
 use crate::identity::{parse_username, valid_org_id};
 use crate::limits;
+use crate::plane::{KickTarget, SessionInfo, ShardCommand};
 
 /// Largest request body accepted.
 const BODY_MAX: usize = 64 * 1024;
@@ -482,7 +484,7 @@ async fn create_org(
         }
         ctl.store.put_org(&OrgRecord {
             id: id.clone(),
-            created_unix_ms: unix_now_ms(),
+            created_unix_ms: unix_ms(),
             token_ttl_secs: ttl,
             token_ttl_max_secs: ttl_max,
             source: "api".into(),
@@ -982,7 +984,7 @@ async fn create_token(
 fn mint_token(ctl: &Ctl, org: &str, ttl: u64, attrs: Attrs) -> ApiResult<CreatedToken> {
     let id = format!("tok_{}", secret::random_b32(16));
     let password = format!("tkn_{}", secret::random_b32(40));
-    let now = unix_now_ms();
+    let now = unix_ms();
     let expires = now + ttl * 1000;
     let rec = TokenRecord {
         id: id.clone(),
@@ -1052,7 +1054,7 @@ async fn token_exchange(
     }
     let org_arc: Arc<str> = org.as_str().into();
     let check = |may_fetch| {
-        verify(&org_arc, &[Arc::new(ring.provider_dir(unix_now_ms()))], req.token.as_bytes(), may_fetch)
+        verify(&org_arc, &[Arc::new(ring.provider_dir(unix_ms()))], req.token.as_bytes(), may_fetch)
     };
     let mut result = check(true);
     if let JwtCheck::UnknownKey { .. } = result {
@@ -1072,7 +1074,7 @@ async fn token_exchange(
                 client_id: None,
                 username: Some(who.actor()),
                 detail: d,
-                unix_ms: unix_now_ms(),
+                unix_ms: unix_ms(),
             });
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", why));
         }
@@ -1100,7 +1102,7 @@ async fn list_tokens(
     Query(q): Query<OrgQuery>,
 ) -> ApiResult<impl IntoResponse> {
     let (_, org) = scope(&ctl, &headers, &q)?;
-    let now = unix_now_ms();
+    let now = unix_ms();
     Ok(Json(
         ctl.store
             .tokens(&org)?
@@ -1527,7 +1529,7 @@ async fn rest_publish(
             client_id: Some("rest_publisher".into()),
             username: Some(who.actor()),
             detail: det,
-            unix_ms: unix_now_ms(),
+            unix_ms: unix_ms(),
         });
         return Err(ApiError::forbidden(format!("the policy denies rest_publisher publishing to \"{t}\"")));
     }

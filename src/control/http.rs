@@ -86,7 +86,7 @@ pub(crate) async fn serve(l: tokio::net::TcpListener, app: axum::Router) {
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let now = crate::control::unix_now_ms() / 1000;
+            let now = crate::clock::unix_ms() / 1000;
             if now != refused_logged {
                 refused_logged = now;
                 tracing::info!(%peer, max = CONNECTIONS_MAX, "admin API connection refused: too many open");

@@ -158,7 +158,7 @@ impl Ring {
             }
         };
         st.next_refresh = Some(Instant::now() + max_age);
-        let now = super::unix_now_ms();
+        let now = crate::clock::unix_ms();
         let grace_ms = self.cfg.key_grace_secs * 1000;
         let old = std::mem::take(&mut st.current);
         for k in old {

@@ -12,14 +12,16 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::audit::{AuditKind, AuditRecord};
 use crate::auth::directory::{Directory, OrgDir, TokenDir, UserDir};
 use crate::auth::password::HashPool;
 use crate::auth::secret::{self, Pepper};
 use crate::auth::{AuthShared, API_KEY_DOMAIN};
+use crate::clock::unix_ms;
 use crate::config::Config;
+use crate::plane::{ControlRequest, KickTarget, ShardCommand};
 use store::{ApiKeyRecord, OrgRecord, Store, StoreError, UserRecord};
 
 /// Commands queued per shard before the control plane reports the shard as busy.
@@ -29,119 +31,6 @@ const SHARD_COMMAND_QUEUE: usize = 1024;
 const PURGE_WAIT: Duration = Duration::from_secs(30);
 /// Audit batches (one per shard per tick) queued before more are dropped (and counted).
 const AUDIT_QUEUE: usize = 1024;
-
-/// Whose connections to close.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KickTarget {
-    /// A permanent user (deleted, disabled or its password changed).
-    User(String),
-    /// A temporary token (revoked).
-    Token(String),
-    /// Every connection of the org (org deleted).
-    All,
-    /// The connection with this client id (admin disconnect).
-    ClientId(String),
-}
-
-/// A live connection, for `GET /v2/sessions`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SessionInfo {
-    /// Client id.
-    pub client_id: String,
-    /// Identity name (user, token id, `anonymous`).
-    pub identity: String,
-    /// `password`, `token` or `anonymous`.
-    pub method: String,
-    /// `tcp`, `tls`, `ws`, `wss`.
-    pub transport: String,
-    /// Client address.
-    pub remote: String,
-    /// MQTT protocol level (4 or 5).
-    pub protocol: u8,
-    /// Shard serving it.
-    pub shard: u8,
-}
-
-/// A command for one shard.
-#[derive(Debug)]
-pub enum ShardCommand {
-    /// Close matching connections of `org` (5.0: DISCONNECT 0x98); replies with the count.
-    Kick {
-        /// Organization.
-        org: Arc<str>,
-        /// Whose connections.
-        target: KickTarget,
-        /// Count of connections closed.
-        reply: Option<flume::Sender<usize>>,
-    },
-    /// Which live subscriptions of `org` a candidate policy would remove: (client id, filter).
-    DiffPolicy {
-        /// Organization.
-        org: Arc<str>,
-        /// The candidate.
-        policy: Arc<crate::acl::Policy>,
-        /// The list.
-        reply: flume::Sender<Vec<(String, String)>>,
-    },
-    /// `org`'s policy changed: recompile ACLs, drop subscriptions it no longer allows.
-    PolicyChanged {
-        /// Organization.
-        org: Arc<str>,
-    },
-    /// Publish into `org` as a service identity (REST bridge), after the ACL check.
-    Publish {
-        /// Organization.
-        org: Arc<str>,
-        /// Topic.
-        topic: String,
-        /// Payload.
-        payload: bytes::Bytes,
-        /// QoS (0 or 1).
-        qos: u8,
-        /// Retain flag.
-        retain: bool,
-        /// User properties (5.0 subscribers see them).
-        user_properties: Vec<(String, String)>,
-    },
-    /// `org` was deleted: remove everything it owns on the shard, in memory and on disk;
-    /// replies once the store's deletion is durable (false: the store failed).
-    PurgeOrg {
-        /// Organization.
-        org: Arc<str>,
-        /// Done.
-        reply: flume::Sender<bool>,
-    },
-    /// List `org`'s live connections.
-    Sessions {
-        /// Organization.
-        org: Arc<str>,
-        /// The list.
-        reply: flume::Sender<Vec<SessionInfo>>,
-    },
-}
-
-/// A request from a shard to the control plane.
-pub enum ControlRequest {
-    /// Refresh a JWT provider's keys (an unknown `kid` was seen); `reply` runs when done.
-    RefreshKeys {
-        /// Organization.
-        org: Arc<str>,
-        /// Provider name.
-        provider: Arc<str>,
-        /// Called when the refresh finished or was skipped.
-        reply: Box<dyn FnOnce() + Send>,
-    },
-}
-
-impl std::fmt::Debug for ControlRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlRequest::RefreshKeys { org, provider, .. } => {
-                write!(f, "RefreshKeys({org}, {provider})")
-            }
-        }
-    }
-}
 
 /// Requests queued from all shards to the control plane.
 const REQUEST_QUEUE: usize = 4096;
@@ -222,7 +111,7 @@ pub struct Ctl {
     /// Kept across directory rebuilds (the counters must survive them).
     pub(crate) quotas: Mutex<HashMap<String, Arc<crate::quota::OrgQuota>>>,
     /// `[org.retention]` of declared orgs.
-    pub(crate) retention: HashMap<String, crate::config::Retention>,
+    pub(crate) retention: HashMap<String, crate::quota::Retention>,
     /// What the config file declares, which the admin API may not change (409 `config_owned`).
     pub(crate) config_owned: ConfigOwned,
 }
@@ -243,16 +132,6 @@ impl std::fmt::Debug for Ctl {
     }
 }
 
-/// Unix time, ms.
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// RFC 3339 (UTC, seconds) of a Unix ms time.
-pub fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
-}
-
 impl Ctl {
     /// The quota of `org`: from the config, else the limits stored by `PUT /v2/quotas`, else
     /// unlimited.
@@ -264,7 +143,7 @@ impl Ctl {
                     tracing::error!(org, error = %e, "stored quotas unreadable; the org runs unlimited");
                     None
                 });
-                Arc::new(crate::quota::OrgQuota::new(&stored.unwrap_or_default(), crate::shard::now_ms()))
+                Arc::new(crate::quota::OrgQuota::new(&stored.unwrap_or_default(), crate::clock::mono_ms()))
             })
             .clone()
     }
@@ -272,7 +151,7 @@ impl Ctl {
     /// Rebuilds the whole credential directory from the store and publishes it to shards (at
     /// start and when a JWT provider's keys change).
     pub(crate) fn publish(&self) -> Result<(), StoreError> {
-        let now = unix_now_ms();
+        let now = unix_ms();
         let mut dir = Directory::default();
         for o in self.store.orgs()? {
             let od = self.org_dir(&o.id, now)?;
@@ -289,7 +168,7 @@ impl Ctl {
         let mut dir = (**self.auth.directory.load()).clone();
         match self.store.org(org)? {
             Some(_) => {
-                dir.orgs.insert(org.into(), Arc::new(self.org_dir(org, unix_now_ms())?));
+                dir.orgs.insert(org.into(), Arc::new(self.org_dir(org, unix_ms())?));
             }
             None => {
                 dir.orgs.remove(org);
@@ -485,7 +364,7 @@ impl Ctl {
             client_id: None,
             username: Some(actor.to_string()),
             detail,
-            unix_ms: unix_now_ms(),
+            unix_ms: unix_ms(),
         });
     }
 
@@ -502,7 +381,7 @@ impl Ctl {
         let rec = ApiKeyRecord {
             id: id.into(),
             org: org.into(),
-            created_unix_ms: unix_now_ms(),
+            created_unix_ms: unix_ms(),
             source: source.into(),
         };
         self.store.put_api_key(&mac, &rec)
@@ -523,7 +402,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 /// Applies the config's orgs, users and API keys to the store (declarative bootstrap):
 /// config-declared users that left the file are removed; API-created ones are kept.
 fn bootstrap(ctl: &Ctl, cfg: &Config) -> Result<(), String> {
-    let now = unix_now_ms();
+    let now = unix_ms();
     let err = |e: StoreError| e.to_string();
     for o in &cfg.orgs {
         let created = ctl.store.org(&o.id).map_err(err)?.map_or(now, |r| r.created_unix_ms);
@@ -643,7 +522,7 @@ pub fn start(
             cfg.orgs
                 .iter()
                 .filter_map(|o| o.quotas.as_ref().map(|q| (o.id.clone(), q)))
-                .map(|(id, q)| (id, Arc::new(crate::quota::OrgQuota::new(q, crate::shard::now_ms()))))
+                .map(|(id, q)| (id, Arc::new(crate::quota::OrgQuota::new(q, crate::clock::mono_ms()))))
                 .collect(),
         ),
         retention: cfg.orgs.iter().map(|o| (o.id.clone(), o.retention)).collect(),
@@ -770,7 +649,7 @@ async fn run(
             }
         }
         if n.is_multiple_of(20) {
-            let now = unix_now_ms();
+            let now = unix_ms();
             ctl.audit.lock().expect("audit lock").prune(now);
             let _w = ctl.write.lock().expect("write lock");
             match ctl.store.purge_tokens(now) {
@@ -785,7 +664,7 @@ async fn run(
         // Audit retention: purged a few times per retention period (at most hourly).
         let every = (retention_ms / 4).clamp(1000, 3_600_000) / 500;
         if n % every.max(1) == 1 {
-            let cutoff = unix_now_ms().saturating_sub(retention_ms);
+            let cutoff = unix_ms().saturating_sub(retention_ms);
             match ctl.store.purge_audit(cutoff) {
                 Ok(0) => {}
                 Ok(k) => tracing::debug!(events = k, "audit events past retention purged"),

@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use crate::auth::directory::Attrs;
+pub use crate::store::keys::StoreError;
+use crate::store::keys::{org_key, row_aad};
 use crate::store::seal::{OpenError, Sealer};
 
 /// A stored organization.
@@ -101,24 +103,6 @@ pub struct AuditEntry {
     pub count: u64,
 }
 
-/// A storage error, with what was being done.
-#[derive(Debug)]
-pub struct StoreError(pub String);
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<fjall::Error> for StoreError {
-    fn from(e: fjall::Error) -> Self {
-        StoreError(format!("control store: {e}"))
-    }
-}
-
 /// The control plane's database.
 #[derive(Clone)]
 pub struct Store {
@@ -158,26 +142,8 @@ fn purge_key(org: &str) -> Vec<u8> {
     [PURGE_PREFIX, org.as_bytes()].concat()
 }
 
-/// `org \0 rest`.
-pub fn org_key(org: &str, rest: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(org.len() + 1 + rest.len());
-    k.extend_from_slice(org.as_bytes());
-    k.push(0);
-    k.extend_from_slice(rest);
-    k
-}
-
 /// A control-store row read for export: keyspace, key, plain value.
 pub type ExportedRow = (&'static str, Vec<u8>, Vec<u8>);
-
-/// The additional data a row's value is sealed with: keyspace name, NUL, row key.
-pub fn row_aad(ks: &str, key: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(ks.len() + 1 + key.len());
-    a.extend_from_slice(ks.as_bytes());
-    a.push(0);
-    a.extend_from_slice(key);
-    a
-}
 
 impl Store {
     /// Opens (or creates) the database in `dir`, plain (no encryption keys).

@@ -12,9 +12,10 @@ use futures_lite::future::{poll_fn, FutureExt};
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 
-use super::{now_ms, Deadline, ListenerRt, Shard};
+use super::{Deadline, ListenerRt, Shard};
 use crate::broker::ConnId;
 use crate::broker::{ListenerCtx, OutputPoll, ReadVerdict};
+use crate::clock::mono_ms;
 use crate::config::ListenerKind;
 use crate::limits;
 use crate::transport::{proxy, tls, ws, PeerInfo};
@@ -98,7 +99,7 @@ pub(crate) async fn accept(shard: Rc<Shard>, mut tcp: TcpStream, rt: Arc<Listene
     if let Err(e) = outcome {
         // A peer that closed without a byte (a health check's TCP probe) is not a failure.
         let probe = e.contains("handshake eof") || e.contains("closed during the HTTP request");
-        let folded = if probe { None } else { shard.refused_log.borrow_mut().tick(super::now_ms()) };
+        let folded = if probe { None } else { shard.refused_log.borrow_mut().tick(mono_ms()) };
         match folded {
             Some(n) => {
                 // A TLS record that is not one: most likely a plain MQTT client on a TLS port.
@@ -140,7 +141,7 @@ async fn write_reporting<W: AsyncWrite + Unpin>(
         }
         data = &data[n..];
         if !data.is_empty() {
-            shard.core.borrow_mut().handle_output_progress(id, now_ms());
+            shard.core.borrow_mut().handle_output_progress(id, mono_ms());
         }
     }
     Ok(())
@@ -151,7 +152,7 @@ async fn serve<S>(shard: Rc<Shard>, stream: S, ctx: Arc<ListenerCtx>, peer: Peer
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
-    let id = shard.core.borrow_mut().open_conn(now_ms(), ctx, &peer);
+    let id = shard.core.borrow_mut().open_conn(mono_ms(), ctx, &peer);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let writer_shard = shard.clone();
     let writer = glommio::spawn_local(async move {
@@ -168,7 +169,7 @@ where
                     if write_reporting(&writer_shard, id, &mut wr, &spare).await.is_err()
                         || wr.flush().await.is_err()
                     {
-                        writer_shard.core.borrow_mut().close_conn(id, None, now_ms());
+                        writer_shard.core.borrow_mut().close_conn(id, None, mono_ms());
                         writer_shard.flush_mesh();
                         return;
                     }
@@ -176,7 +177,7 @@ where
                     if spare.capacity() > 256 * 1024 {
                         spare = BytesMut::new(); // give back a burst's memory
                     }
-                    writer_shard.core.borrow_mut().handle_output_drained(id, now_ms());
+                    writer_shard.core.borrow_mut().handle_output_drained(id, mono_ms());
                     writer_shard.flush_mesh();
                 }
                 _ => {
@@ -198,7 +199,7 @@ where
         }
         // Wait while the core asks us to (session claim in progress, mesh backpressure).
         poll_fn(|cx| {
-            if shard.core.borrow_mut().can_read(id, now_ms(), cx.waker()) {
+            if shard.core.borrow_mut().can_read(id, mono_ms(), cx.waker()) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -210,7 +211,7 @@ where
         }
         if !buf.is_empty() {
             // Bytes read before a wait may hold complete packets.
-            let v = shard.core.borrow_mut().handle_read(id, now_ms(), &mut buf);
+            let v = shard.core.borrow_mut().handle_read(id, mono_ms(), &mut buf);
             shard.flush_mesh();
             match v {
                 ReadVerdict::Close => break,
@@ -235,14 +236,14 @@ where
             Woke::Read(Ok(n)) if n > 0 => n,
             Woke::Read(_) => {
                 buf.truncate(len);
-                shard.core.borrow_mut().close_conn(id, None, now_ms());
+                shard.core.borrow_mut().close_conn(id, None, mono_ms());
                 shard.flush_mesh();
                 break;
             }
             Woke::Closing => break,
         };
         buf.truncate(len + n);
-        let v = shard.core.borrow_mut().handle_read(id, now_ms(), &mut buf);
+        let v = shard.core.borrow_mut().handle_read(id, mono_ms(), &mut buf);
         shard.flush_mesh();
         if v == ReadVerdict::Close {
             break;
@@ -254,6 +255,6 @@ where
             glommio::timer::sleep(Duration::from_secs(2)).await;
         })
         .await;
-    shard.core.borrow_mut().handle_closed(id, now_ms());
+    shard.core.borrow_mut().handle_closed(id, mono_ms());
     shard.flush_mesh();
 }

@@ -11,7 +11,8 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::{now_ms, Shard};
+use super::Shard;
+use crate::clock::mono_ms;
 use crate::config::Durability;
 
 /// First and longest wait between two recovery attempts.
@@ -73,7 +74,7 @@ impl Shard {
                     self.unpersisted_base.set(self.unpersisted_base.get() + k as u64);
                 }
                 // The acknowledgements that waited for these writes go out.
-                self.core.borrow_mut().durable(upto, now_ms());
+                self.core.borrow_mut().durable(upto, mono_ms());
                 self.flush_mesh();
             }
             Err(e) => {
@@ -89,8 +90,8 @@ impl Shard {
             return;
         }
         let mut core = self.core.borrow_mut();
-        core.store_failed(now_ms());
-        core.audit_store_health(false, now_ms());
+        core.store_failed(mono_ms());
+        core.audit_store_health(false, mono_ms());
         core.sys().set_store_failing(core.shard_id(), true);
         tracing::error!(error = %e, shard = core.shard_id(), "store {what} failed: acknowledgements that need the store are refused; retrying");
     }
@@ -132,8 +133,8 @@ impl Shard {
                     self.store_failed.set(false);
                     {
                         let mut core = self.core.borrow_mut();
-                        core.store_recovered(upto, now_ms());
-                        core.audit_store_health(true, now_ms());
+                        core.store_recovered(upto, mono_ms());
+                        core.audit_store_health(true, mono_ms());
                         core.sys().set_store_failing(core.shard_id(), false);
                         tracing::info!(
                             shard = core.shard_id(),

@@ -11,8 +11,8 @@ pub mod guard;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
 use glommio::net::TcpListener;
@@ -24,11 +24,12 @@ use crate::broker::mesh::MeshMsg;
 use crate::broker::persist::StoreOp;
 use crate::broker::sys::SysBoard;
 use crate::broker::{AuthJob, ConnId, CoreConfig, ListenerCtx, ShardCore};
+use crate::clock::mono_ms;
 use crate::codec::ReasonCode;
 use crate::config::Durability;
 use crate::config::{Config, Listener};
-use crate::control::{ControlRequest, ShardCommand};
 use crate::limits;
+use crate::plane::{ControlRequest, ShardCommand};
 use crate::store::reopen::Reopenable;
 use crate::store::{RestoredSession, RetainedStore, ShardStore};
 use crate::transport::tls::{self, ReloadingCert};
@@ -58,16 +59,6 @@ fn parse_cpu_list(s: &str) -> Vec<usize> {
         }
     }
     out
-}
-
-/// Where the monotonic clock starts: one year, so a message restored from the store keeps its
-/// true receive time (up to a year before the start) and ages from it.
-pub const CLOCK_START_MS: u64 = 365 * 86_400_000;
-
-/// Milliseconds on the broker's monotonic clock (the only clock the shell reads).
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    CLOCK_START_MS + START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// A listener with what its connections need at accept time, shared by all shards.
@@ -190,14 +181,14 @@ pub(crate) struct Deadline {
 impl Deadline {
     /// Completes `ms` from now.
     pub(crate) fn after(shard: &Rc<Shard>, ms: u64) -> Deadline {
-        Deadline { shard: shard.clone(), at_ms: now_ms() + ms, id: None }
+        Deadline { shard: shard.clone(), at_ms: mono_ms() + ms, id: None }
     }
 }
 
 impl std::future::Future for Deadline {
     type Output = ();
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if now_ms() >= self.at_ms {
+        if mono_ms() >= self.at_ms {
             return std::task::Poll::Ready(());
         }
         let id = match self.id {
@@ -313,7 +304,7 @@ impl Shard {
                         };
                         if self.pool.submit(hj).is_err() {
                             // Full: answered at once as "server busy"; this may queue more work.
-                            self.core.borrow_mut().handle_auth_result(conn, now_ms(), None);
+                            self.core.borrow_mut().handle_auth_result(conn, mono_ms(), None);
                         }
                     }
                     AuthJob::FetchKeys { conn, org, provider } => {
@@ -326,7 +317,7 @@ impl Shard {
                         };
                         if self.control_tx.try_send(req).is_err() {
                             // The control plane is swamped: check again without fetching.
-                            self.core.borrow_mut().handle_auth_result(conn, now_ms(), Some(false));
+                            self.core.borrow_mut().handle_auth_result(conn, mono_ms(), Some(false));
                         }
                     }
                 }
@@ -372,7 +363,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         nr,
         cfg.durability,
         sealer,
-        crate::control::unix_now_ms(),
+        crate::clock::unix_ms(),
         &cp.pending_purges,
     )
     .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
@@ -392,7 +383,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         sys_interval_ms: cfg.sys_interval_ms,
         retained_max: limits::RETAINED_PER_ORG_MAX,
         auth: cp.auth.clone(),
-        unix_epoch_ms: crate::control::unix_now_ms().saturating_sub(now_ms()),
+        unix_epoch_ms: crate::clock::unix_at_mono_zero(),
         retain_seq: Arc::new(AtomicU64::new(opened.retained_seq + 1)),
         sys,
         persist: true,
@@ -473,7 +464,7 @@ async fn shard_main(
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
     let unix_epoch = core_cfg.unix_epoch_ms;
     let shard = Rc::new(Shard {
-        core: RefCell::new(ShardCore::new(id, core_cfg, now_ms())),
+        core: RefCell::new(ShardCore::new(id, core_cfg, mono_ms())),
         refused_log: RefCell::default(),
         senders,
         mesh_waiting: RefCell::new(vec![false; nr_peers]),
@@ -502,7 +493,7 @@ async fn shard_main(
     {
         let restored = std::mem::take(&mut links.restored.lock().expect("restore lock")[id as usize]);
         let mut core = shard.core.borrow_mut();
-        let now = now_ms();
+        let now = mono_ms();
         for m in links.retained_msgs.iter() {
             core.restore_retained(&m.0, m.1.clone(), m.2);
         }
@@ -554,7 +545,7 @@ async fn shard_main(
         let shard = shard.clone();
         glommio::spawn_local(async move {
             while let Ok((conn, ok)) = auth_rx.recv_async().await {
-                shard.core.borrow_mut().handle_auth_result(conn, now_ms(), Some(ok));
+                shard.core.borrow_mut().handle_auth_result(conn, mono_ms(), Some(ok));
                 shard.flush_mesh();
             }
         })
@@ -568,7 +559,7 @@ async fn shard_main(
             while let Ok(cmd) = rx.recv_async().await {
                 match cmd {
                     ShardCommand::Kick { org, target, reply } => {
-                        let n = shard.core.borrow_mut().kick_target(now_ms(), &org, &target);
+                        let n = shard.core.borrow_mut().kick_target(mono_ms(), &org, &target);
                         shard.flush_mesh();
                         if let Some(r) = reply {
                             let _ = r.try_send(n);
@@ -579,12 +570,12 @@ async fn shard_main(
                         let _ = reply.try_send(v);
                     }
                     ShardCommand::PolicyChanged { org } => {
-                        shard.core.borrow_mut().policy_changed(now_ms(), &org);
+                        shard.core.borrow_mut().policy_changed(mono_ms(), &org);
                         shard.flush_mesh();
                     }
                     ShardCommand::Publish { org, topic, payload, qos, retain, user_properties } => {
                         shard.core.borrow_mut().publish_service(
-                            now_ms(),
+                            mono_ms(),
                             &org,
                             &topic,
                             payload,
@@ -595,7 +586,7 @@ async fn shard_main(
                         shard.flush_mesh();
                     }
                     ShardCommand::PurgeOrg { org, reply } => {
-                        let n = shard.core.borrow_mut().purge_org(now_ms(), &org);
+                        let n = shard.core.borrow_mut().purge_org(mono_ms(), &org);
                         shard.flush_mesh();
                         shard.apply_store_ops();
                         shard.store_dirty.set(true);
@@ -629,7 +620,7 @@ async fn shard_main(
                 }
                 // Under output pressure, leave messages in the bounded queue (backpressure).
                 futures_lite::future::poll_fn(|cx| {
-                    if shard.core.borrow_mut().can_take_mesh(now_ms(), cx.waker()) {
+                    if shard.core.borrow_mut().can_take_mesh(mono_ms(), cx.waker()) {
                         std::task::Poll::Ready(())
                     } else {
                         std::task::Poll::Pending
@@ -637,7 +628,7 @@ async fn shard_main(
                 })
                 .await;
                 let Some(m) = rx.recv().await else { break };
-                shard.core.borrow_mut().handle_mesh(now_ms(), m);
+                shard.core.borrow_mut().handle_mesh(mono_ms(), m);
                 // Drain what else is already queued before flushing once.
                 shard.flush_mesh();
             }
@@ -696,7 +687,7 @@ async fn shard_main(
     loop {
         glommio::timer::sleep(Duration::from_millis(50)).await;
         ticks += 1;
-        let now = now_ms();
+        let now = mono_ms();
         loop {
             let due = match shard.deadlines.borrow().peek() {
                 Some(std::cmp::Reverse((at, id))) if *at <= now => *id,
@@ -711,7 +702,7 @@ async fn shard_main(
         shard.core.borrow_mut().wake_throttled();
         shard.flush_audit();
         if ticks.is_multiple_of(4) {
-            shard.core.borrow_mut().handle_timeout(now_ms());
+            shard.core.borrow_mut().handle_timeout(mono_ms());
             shard.flush_mesh();
         }
         if id == 0 && reload.swap(false, Ordering::Relaxed) {
@@ -733,10 +724,10 @@ async fn shard_main(
     }
     // Shutdown: stop accepting, tell 5.0 clients why, give writers a moment to flush.
     drop(accept_tasks);
-    shard.core.borrow_mut().shutdown_all(now_ms(), ReasonCode::SERVER_SHUTTING_DOWN);
+    shard.core.borrow_mut().shutdown_all(mono_ms(), ReasonCode::SERVER_SHUTTING_DOWN);
     shard.flush_mesh();
-    let deadline = now_ms() + 2_000;
-    while shard.core.borrow().conn_count() > 0 && now_ms() < deadline {
+    let deadline = mono_ms() + 2_000;
+    while shard.core.borrow().conn_count() > 0 && mono_ms() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // Sessions went offline above: their state goes to disk before the process ends.

@@ -95,7 +95,7 @@ pub(crate) fn decode_publish(
         qos: p.qos,
         retain: p.retain,
         props: p.props,
-        received_ms: crate::shard::now_ms().saturating_sub(age_ms),
+        received_ms: crate::clock::mono_ms().saturating_sub(age_ms),
     }))
 }
 
@@ -254,7 +254,7 @@ mod tests {
         let v = encode_delivery(&d, 1_700_000_000_000); // received at ...001_000
         let left = decode_delivery(&v, 1, 1_700_000_005_000).unwrap().unwrap();
         assert_eq!(left.msg.props.message_expiry_interval, Some(10), "the property is kept");
-        let now = crate::shard::now_ms();
+        let now = crate::clock::mono_ms();
         assert!(now - left.msg.received_ms >= 4_000, "it aged while stored");
         assert!(matches!(left.msg.expiry(now), crate::broker::msg::Expiry::Left(5 | 6)));
         assert!(decode_delivery(&v, 1, 1_700_000_011_000).unwrap().is_none(), "expired while stored");

@@ -16,8 +16,8 @@
 //! and hands each shard the sessions its database holds, the home registry entries of its
 //! sessions held elsewhere, and every retained message.
 
-pub mod export;
 pub mod format;
+pub mod keys;
 pub mod reopen;
 pub mod seal;
 
@@ -27,18 +27,17 @@ use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use crate::broker::exactly_once::PendingForward;
 use crate::broker::home_shard;
 use crate::broker::mesh::SessionKey;
 use crate::broker::msg::Msg;
-use crate::broker::persist::{OutboundMark, StoreOp, StoredSession};
-use crate::broker::session::Delivery;
+pub use crate::broker::persist::RestoredSession;
+use crate::broker::persist::{OutboundMark, StoreOp};
 use crate::config::Durability;
-use crate::control::store::{org_key, row_aad};
+use keys::{org_key, row_aad};
 use reopen::Reopenable;
 use seal::{OpenError, Sealer};
 
-pub use crate::control::store::StoreError;
+pub use keys::StoreError;
 
 fn ctx(what: &str) -> impl Fn(fjall::Error) -> StoreError + '_ {
     move |e| StoreError(format!("{what}: {e}"))
@@ -324,7 +323,7 @@ impl ShardStore {
     }
 
     /// Every stored session with its queue (in sequence order).
-    fn read_all(&self, now_unix_ms: u64) -> Result<Vec<RestoredSession>, StoreError> {
+    pub(crate) fn read_all(&self, now_unix_ms: u64) -> Result<Vec<RestoredSession>, StoreError> {
         let what = self.dir.display().to_string();
         let mut out = Vec::new();
         let mut shredded = Vec::new();
@@ -415,7 +414,8 @@ impl ShardStore {
         Ok(out)
     }
 
-    fn write_session(&self, s: &RestoredSession, unix_epoch_ms: u64) -> Result<(), StoreError> {
+    /// Writes a whole session (record, queue, in-flight marks), as `data import` does.
+    pub(crate) fn write_session(&self, s: &RestoredSession, unix_epoch_ms: u64) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
         let k = session_key(&s.key);
@@ -465,7 +465,7 @@ impl RetainedStore {
 
     /// Stores (or, for an empty payload, deletes) a retained message unless a newer write is
     /// already stored.
-    fn put(&self, org: &str, msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Result<(), StoreError> {
+    pub(crate) fn put(&self, org: &str, msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Result<(), StoreError> {
         let k = retained_key(org, msg.topic.as_str());
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let aad = row_aad("retained", &k);
@@ -516,7 +516,8 @@ impl RetainedStore {
         self.db.persist(PersistMode::SyncData).map_err(ctx("retained store"))
     }
 
-    fn read_all(&self, now_unix_ms: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
+    /// Every retained message, and the highest write sequence seen.
+    pub(crate) fn read_all(&self, now_unix_ms: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
         let mut out = Vec::new();
         let mut max = 0;
         let mut shredded = Vec::new();
@@ -551,25 +552,6 @@ impl RetainedStore {
 /// A retained message read back at start: org, message, sequence.
 pub type StoredRetained = (Arc<str>, Msg, u64);
 
-/// A session read back at start.
-#[derive(Debug)]
-pub struct RestoredSession {
-    /// Whose.
-    pub key: SessionKey,
-    /// Its record.
-    pub meta: StoredSession,
-    /// Its queue, in order (expired messages left out).
-    pub queue: Vec<Delivery>,
-    /// Which of them were in flight, under which packet id.
-    pub outbound: Vec<OutboundMark>,
-    /// Inbound QoS 2 packet ids received and not yet released.
-    pub qos2: Vec<u16>,
-    /// Those whose message's copies on other shards were not all confirmed durable.
-    pub forwards: Vec<(u16, PendingForward)>,
-    /// The generation its shard restores it under (assigned by [`open`]; 0 before).
-    pub generation: u64,
-}
-
 /// The stores, opened, with what they held at start.
 #[derive(Debug)]
 pub struct Opened {
@@ -594,7 +576,7 @@ pub struct Opened {
 /// the new shard's store): the one with the highest epoch is the live one. Splits `(store
 /// index, session)` pairs into (kept, older copies).
 #[allow(clippy::type_complexity)] // Two lists of the same pairs.
-fn newest_copies(
+pub(crate) fn newest_copies(
     all: Vec<(usize, RestoredSession)>,
 ) -> (Vec<(usize, RestoredSession)>, Vec<(usize, RestoredSession)>) {
     let mut best: HashMap<SessionKey, (u64, usize)> = HashMap::new();
@@ -664,7 +646,7 @@ pub fn open(
         retained.purge_org(org)?;
         retained.persist()?;
     }
-    let unix_epoch_ms = unix_now_ms.saturating_sub(crate::shard::now_ms());
+    let unix_epoch_ms = unix_now_ms.saturating_sub(crate::clock::mono_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
     let mut moved = false;
     // Read everything first: a session moved into a database not read yet must not be read

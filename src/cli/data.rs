@@ -16,13 +16,13 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 
-use super::seal::Sealer;
-use super::{format, RestoredSession, RetainedStore, ShardStore};
 use crate::broker::home_shard;
 use crate::broker::mesh::SessionKey;
 use crate::broker::persist::{stored_client_id, stored_delivery, OutboundMark, StoredSession};
 use crate::config::Config;
 use crate::control::store::Store;
+use crate::store::seal::Sealer;
+use crate::store::{format, RestoredSession, RetainedStore, ShardStore};
 
 /// `format` in the manifest.
 pub const FORMAT: &str = "coremq-data";
@@ -101,7 +101,7 @@ struct RetainedLine {
     publish_b64: String,
 }
 
-fn locked(e: super::StoreError) -> String {
+fn locked(e: crate::store::StoreError) -> String {
     let s = e.to_string();
     if s.contains("Locked") || s.contains("lock") {
         format!("{s} (is coremq running on this data_dir? stop it first)")
@@ -149,8 +149,8 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
     // Export reads plain values wherever they are: it is a way out of them.
     let sealer = Arc::new(Sealer::load(&cfg.encryption)?.accepting_plain());
     sealer.verify(&cfg.data_dir)?;
-    let now_unix = crate::control::unix_now_ms();
-    let unix_epoch_ms = now_unix.saturating_sub(crate::shard::now_ms());
+    let now_unix = crate::clock::unix_ms();
+    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
     let mut m = Manifest {
         format: FORMAT.into(),
         version: VERSION,
@@ -186,7 +186,7 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
         all.extend(st.read_all(now_unix).map_err(|e| e.to_string())?.into_iter().map(|s| (i, s)));
     }
     // Only the live copy of a session a crash during a takeover left twice.
-    let (all, _) = super::newest_copies(all);
+    let (all, _) = crate::store::newest_copies(all);
     for (_, s) in all {
         {
             let queue = s
@@ -303,8 +303,8 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
     }
     let sealer = Arc::new(Sealer::load(&cfg.encryption)?);
     sealer.verify(&cfg.data_dir)?;
-    let now_unix = crate::control::unix_now_ms();
-    let unix_epoch_ms = now_unix.saturating_sub(crate::shard::now_ms());
+    let now_unix = crate::clock::unix_ms();
+    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
     // A truncated export is refused before anything is written.
     for (name, n) in [
         ("control.jsonl", want.control_rows),

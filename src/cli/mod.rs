@@ -1,6 +1,11 @@
 //! The command line (SPEC §9): `coremq serve`, `coremq config check`, `coremq passwd`,
 //! `coremq certs dev`, and the admin API clients `coremq org|user|apikey|token|session|audit`.
 
+pub mod acl_tool;
+pub mod admin_client;
+pub mod certs;
+pub mod data;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
