@@ -5,33 +5,19 @@ use super::*;
 
 impl ShardCore {
     pub(super) fn session_mut(&mut self, s: SessionRef) -> Option<&mut Session> {
-        self.sessions.get_mut(s.0 as usize)?.as_mut()
+        self.sessions.get_mut(s)
     }
 
     pub(super) fn session(&self, s: SessionRef) -> Option<&Session> {
-        self.sessions.get(s.0 as usize)?.as_ref()
-    }
-
-    /// Puts a session into a free slot of the session table.
-    pub(super) fn insert_session(&mut self, session: Session) -> SessionRef {
-        match self.session_free.pop() {
-            Some(i) => {
-                self.sessions[i as usize] = Some(session);
-                SessionRef(i)
-            }
-            None => {
-                self.sessions.push(Some(session));
-                SessionRef((self.sessions.len() - 1) as u32)
-            }
-        }
+        self.sessions.get(s)
     }
 
     /// Sends a mesh message (to ourselves through a local queue, so handlers never re-enter).
     pub(super) fn send(&mut self, to: u8, msg: MeshMsg) {
         if to == self.shard {
-            self.self_queue.push_back(msg);
+            self.mesh.self_queue.push_back(msg);
         } else {
-            self.mesh_out[to as usize].push_back(msg);
+            self.mesh.mesh_out[to as usize].push_back(msg);
         }
     }
 
@@ -41,7 +27,7 @@ impl ShardCore {
         for peer in 0..self.cfg.nr_shards {
             if peer != self.shard {
                 let m = make();
-                self.mesh_out[peer as usize].push_back(m);
+                self.mesh.mesh_out[peer as usize].push_back(m);
                 n += 1;
             }
         }
@@ -51,7 +37,7 @@ impl ShardCore {
     /// Processes messages this shard sent to itself.
     pub(super) fn drain_self(&mut self, now_ms: u64) {
         let mut budget = 1_000_000;
-        while let Some(m) = self.self_queue.pop_front() {
+        while let Some(m) = self.mesh.self_queue.pop_front() {
             self.dispatch(now_ms, m);
             budget -= 1;
             assert!(budget > 0, "self-addressed mesh messages loop");
@@ -60,23 +46,23 @@ impl ShardCore {
 
     /// Next message for `peer`, if any.
     pub fn poll_mesh(&mut self, peer: u8) -> Option<MeshMsg> {
-        self.mesh_out.get_mut(peer as usize)?.pop_front()
+        self.mesh.mesh_out.get_mut(peer as usize)?.pop_front()
     }
 
     /// Puts back a message the shell could not send (peer queue full), keeping order.
     pub fn unpoll_mesh(&mut self, peer: u8, msg: MeshMsg) {
-        self.mesh_out[peer as usize].push_front(msg);
+        self.mesh.mesh_out[peer as usize].push_front(msg);
     }
 
     /// Mesh messages waiting to leave this shard.
     pub fn mesh_backlog(&self) -> usize {
-        self.mesh_out.iter().map(|q| q.len()).sum()
+        self.mesh.mesh_out.iter().map(|q| q.len()).sum()
     }
 
     /// Output pressure changed (not necessarily gone): readers paused for it look again;
     /// those still pressured (same org) register once more.
     pub(crate) fn wake_pressure_paused(&mut self) {
-        for w in self.pressure_paused.drain(..) {
+        for w in self.parked.pressure_paused.drain(..) {
             w.wake();
         }
     }
@@ -86,14 +72,14 @@ impl ShardCore {
     /// never holds back another org's readers).
     pub fn wake_paused_readers(&mut self) {
         if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
-            for w in self.paused_readers.drain(..) {
+            for w in self.parked.paused_readers.drain(..) {
                 w.wake();
             }
         }
         // Without any pressure left, whoever waited for it looks again too (a safety net:
         // every path that clears pressure wakes them, but a missed wake-up here would stall a
         // mesh receiver, and with it every claim and delivery from other shards).
-        if self.pressure.is_empty() && !self.pressure_paused.is_empty() {
+        if self.pressure.is_empty() && !self.parked.pressure_paused.is_empty() {
             self.wake_pressure_paused();
         }
     }
@@ -169,19 +155,16 @@ impl ShardCore {
         // The previous claim may still be waiting for its grant: remember where the session
         // must go next, and close that connection.
         if let Some(c) = self.conn_mut(old_conn) {
-            if c.phase == Phase::AwaitSession && c.key.as_ref() == Some(&key) {
-                c.superseded = Some(sup);
-                c.closing = true;
-                wake(&mut c.writer);
-                wake(&mut c.reader);
+            if c.phase == Phase::AwaitSession && c.attach.key.as_ref() == Some(&key) {
+                c.attach.superseded = Some(sup);
+                c.link.closing = true;
+                wake(&mut c.link.writer);
+                wake(&mut c.link.reader);
                 return;
             }
         }
-        let sref = self
-            .session_index
-            .get(&key)
-            .copied()
-            .filter(|s| self.session(*s).is_some_and(|s| s.generation == old_gen));
+        let sref =
+            self.sessions.find(&key).filter(|s| self.session(*s).is_some_and(|s| s.generation == old_gen));
         let mut slot = false;
         let state = match sref {
             None => None, // already ended; its release is on the way home
@@ -190,13 +173,13 @@ impl ShardCore {
                     // Kick the old connection [MQTT-3.1.4-3]; its will follows the takeover rules.
                     let continues = !sup.clean_start;
                     if let Some(c) = self.conn_mut(live) {
-                        if continues && c.will_delay_secs > 0 {
-                            c.will = None; // the session continues: a delayed will is cancelled
+                        if continues && c.attach.will_delay_secs > 0 {
+                            c.attach.will = None; // the session continues: a delayed will is cancelled
                         }
                     }
                     // Its quota slot goes with the session: the org's count stays the same.
                     if let Some(c) = self.conn_mut(live) {
-                        slot = std::mem::take(&mut c.quota_slot);
+                        slot = std::mem::take(&mut c.share.quota_slot);
                     }
                     self.close_conn(live, Some(ReasonCode::SESSION_TAKEN_OVER), now_ms);
                 }
@@ -223,10 +206,8 @@ impl ShardCore {
     ) -> Option<Box<SessionState>> {
         self.unsubscribe_all(sref);
         let stored_here = self.stored_key(sref).is_some();
-        let mut s = self.sessions[sref.0 as usize].take().expect("caller checked");
-        self.session_free.push(sref.0);
+        let mut s = self.sessions.remove(sref).expect("caller checked");
         let key = SessionKey { org: s.org.clone(), client_id: s.client_id.clone() };
-        self.session_index.remove(&key);
         if discard {
             self.persist_forget(&key);
             self.forget_discarded(&key, &s.state);
@@ -286,7 +267,7 @@ impl ShardCore {
             return;
         }
         let (alive, sup) = match self.conn_mut(id) {
-            Some(c) if c.phase == Phase::AwaitSession => (true, c.superseded.take()),
+            Some(c) if c.phase == Phase::AwaitSession => (true, c.attach.superseded.take()),
             _ => (false, None),
         };
         let quota = self.org_quota(&key.org);
@@ -300,7 +281,7 @@ impl ShardCore {
                 }
                 st => st,
             };
-            let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.quota_slot));
+            let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.share.quota_slot));
             if own && slot_in {
                 if let Some(q) = &quota {
                     q.disconnect();
@@ -318,21 +299,21 @@ impl ShardCore {
         if let Some(q) = &quota {
             let c = self.conn_mut(id).filter(|_| alive);
             match (c, slot_in) {
-                (Some(c), true) if c.slot_wait => {
-                    c.slot_wait = false;
-                    c.quota_slot = true;
+                (Some(c), true) if c.share.slot_wait => {
+                    c.share.slot_wait = false;
+                    c.share.quota_slot = true;
                 }
-                (Some(c), false) if c.slot_wait => {
-                    c.slot_wait = false;
-                    c.quota_slot = q.try_connect();
-                    refused = !c.quota_slot;
+                (Some(c), false) if c.share.slot_wait => {
+                    c.share.slot_wait = false;
+                    c.share.quota_slot = q.try_connect();
+                    refused = !c.share.quota_slot;
                 }
                 (_, true) => q.disconnect(),
                 _ => {}
             }
         }
         let (clean_start, expiry, protocol) = match self.conn(id) {
-            Some(c) if alive => (c.clean_start, c.expiry_req, c.protocol),
+            Some(c) if alive => (c.attach.clean_start, c.attach.expiry_req, c.proto.protocol),
             // The connection went away while waiting: the session stays as it was, offline.
             _ => (false, state.as_ref().map_or(0, |s| s.expiry_secs), None),
         };
@@ -361,14 +342,13 @@ impl ShardCore {
             delayed_will: None,
             state: st,
         };
-        let sref = self.insert_session(session);
-        self.session_index.insert(key.clone(), sref);
+        let sref = self.sessions.insert(session);
         let since = self.store_seq();
         self.persist_installed(sref, now_ms);
         // The session now belongs to this connection's identity: what it may not subscribe to
         // or read (another identity took it over, the rights changed, a restart) is dropped
         // before it is restored.
-        if let Some(acl) = self.conn(id).filter(|_| alive && !refused).and_then(|c| c.acl.clone()) {
+        if let Some(acl) = self.conn(id).filter(|_| alive && !refused).and_then(|c| c.login.acl.clone()) {
             self.hold_under(sref, acl, now_ms, false);
         }
         // Restore subscriptions into this shard's index.
@@ -398,11 +378,11 @@ impl ShardCore {
                     q.refused_connection();
                 }
                 self.quota_hit(id, now_ms, "max_connections");
-                let v = self.conn(id).and_then(|c| c.protocol).unwrap_or(Protocol::V311);
+                let v = self.conn(id).and_then(|c| c.proto.protocol).unwrap_or(Protocol::V311);
                 self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
                 if let Some(c) = self.conn_mut(id) {
                     c.phase = Phase::Active; // no longer waiting for a session
-                    wake(&mut c.reader);
+                    wake(&mut c.link.reader);
                 }
             }
             let s = self.session_mut(sref).expect("just inserted");
@@ -420,37 +400,37 @@ impl ShardCore {
         let fair = self.fair.join(&key.org);
         let max_keepalive = self.cfg.max_keepalive;
         let c = self.conn_mut(id).expect("alive");
-        let max_packet = c.max_packet; // the listener's, lowered by the org's quota
-        c.session = Some(sref);
+        let max_packet = c.proto.max_packet; // the listener's, lowered by the org's quota
+        c.attach.session = Some(sref);
         c.phase = Phase::Active;
-        debug_assert!(c.fair.is_none(), "a connection logs in once");
-        c.fair = Some(fair);
-        let v5 = c.protocol == Some(Protocol::V5);
+        debug_assert!(c.share.fair.is_none(), "a connection logs in once");
+        c.share.fair = Some(fair);
+        let v5 = c.proto.protocol == Some(Protocol::V5);
         let mut props = Properties::default();
         if v5 {
             props.receive_maximum = Some(limits::INFLIGHT_MAX);
             if max_keepalive != u16::MAX {
                 // The keep-alive in force (MQTT 5 §3.2.2.3.14): the client's, capped.
-                props.server_keep_alive = Some((c.keep_alive_ms / 1000) as u16);
+                props.server_keep_alive = Some((c.link.keep_alive_ms / 1000) as u16);
             }
             props.topic_alias_maximum = Some(limits::TOPIC_ALIAS_MAX);
             props.maximum_packet_size = Some(max_packet);
-            props.assigned_client_identifier = c.assigned_id.clone();
-            if c.auth_jwt {
+            props.assigned_client_identifier = c.proto.assigned_id.clone();
+            if c.login.auth_jwt {
                 props.authentication_method = MqStr::copy_from(super::JWT_AUTH_METHOD);
             }
-            c.aliases_in = vec![None; limits::TOPIC_ALIAS_MAX as usize];
+            c.proto.aliases_in = vec![None; limits::TOPIC_ALIAS_MAX as usize];
         }
         let ack = Packet::ConnAck(ConnAck { session_present: present, reason: ReasonCode::SUCCESS, props });
         self.write(id, &ack);
         // The session record written for it (a persistent session) reaches the disk first.
         self.gate_output(id, since);
         let c = self.conn(id).expect("alive");
-        if let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) {
+        if let (Some(ident), Some(key)) = (c.login.identity.clone(), c.attach.key.clone()) {
             let detail = [
-                ("transport", c.listener.transport.into()),
-                ("remote", (*c.remote).into()),
-                ("protocol", c.protocol.map_or(0, |p| p.level()).into()),
+                ("transport", c.link.listener.transport.into()),
+                ("remote", (*c.link.remote).into()),
+                ("protocol", c.proto.protocol.map_or(0, |p| p.level()).into()),
                 ("session_present", present.into()),
             ];
             let who = ident.audit_name();
@@ -463,7 +443,7 @@ impl ShardCore {
                 &detail,
             );
         }
-        wake(&mut self.conn_mut(id).expect("alive").reader);
+        wake(&mut self.conn_mut(id).expect("alive").link.reader);
         // Resend what was in flight [MQTT-4.4.0-1], then drain the queue.
         let resend: Vec<(u16, InFlight)> = self
             .session(sref)
@@ -507,22 +487,25 @@ impl ShardCore {
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.expire_pressure(now_ms);
         let mut expired_conns = Vec::new();
-        for (i, c) in self.conns.iter().enumerate() {
-            let Some(c) = c else { continue };
-            if c.closing {
+        for (id, c) in self.conns.iter() {
+            if c.link.closing {
                 continue;
             }
-            let id = ConnId { idx: i as u32, gen: c.gen };
             match c.phase {
                 Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
                     expired_conns.push((id, None));
                 }
                 // [MQTT-3.1.2-22]: one and a half times the keep alive.
-                Phase::Active if c.keep_alive_ms > 0 && now_ms > c.last_rx_ms + c.keep_alive_ms * 3 / 2 => {
+                Phase::Active
+                    if c.link.keep_alive_ms > 0
+                        && now_ms > c.link.last_rx_ms + c.link.keep_alive_ms * 3 / 2 =>
+                {
                     expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
                 }
                 // The token or JWT it authenticated with has expired (SPEC §2).
-                Phase::Active | Phase::AwaitSession if c.auth_deadline_ms.is_some_and(|t| now_ms >= t) => {
+                Phase::Active | Phase::AwaitSession
+                    if c.login.auth_deadline_ms.is_some_and(|t| now_ms >= t) =>
+                {
                     expired_conns.push((id, Some(ReasonCode::MAXIMUM_CONNECT_TIME)));
                 }
                 _ => {}
@@ -530,7 +513,7 @@ impl ShardCore {
         }
         for (id, reason) in expired_conns {
             if let Some(c) = self.conn_mut(id) {
-                c.close_reason = Some(match reason {
+                c.link.close_reason = Some(match reason {
                     None => "connect_timeout",
                     Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
                     Some(_) => "credential_expired",
@@ -540,8 +523,7 @@ impl ShardCore {
         }
         let mut ended = Vec::new();
         let mut wills = Vec::new();
-        for (i, s) in self.sessions.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
+        for (sref, s) in self.sessions.iter_mut() {
             if s.conn.is_some() {
                 continue;
             }
@@ -550,7 +532,7 @@ impl ShardCore {
                 wills.push((s.org.clone(), w));
             }
             if s.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                ended.push(SessionRef(i as u32));
+                ended.push(sref);
             }
         }
         for (org, w) in wills {
@@ -559,18 +541,18 @@ impl ShardCore {
         for s in ended {
             self.end_session(s, now_ms);
         }
-        if now_ms >= self.last_retention_ms + 1000 {
-            self.last_retention_ms = now_ms;
+        if now_ms >= self.timers.last_retention_ms + 1000 {
+            self.timers.last_retention_ms = now_ms;
             self.expire_retention(now_ms);
         }
         self.expire_origins(now_ms);
-        if now_ms >= self.last_report_ms + 1000 {
+        if now_ms >= self.timers.last_report_ms + 1000 {
             // Figures for /metrics every second, whether or not $SYS is published.
-            self.last_report_ms = now_ms;
+            self.timers.last_report_ms = now_ms;
             self.report_figures();
         }
-        if self.cfg.sys_interval_ms > 0 && now_ms >= self.last_sys_ms + self.cfg.sys_interval_ms {
-            self.last_sys_ms = now_ms;
+        if self.cfg.sys_interval_ms > 0 && now_ms >= self.timers.last_sys_ms + self.cfg.sys_interval_ms {
+            self.timers.last_sys_ms = now_ms;
             self.publish_sys(now_ms);
         }
         self.drain_self(now_ms);
@@ -584,8 +566,7 @@ impl ShardCore {
             return;
         }
         let mut trimmed = Vec::new();
-        for (i, s) in self.sessions.iter_mut().enumerate() {
-            let Some(s) = s else { continue };
+        for (sref, s) in self.sessions.iter_mut() {
             if s.conn.is_some() {
                 continue; // a connected session's queue is checked as it is sent (pump)
             }
@@ -596,7 +577,7 @@ impl ShardCore {
                 if now_ms.saturating_sub(d.msg.received_ms) <= max {
                     break;
                 }
-                trimmed.push((SessionRef(i as u32), s.state.queue.pop_front().expect("checked")));
+                trimmed.push((sref, s.state.queue.pop_front().expect("checked")));
             }
         }
         let mut touched: Vec<SessionRef> = Vec::new();
@@ -626,12 +607,12 @@ impl ShardCore {
         for o in self.cfg.auth.directory.load().orgs.keys() {
             figures.entry(o.clone()).or_default();
         }
-        for c in self.conns.iter().flatten() {
-            if let Some(k) = &c.key {
+        for (_, c) in self.conns.iter() {
+            if let Some(k) = &c.attach.key {
                 let f = figures.entry(k.org.clone()).or_default();
                 f.connected += (c.phase == Phase::Active) as u64;
-                f.received += c.rx_msgs;
-                f.sent += c.tx_msgs;
+                f.received += c.link.rx_msgs;
+                f.sent += c.link.tx_msgs;
             }
         }
         for (org, (rx, tx)) in &self.closed_rx {
@@ -651,7 +632,7 @@ impl ShardCore {
         if self.shard != 0 {
             return;
         }
-        let uptime = now_ms.saturating_sub(self.start_ms) / 1000;
+        let uptime = now_ms.saturating_sub(self.timers.start_ms) / 1000;
         for (org, f) in self.cfg.sys.totals() {
             let items = [
                 ("$SYS/broker/version", concat!("coremq ", env!("CARGO_PKG_VERSION")).to_string()),

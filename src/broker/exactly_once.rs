@@ -134,7 +134,7 @@ impl ShardCore {
             return;
         }
         let w = self.xonce.waiting.remove(&token).expect("checked");
-        let here = self.session_index.get(&w.key).copied();
+        let here = self.sessions.find(&w.key);
         let holds = here.and_then(|s| self.session(s)).is_some_and(|s| s.state.inbound_qos2.contains(&w.pid));
         if !w.failed && holds {
             // A bare inbound id: the message is durable wherever it goes.

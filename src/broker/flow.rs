@@ -12,9 +12,9 @@ const RETAINED_FULL: &str = "retained message limit reached: delivered, not reta
 impl ShardCore {
     pub(super) fn handle_publish(&mut self, id: ConnId, now_ms: u64, mut p: Publish) {
         let c = self.conn_mut(id).expect("caller checked");
-        let v = c.protocol.expect("active connection has a protocol");
-        let sref = c.session.expect("active connection has a session");
-        let org = c.key.as_ref().expect("active connection has a key").org.clone();
+        let v = c.proto.protocol.expect("active connection has a protocol");
+        let sref = c.attach.session.expect("active connection has a session");
+        let org = c.attach.key.as_ref().expect("active connection has a key").org.clone();
         if !p.props.subscription_identifiers.is_empty() {
             // Only the server sends subscription identifiers [MQTT-3.3.4-6].
             return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
@@ -23,7 +23,7 @@ impl ShardCore {
             if alias > limits::TOPIC_ALIAS_MAX {
                 return self.close_conn(id, Some(ReasonCode::TOPIC_ALIAS_INVALID), now_ms);
             }
-            let slot = &mut c.aliases_in[alias as usize - 1];
+            let slot = &mut c.proto.aliases_in[alias as usize - 1];
             if p.topic.is_empty() {
                 match slot {
                     Some(t) => p.topic = t.clone(),
@@ -33,9 +33,9 @@ impl ShardCore {
                 *slot = Some(p.topic.to_owned_copy());
             }
         }
-        c.rx_msgs += 1;
+        c.link.rx_msgs += 1;
         // `$SYS` is broker-owned whatever the policy says [SPEC §3]; then the ACL.
-        let verdict = match &c.acl {
+        let verdict = match &c.login.acl {
             Some(acl) => acl.check_publish(p.topic.as_str(), p.qos as u8, p.retain),
             None => crate::acl::Decision { allow: false, origin: None, rule: None },
         };
@@ -49,8 +49,8 @@ impl ShardCore {
         let c = self.conn_mut(id).expect("caller checked");
         let over = !denied
             && v == Protocol::V5
-            && match &c.quota {
-                Some(q) => !c.lease.take(q, now_ms),
+            && match &c.share.quota {
+                Some(q) => !c.share.lease.take(q, now_ms),
                 None => false,
             };
         if over {
@@ -69,8 +69,8 @@ impl ShardCore {
             }
             return;
         } else if !denied && v == Protocol::V311 {
-            if let Some(q) = &c.quota {
-                let _ = c.lease.take(q, now_ms); // checked available before reading
+            if let Some(q) = &c.share.quota {
+                let _ = c.share.lease.take(q, now_ms); // checked available before reading
             }
         }
         // Over the retained limit the message is still delivered; 5.0 hears why it was not kept.
@@ -202,10 +202,10 @@ impl ShardCore {
         ack: Option<RouteAck>,
         now_ms: u64,
     ) -> u16 {
-        let mut m = std::mem::take(&mut self.matches);
+        let mut m = std::mem::take(&mut self.scratch.matches);
         let mut forwards = 0;
         self.router.route(org, msg.topic.as_str(), !from_remote, &mut m);
-        let mut subs = std::mem::take(&mut self.fanout);
+        let mut subs = std::mem::take(&mut self.scratch.fanout);
         subs.clear();
         subs.extend_from_slice(&m.subs);
         subs.sort_unstable_by_key(|s| s.session);
@@ -269,18 +269,20 @@ impl ShardCore {
                 // message on at once, so it leaves only once the inbound packet id (which makes
                 // the publisher's resend a duplicate) is durable here; later forwards to that
                 // shard queue behind it.
-                let pending = ack.is_some() && self.store_seq > self.durable_upto && !self.store_broken;
-                if (pending && msg.qos == QoS::ExactlyOnce) || self.deferred_forwards[shard as usize] > 0 {
-                    self.deferred_forwards[shard as usize] += 1;
-                    let seq = self.store_seq;
-                    self.stored_replies.push_back((seq, shard, AfterDurable::Forward(Box::new(f))));
+                let pending =
+                    ack.is_some() && self.dur.store_seq > self.dur.durable_upto && !self.dur.store_broken;
+                if (pending && msg.qos == QoS::ExactlyOnce) || self.dur.deferred_forwards[shard as usize] > 0
+                {
+                    self.dur.deferred_forwards[shard as usize] += 1;
+                    let seq = self.dur.store_seq;
+                    self.dur.stored_replies.push_back((seq, shard, AfterDurable::Forward(Box::new(f))));
                 } else {
-                    self.mesh_out[shard as usize].push_back(f);
+                    self.mesh.mesh_out[shard as usize].push_back(f);
                 }
             }
         }
-        self.fanout = subs;
-        self.matches = m;
+        self.scratch.fanout = subs;
+        self.scratch.matches = m;
         forwards
     }
 
@@ -304,11 +306,11 @@ impl ShardCore {
         let conn = s.conn;
         if qos == QoS::AtMostOnce {
             let Some(id) = conn else { return }; // QoS 0 is not queued for offline sessions
-            let full = self.conn(id).is_none_or(|c| c.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
+            let full = self.conn(id).is_none_or(|c| c.link.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
             if full {
                 self.stats.dropped_slow += 1;
                 if let Some(c) = self.conn_mut(id) {
-                    c.dropped += 1;
+                    c.link.dropped += 1;
                 }
                 return;
             }
@@ -404,13 +406,13 @@ impl ShardCore {
     fn queue_progress(&mut self, id: ConnId, sref: SessionRef, now_ms: u64) {
         let queued = self.session(sref).map_or(0, |s| s.state.queue.len());
         let Some(c) = self.conn_mut(id) else { return };
-        if c.pressure_since.is_none() {
+        if c.link.pressure_since.is_none() {
             return;
         }
-        if queued < limits::QUEUE_PRESSURE && c.out.len() < limits::OUTPUT_PRESSURE_BYTES {
+        if queued < limits::QUEUE_PRESSURE && c.link.out.len() < limits::OUTPUT_PRESSURE_BYTES {
             self.clear_pressure(id);
         } else {
-            c.pressure_since = Some(now_ms);
+            c.link.pressure_since = Some(now_ms);
         }
     }
 
@@ -422,13 +424,13 @@ impl ShardCore {
         if c.phase != Phase::Active {
             return;
         }
-        let window = c.send_window as usize;
+        let window = c.proto.send_window as usize;
         if s.state.queue.is_empty() {
             return;
         }
         let max_age = self.retention(&s.org).queued_max_age_ms.unwrap_or(u64::MAX);
         loop {
-            let out_full = self.conn(id).is_none_or(|c| c.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
+            let out_full = self.conn(id).is_none_or(|c| c.link.out.len() >= limits::CONN_OUTPUT_BYTES_MAX);
             let s = self.session_mut(sref).expect("checked above");
             if out_full || s.state.inflight.len() >= window {
                 return;
@@ -449,7 +451,7 @@ impl ShardCore {
                     // Exactly once across a crash: a receiver may hand the message on at once,
                     // so it leaves only when the inbound QoS 2 state that makes the publisher's
                     // resend a duplicate, and this copy, are on disk.
-                    self.gate_output(id, self.durable_upto);
+                    self.gate_output(id, self.dur.durable_upto);
                 }
                 let s = self.session_mut(sref).expect("checked above");
                 s.state.inflight.insert(pid, InFlight { delivery: d, state: OutState::Published });
@@ -495,31 +497,31 @@ impl ShardCore {
         now_ms: u64,
     ) -> bool {
         let Some(c) = self.conn_mut(id) else { return false };
-        let Some(v) = c.protocol else { return false };
+        let Some(v) = c.proto.protocol else { return false };
         match msg.expiry(now_ms) {
             Expiry::Expired => return false,
             Expiry::Left(s) => po.expiry_left = Some(s),
             Expiry::Never => {}
         }
-        if v == Protocol::V5 && c.client_alias_max > 0 {
-            if let Some(a) = c.aliases_out.get(topic) {
+        if v == Protocol::V5 && c.proto.client_alias_max > 0 {
+            if let Some(a) = c.proto.aliases_out.get(topic) {
                 po.topic_alias = Some(*a);
                 po.topic = b"";
-            } else if c.aliases_out.len() < c.client_alias_max as usize {
-                let a = c.aliases_out.len() as u16 + 1;
-                c.aliases_out.insert(topic.to_owned_copy(), a);
+            } else if c.proto.aliases_out.len() < c.proto.client_alias_max as usize {
+                let a = c.proto.aliases_out.len() as u16 + 1;
+                c.proto.aliases_out.insert(topic.to_owned_copy(), a);
                 po.topic_alias = Some(a);
             }
         }
-        if po.encoded_len(v) > c.client_max_packet as usize {
+        if po.encoded_len(v) > c.proto.client_max_packet as usize {
             // Too large for the client: not sent, treated as delivered [MQTT-3.1.2-25].
-            c.dropped += 1;
+            c.link.dropped += 1;
             return false;
         }
-        encode_publish(&mut c.out, v, &po);
-        c.tx_msgs += 1;
-        let pressure = c.out.len() >= limits::OUTPUT_PRESSURE_BYTES;
-        wake(&mut c.writer);
+        encode_publish(&mut c.link.out, v, &po);
+        c.link.tx_msgs += 1;
+        let pressure = c.link.out.len() >= limits::OUTPUT_PRESSURE_BYTES;
+        wake(&mut c.link.writer);
         self.stats.sent += 1;
         if pressure {
             self.note_pressure(id, now_ms);
@@ -528,7 +530,7 @@ impl ShardCore {
     }
 
     pub(super) fn handle_puback(&mut self, id: ConnId, now_ms: u64, r: PubResp, comp: bool) {
-        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let Some(sref) = self.conn(id).and_then(|c| c.attach.session) else { return };
         let st = &mut self.session_mut(sref).expect("live session").state;
         let want = if comp { OutState::Released } else { OutState::Published };
         let pid = r.packet_id.get();
@@ -545,7 +547,7 @@ impl ShardCore {
     }
 
     pub(super) fn handle_pubrec(&mut self, id: ConnId, now_ms: u64, r: PubResp) {
-        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let Some(sref) = self.conn(id).and_then(|c| c.attach.session) else { return };
         let since = self.store_seq();
         let st = &mut self.session_mut(sref).expect("live session").state;
         let pid = r.packet_id.get();
@@ -570,7 +572,7 @@ impl ShardCore {
     }
 
     pub(super) fn handle_pubrel(&mut self, id: ConnId, now_ms: u64, r: PubResp) {
-        let Some(sref) = self.conn(id).and_then(|c| c.session) else { return };
+        let Some(sref) = self.conn(id).and_then(|c| c.attach.session) else { return };
         let since = self.store_seq();
         let st = &mut self.session_mut(sref).expect("live session").state;
         let reason = if st.inbound_qos2.remove(&r.packet_id.get()) {
@@ -586,11 +588,12 @@ impl ShardCore {
 
     pub(super) fn handle_subscribe(&mut self, id: ConnId, now_ms: u64, s: Subscribe) {
         let c = self.conn(id).expect("caller checked");
-        let v5 = c.protocol == Some(Protocol::V5);
-        let sref = c.session.expect("active");
-        let org = c.key.as_ref().expect("active").org.clone();
+        let v5 = c.proto.protocol == Some(Protocol::V5);
+        let sref = c.attach.session.expect("active");
+        let org = c.attach.key.as_ref().expect("active").org.clone();
         let sub_id = s.props.subscription_identifiers.first().copied();
         let max_subs = c
+            .share
             .quota
             .as_ref()
             .and_then(|q| q.max_subscriptions())
@@ -621,7 +624,7 @@ impl ShardCore {
                 FilterKind::Shared(sf) => sf.filter,
                 _ => f,
             };
-            let acl = self.conn(id).and_then(|c| c.acl.clone());
+            let acl = self.conn(id).and_then(|c| c.login.acl.clone());
             let d = match &acl {
                 Some(acl) => acl.check_subscribe(inner, opts.qos as u8),
                 None => crate::acl::SubDecision {
@@ -648,7 +651,7 @@ impl ShardCore {
             if !st.subs.contains_key(f) && st.subs.len() >= max_subs {
                 // 5.0: Quota exceeded; 3.1.1: the only failure code, 0x80.
                 reasons.push(if v5 { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::UNSPECIFIED_ERROR });
-                if let Some(q) = self.conn(id).and_then(|c| c.quota.as_ref()) {
+                if let Some(q) = self.conn(id).and_then(|c| c.share.quota.as_ref()) {
                     q.subscriptions_refused.fetch_add(1, Ordering::Relaxed);
                 }
                 self.quota_hit(id, now_ms, "max_subscriptions_per_client");
@@ -675,7 +678,7 @@ impl ShardCore {
             }
         }
         let c = self.conn_mut(id).expect("caller checked");
-        c.pending_subacks.push_back(PendingSubAck {
+        c.attach.pending_subacks.push_back(PendingSubAck {
             token,
             waiting,
             packet_id: s.packet_id,
@@ -687,7 +690,7 @@ impl ShardCore {
 
     pub(super) fn handle_interest_ack(&mut self, id: ConnId, token: u64, now_ms: u64) {
         let Some(c) = self.conn_mut(id) else { return };
-        if let Some(p) = c.pending_subacks.iter_mut().find(|p| p.token == token) {
+        if let Some(p) = c.attach.pending_subacks.iter_mut().find(|p| p.token == token) {
             p.waiting = p.waiting.saturating_sub(1);
         }
         self.release_subacks(id, now_ms);
@@ -698,12 +701,12 @@ impl ShardCore {
     fn release_subacks(&mut self, id: ConnId, now_ms: u64) {
         loop {
             let Some(c) = self.conn_mut(id) else { return };
-            if c.pending_subacks.front().is_none_or(|p| p.waiting > 0) {
+            if c.attach.pending_subacks.front().is_none_or(|p| p.waiting > 0) {
                 return;
             }
-            let p = c.pending_subacks.pop_front().expect("checked");
-            let Some(sref) = c.session else { return };
-            let org = c.key.as_ref().expect("active").org.clone();
+            let p = c.attach.pending_subacks.pop_front().expect("checked");
+            let Some(sref) = c.attach.session else { return };
+            let org = c.attach.key.as_ref().expect("active").org.clone();
             let ack = Packet::SubAck(SubAck {
                 packet_id: p.packet_id,
                 props: Properties::default(),
@@ -737,8 +740,8 @@ impl ShardCore {
     pub(super) fn handle_unsubscribe(&mut self, id: ConnId, now_ms: u64, u: Unsubscribe) {
         let _ = now_ms;
         let c = self.conn(id).expect("caller checked");
-        let sref = c.session.expect("active");
-        let org = c.key.as_ref().expect("active").org.clone();
+        let sref = c.attach.session.expect("active");
+        let org = c.attach.key.as_ref().expect("active").org.clone();
         let mut reasons = Vec::with_capacity(u.filters.len());
         for f in &u.filters {
             let f = f.as_str();
@@ -766,19 +769,19 @@ impl ShardCore {
         let c = self.conn_mut(id).expect("caller checked");
         if let Some(e) = d.props.session_expiry_interval {
             // Zero at CONNECT cannot become non-zero at DISCONNECT [MQTT-3.14.2-2].
-            if c.expiry_req == 0 && e != 0 {
+            if c.attach.expiry_req == 0 && e != 0 {
                 return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
             }
-            c.expiry_req = e;
-            if let Some(sref) = c.session {
+            c.attach.expiry_req = e;
+            if let Some(sref) = c.attach.session {
                 self.session_mut(sref).expect("live").state.expiry_secs = e;
             }
         }
         let c = self.conn_mut(id).expect("caller checked");
         if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
-            c.will = None; // a normal DISCONNECT discards the will [MQTT-3.1.2-10]
+            c.attach.will = None; // a normal DISCONNECT discards the will [MQTT-3.1.2-10]
         }
-        c.close_reason = Some("client_disconnect");
+        c.link.close_reason = Some("client_disconnect");
         self.close_conn(id, None, now_ms);
     }
 }

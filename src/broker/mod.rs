@@ -7,6 +7,7 @@
 //! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
 
 mod claims;
+pub mod conn;
 pub mod exactly_once;
 mod fair;
 mod flow;
@@ -36,7 +37,7 @@ use crate::acl::{CompiledAcl, Policy};
 use crate::audit::{AuditKind, AuditRecord};
 use crate::auth::directory::{Directory, Identity};
 use crate::auth::secret::Pepper;
-use crate::auth::{AuthShared, Authenticator, Denied, Verdict, VerifyTicket};
+use crate::auth::{AuthShared, Authenticator, Denied, Verdict};
 use crate::codec::encode::{encode_publish, PublishOut};
 use crate::codec::topic::{classify, valid_filter, FilterKind};
 use crate::codec::{
@@ -45,32 +46,14 @@ use crate::codec::{
 };
 use crate::limits;
 use crate::router::{Matches, Router, SessionRef, Sub};
-use crate::transport::PeerInfo;
 use claims::{peek_connect_level, pubresp, wake};
+use conn::{Conn, ConnTable, PendingAuth, PendingSubAck, Phase, Supersede};
+pub use conn::{ConnId, ListenerCtx, PeerInfo, TlsInfo};
 use mesh::{MeshMsg, SessionKey};
 use msg::{Expiry, Msg};
 use retained::Retained;
-use session::{Delivery, InFlight, OutState, Session, SessionState, SubEntry};
+use session::{Delivery, InFlight, OutState, Session, SessionState, SessionTable, SubEntry};
 use sys::SysBoard;
-
-/// Identifies a connection on its shard: slot index plus a generation so a reused slot is never
-/// mistaken for the old connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    /// Slot in the shard's connection table.
-    pub idx: u32,
-    /// Slot generation.
-    pub gen: u32,
-}
-
-/// Settings of the listener a connection arrived on.
-#[derive(Debug, Clone)]
-pub struct ListenerCtx {
-    /// Organization for clients without a user name; `None` refuses them.
-    pub anonymous_org: Option<Arc<str>>,
-    /// Transport name for logs and audit (`tcp`, `tls`, `ws`, `wss`).
-    pub transport: &'static str,
-}
 
 /// Broker-wide settings every shard core reads.
 #[derive(Debug, Clone)]
@@ -148,127 +131,8 @@ pub enum OutputPoll {
     Close,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    AwaitConnect {
-        deadline_ms: u64,
-    },
-    /// CONNECT read; its password is being verified by the hashing pool.
-    AwaitAuth,
-    AwaitSession,
-    Active,
-}
-
-#[derive(Debug)]
-struct PendingSubAck {
-    token: u64,
-    waiting: u32,
-    packet_id: PacketId,
-    reasons: Vec<ReasonCode>,
-    retained: Vec<(Box<str>, QoS, Option<u32>)>,
-}
-
-/// A superseded pending claim: where its session must go when it is granted.
-#[derive(Debug, Clone)]
-struct Supersede {
-    to_shard: u8,
-    conn: ConnId,
-    generation: u64,
-    clean_start: bool,
-}
-
-#[derive(Debug)]
-struct Conn {
-    gen: u32,
-    phase: Phase,
-    listener: Arc<ListenerCtx>,
-    remote: Arc<str>,
-    /// Common name of the verified TLS client certificate (for `{cert_cn}` in ACL v2).
-    client_cn: Option<Arc<str>>,
-    protocol: Option<Protocol>,
-    /// Encoded output waiting for the writer; bounded by `CONN_OUTPUT_BYTES_MAX` for QoS 0.
-    out: BytesMut,
-    writer: Option<Waker>,
-    reader: Option<Waker>,
-    closing: bool,
-    last_rx_ms: u64,
-    keep_alive_ms: u64,
-    key: Option<SessionKey>,
-    session: Option<SessionRef>,
-    clean_start: bool,
-    expiry_req: u32,
-    will: Option<Msg>,
-    will_delay_secs: u32,
-    /// Outbound window: min(client Receive Maximum, INFLIGHT_MAX).
-    send_window: u16,
-    client_max_packet: u32,
-    client_alias_max: u16,
-    aliases_in: Vec<Option<MqStr>>,
-    aliases_out: HashMap<MqStr, u16, RandomState>,
-    assigned_id: Option<MqStr>,
-    pending_subacks: VecDeque<PendingSubAck>,
-    superseded: Option<Supersede>,
-    rx_msgs: u64,
-    tx_msgs: u64,
-    dropped: u64,
-    /// In the shard's pressure list since this time (ms), or since its writer last made
-    /// progress, whichever is later: the stall clock.
-    pressure_since: Option<u64>,
-    /// Made no write progress for `OUTPUT_STALL_MS` under pressure: no longer slows other
-    /// readers until its output drains.
-    stalled: bool,
-    /// Who it authenticated as (set from CONNECT on).
-    identity: Option<Arc<Identity>>,
-    /// A CONNECT waiting for its password check.
-    pending_auth: Option<Box<PendingAuth>>,
-    /// When its credential expires (core clock, ms): closed then with 0xA0.
-    auth_deadline_ms: Option<u64>,
-    /// Why it is closing, for the audit log.
-    close_reason: Option<&'static str>,
-    /// The reason code it was closed with, if any.
-    close_code: Option<u8>,
-    /// Connected with Authentication Method `jwt`: may re-authenticate with AUTH.
-    auth_jwt: bool,
-    /// The org's policy bound to this identity (SPEC §3), compiled at CONNECT.
-    acl: Option<Arc<CompiledAcl>>,
-    /// ACL denials not yet reported, and when the last report went out (ms).
-    acl_denials: u32,
-    acl_reported_ms: u64,
-    /// The org's quota (`None`: unlimited org).
-    quota: Option<Arc<crate::quota::OrgQuota>>,
-    /// Holds one of the org's connection slots (released on close).
-    quota_slot: bool,
-    /// Found the org at its connection limit at CONNECT: admitted only if the session it
-    /// claims comes with a live connection's slot (a takeover), or a slot frees meanwhile.
-    slot_wait: bool,
-    /// Leased message tokens.
-    lease: crate::quota::Lease,
-    /// 3.1.1 connection over its org's rate: not read before this time (shard clock).
-    throttled_until_ms: u64,
-    /// Largest packet this client may send (listener's, lowered by the org's quota).
-    max_packet: u32,
-    /// Its org's share of the shard's turns (set once logged in).
-    fair: Option<fair::FairSlot>,
-    /// Stopped reading because its org spent its share of this turn.
-    fair_yielded: bool,
-    /// Its acknowledgements held for durability (later ones wait behind them).
-    held_acks: u32,
-    /// Its output waits until store writes up to this sequence are durable (a CONNACK,
-    /// SUBACK or UNSUBACK that depends on a session record, and what follows it); 0: none.
-    out_gate: u64,
-}
-
 /// The MQTT 5 Authentication Method for JWTs.
 pub const JWT_AUTH_METHOD: &str = "jwt";
-
-/// A CONNECT held while its password is verified off the reactor (`ticket`) or its JWT's
-/// provider keys are refreshed (`None`).
-#[derive(Debug)]
-struct PendingAuth {
-    ticket: Option<VerifyTicket>,
-    connect: Connect,
-    client_id: MqStr,
-}
 
 /// Work for the shell, answered with [`ShardCore::handle_auth_result`].
 #[derive(Debug)]
@@ -317,83 +181,98 @@ pub struct ShardStats {
     pub quota_dropped: u64,
 }
 
-/// One shard's broker state. See the module docs.
+/// One shard's broker state, composed of parts that each own one concern. See the module
+/// docs.
 pub struct ShardCore {
     /// This shard's index.
     pub shard: u8,
     cfg: CoreConfig,
-    conns: Vec<Option<Conn>>,
-    conn_free: Vec<u32>,
-    conn_gens: Vec<u32>,
-    sessions: Vec<Option<Session>>,
-    session_free: Vec<u32>,
-    session_index: HashMap<SessionKey, SessionRef, RandomState>,
+    conns: ConnTable,
+    sessions: SessionTable,
     /// Home registry: sessions whose home is this shard, and who holds each.
     registry: HashMap<SessionKey, Owner, RandomState>,
     router: Router,
     retained: Retained,
+    /// Buffers reused by every fan-out.
+    scratch: Scratch,
+    /// Messages for other shards (and for this one, through its own queue).
+    mesh: MeshOut,
+    /// Tasks waiting for the core to let them go on.
+    parked: Parked,
+    /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
+    /// Bounded by the connection count; usually empty.
+    pressure: Vec<ConnId>,
+    /// Per-org shares of this shard's turns.
+    fair: fair::Fair,
+    /// Store writes and the acknowledgements that wait for them.
+    dur: persist::Durability,
+    /// QoS 2 exactly once across shards: pending forward records, de-duplication rows.
+    xonce: exactly_once::ExactlyOnce,
+    next_generation: u64,
+    next_token: u64,
+    /// When the periodic work last ran.
+    timers: Timers,
+    /// Messages received and sent by connections already closed, per org (for `$SYS`).
+    closed_rx: HashMap<Arc<str>, (u64, u64), RandomState>,
+    auth: Authenticator,
+    auth_jobs: Vec<AuthJob>,
+    /// Audit records for the control plane, and the rate limits on what is reported.
+    reports: Reports,
+    /// Counters.
+    pub stats: ShardStats,
+    /// Orgs deleted while this shard ran (`purge`): a late claim of theirs installs nothing.
+    deleted_orgs: std::collections::HashSet<Arc<str>, RandomState>,
+    /// The broker is stopping: a CONNECT still arriving (accepted just before the listeners
+    /// closed) is refused (0x88 Server unavailable; 3.1.1 return code 3).
+    shutting_down: bool,
+}
+
+/// Buffers reused by every fan-out (no allocation per message).
+#[derive(Debug, Default)]
+struct Scratch {
     matches: Matches,
     fanout: Vec<Sub>,
+}
+
+/// Messages leaving the core for shards: one queue per peer, and this shard's own queue (so
+/// handlers never re-enter).
+#[derive(Debug, Default)]
+struct MeshOut {
     mesh_out: Vec<VecDeque<MeshMsg>>,
     self_queue: VecDeque<MeshMsg>,
+}
+
+/// Tasks the core let wait, woken when what they wait for clears.
+#[derive(Debug, Default)]
+struct Parked {
     /// Readers paused because the mesh backlog is high (woken when it drains).
     paused_readers: Vec<Waker>,
     /// Readers paused for output pressure in their org, and mesh receivers paused for local
     /// pressure (woken when a pressured connection clears).
     pressure_paused: Vec<Waker>,
-    /// Per-org shares of this shard's turns.
-    fair: fair::Fair,
-    /// Writes for the shard's store, drained by the shell, and the sequence of the last one.
-    store_out: Vec<persist::StoreOp>,
-    store_seq: u64,
-    /// The store failed: acknowledgements that depend on it are refused.
-    store_broken: bool,
-    /// Acknowledgements waiting for store writes to be durable, here and on the shards the
-    /// message was forwarded to.
-    held_acks: VecDeque<persist::HeldAck>,
-    /// Store writes up to this sequence are durable.
-    durable_upto: u64,
-    /// Forwards of a held acknowledgement not yet confirmed by their shard: token ->
-    /// (confirmations missing, a shard's store failed). Empty without cross-shard traffic.
-    remote_waits: HashMap<u64, (u16, bool), RandomState>,
-    /// Messages to other shards that wait for this shard's store: (write sequence, to whom,
-    /// what): confirmations of forwarded messages, forgets of moved sessions' old copies.
-    stored_replies: VecDeque<(u64, u8, persist::AfterDurable)>,
-    /// Forwards to each shard waiting in `stored_replies` (later forwards to that shard queue
-    /// behind them, so messages keep their order).
-    deferred_forwards: Vec<u32>,
-    /// Connections whose output waits for the store (`Conn::out_gate`).
-    gated: Vec<ConnId>,
-    /// Connections whose pending output is above `OUTPUT_PRESSURE_BYTES` (not stalled).
-    /// Bounded by the connection count; usually empty.
-    pressure: Vec<ConnId>,
-    next_generation: u64,
-    next_token: u64,
+    /// Readers of 3.1.1 connections throttled by their org's rate, woken by the timer.
+    throttled: Vec<Waker>,
+}
+
+/// When each periodic task last ran (core clock, ms).
+#[derive(Debug, Default)]
+struct Timers {
     start_ms: u64,
     last_sys_ms: u64,
     last_report_ms: u64,
     /// Last retention sweep (maximum ages of stored messages, `[org.retention]`).
     last_retention_ms: u64,
-    closed_rx: HashMap<Arc<str>, (u64, u64), RandomState>,
-    auth: Authenticator,
-    auth_jobs: Vec<AuthJob>,
+}
+
+/// Audit records waiting for the control plane, and what keeps reports to a rate.
+#[derive(Debug, Default)]
+struct Reports {
     audit_out: Vec<AuditRecord>,
-    /// Counters.
-    pub stats: ShardStats,
-    /// Readers of 3.1.1 connections throttled by their org's rate, woken by the timer.
-    throttled: Vec<Waker>,
     /// Last quota audit event per (org, quota) on this shard, and hits since: one event per
     /// second at most, carrying the count.
     quota_audits: HashMap<(Arc<str>, &'static str), (u64, u64)>,
-    /// Orgs deleted while this shard ran (`purge`): a late claim of theirs installs nothing.
-    deleted_orgs: std::collections::HashSet<Arc<str>, RandomState>,
     /// Refused logins get one log line a second (with the count of the others).
     refusal_log: crate::ratelog::EverySecond,
-    /// The broker is stopping: a CONNECT still arriving (accepted just before the listeners
-    /// closed) is refused (0x88 Server unavailable; 3.1.1 return code 3).
-    shutting_down: bool,
-    /// QoS 2 exactly once across shards: pending forward records, de-duplication rows.
-    xonce: exactly_once::ExactlyOnce,
 }
 
 impl std::fmt::Debug for ShardCore {
@@ -417,48 +296,30 @@ impl ShardCore {
         ShardCore {
             shard,
             router: Router::new(shard),
-            mesh_out: (0..peers).map(|_| VecDeque::new()).collect(),
-            conns: Vec::new(),
-            conn_free: Vec::new(),
-            conn_gens: Vec::new(),
-            sessions: Vec::new(),
-            session_free: Vec::new(),
-            session_index: HashMap::default(),
+            conns: ConnTable::default(),
+            sessions: SessionTable::default(),
             registry: HashMap::default(),
             retained: Retained::default(),
-            matches: Matches::default(),
-            fanout: Vec::new(),
-            self_queue: VecDeque::new(),
-            paused_readers: Vec::new(),
-            pressure_paused: Vec::new(),
-            fair: fair::Fair::default(),
-            store_out: Vec::new(),
-            store_seq: 0,
-            store_broken: false,
-            held_acks: VecDeque::new(),
-            durable_upto: 0,
-            remote_waits: HashMap::default(),
-            stored_replies: VecDeque::new(),
-            deferred_forwards: vec![0; peers],
-            gated: Vec::new(),
-            throttled: Vec::new(),
-            quota_audits: HashMap::new(),
-            deleted_orgs: Default::default(),
-            refusal_log: Default::default(),
-            shutting_down: false,
-            xonce: Default::default(),
+            scratch: Scratch::default(),
+            mesh: MeshOut {
+                mesh_out: (0..peers).map(|_| VecDeque::new()).collect(),
+                self_queue: VecDeque::new(),
+            },
+            parked: Parked::default(),
             pressure: Vec::new(),
+            fair: fair::Fair::default(),
+            dur: persist::Durability::new(peers),
+            xonce: Default::default(),
             next_generation: 0,
             next_token: 0,
-            start_ms: now_ms,
-            last_sys_ms: now_ms,
-            last_report_ms: 0,
-            last_retention_ms: 0,
+            timers: Timers { start_ms: now_ms, last_sys_ms: now_ms, last_report_ms: 0, last_retention_ms: 0 },
             closed_rx: HashMap::default(),
             auth: Authenticator::new(cfg.auth.clone()),
             auth_jobs: Vec::new(),
-            audit_out: Vec::new(),
+            reports: Reports::default(),
             stats: ShardStats::default(),
+            deleted_orgs: Default::default(),
+            shutting_down: false,
             cfg,
         }
     }
@@ -467,82 +328,20 @@ impl ShardCore {
 
     /// Registers a new transport connection.
     pub fn open_conn(&mut self, now_ms: u64, listener: Arc<ListenerCtx>, peer: &PeerInfo) -> ConnId {
-        let idx = match self.conn_free.pop() {
-            Some(i) => i,
-            None => {
-                self.conns.push(None);
-                self.conn_gens.push(0);
-                (self.conns.len() - 1) as u32
-            }
-        };
-        let gen = self.conn_gens[idx as usize].wrapping_add(1);
-        self.conn_gens[idx as usize] = gen;
-        self.conns[idx as usize] = Some(Conn {
-            gen,
-            phase: Phase::AwaitConnect { deadline_ms: now_ms + limits::CONNECT_TIMEOUT_SECS * 1000 },
-            listener,
-            remote: peer.remote.as_str().into(),
-            client_cn: peer.tls.as_ref().and_then(|t| t.client_cn.as_deref()).map(Arc::from),
-            protocol: None,
-            quota: None,
-            quota_slot: false,
-            slot_wait: false,
-            lease: crate::quota::Lease::default(),
-            throttled_until_ms: 0,
-            max_packet: self.cfg.max_packet_size,
-            fair: None,
-            fair_yielded: false,
-            held_acks: 0,
-            out_gate: 0,
-            out: BytesMut::new(),
-            writer: None,
-            reader: None,
-            closing: false,
-            last_rx_ms: now_ms,
-            keep_alive_ms: 0,
-            key: None,
-            session: None,
-            clean_start: true,
-            expiry_req: 0,
-            will: None,
-            will_delay_secs: 0,
-            send_window: limits::INFLIGHT_MAX,
-            client_max_packet: u32::MAX,
-            client_alias_max: 0,
-            aliases_in: Vec::new(),
-            aliases_out: HashMap::default(),
-            assigned_id: None,
-            pending_subacks: VecDeque::new(),
-            superseded: None,
-            rx_msgs: 0,
-            tx_msgs: 0,
-            dropped: 0,
-            pressure_since: None,
-            stalled: false,
-            identity: None,
-            pending_auth: None,
-            auth_deadline_ms: None,
-            close_reason: None,
-            close_code: None,
-            auth_jwt: false,
-            acl: None,
-            acl_denials: 0,
-            acl_reported_ms: 0,
-        });
-        ConnId { idx, gen }
+        self.conns.open(now_ms, listener, peer, self.cfg.max_packet_size)
     }
 
     fn conn(&self, id: ConnId) -> Option<&Conn> {
-        self.conns.get(id.idx as usize)?.as_ref().filter(|c| c.gen == id.gen)
+        self.conns.get(id)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns.get_mut(id.idx as usize)?.as_mut().filter(|c| c.gen == id.gen)
+        self.conns.get_mut(id)
     }
 
     /// Number of open connections on this shard.
     pub fn conn_count(&self) -> usize {
-        self.conns.iter().filter(|c| c.is_some()).count()
+        self.conns.len()
     }
 
     /// The transport is gone (EOF, error, or after a requested close). Frees the slot.
@@ -552,27 +351,30 @@ impl ShardCore {
         }
         self.detach(id, now_ms, true);
         self.clear_pressure(id);
-        if let Some(t) = self.conn_mut(id).and_then(|c| c.pending_auth.take()).and_then(|p| p.ticket) {
+        if let Some(t) = self.conn_mut(id).and_then(|c| c.login.pending_auth.take()).and_then(|p| p.ticket) {
             self.auth.verified(t, None);
         }
-        let c = self.conns[id.idx as usize].take().expect("checked above");
-        if let Some(s) = c.fair {
+        let c = self.conns.remove(id).expect("checked above");
+        if let Some(s) = c.share.fair {
             self.fair.leave(s);
         }
-        if c.quota_slot {
-            if let Some(q) = &c.quota {
+        if c.share.quota_slot {
+            if let Some(q) = &c.share.quota {
                 q.disconnect();
             }
         }
-        if let (Some(ident), Some(key)) = (&c.identity, &c.key) {
-            let reason =
-                c.close_reason.unwrap_or(if c.closing { "server_closed" } else { "connection_lost" });
+        if let (Some(ident), Some(key)) = (&c.login.identity, &c.attach.key) {
+            let reason = c.link.close_reason.unwrap_or(if c.link.closing {
+                "server_closed"
+            } else {
+                "connection_lost"
+            });
             let mut detail = vec![
                 ("reason", reason.into()),
-                ("transport", c.listener.transport.into()),
-                ("remote", (*c.remote).into()),
+                ("transport", c.link.listener.transport.into()),
+                ("remote", (*c.link.remote).into()),
             ];
-            if let Some(code) = c.close_code {
+            if let Some(code) = c.link.close_code {
                 detail.push(("reason_code", code.into()));
             }
             let who = ident.audit_name();
@@ -585,13 +387,12 @@ impl ShardCore {
                 &detail,
             );
         }
-        tracing::debug!(shard = self.shard, remote = %c.remote, transport = c.listener.transport, client_cn = ?c.client_cn, "connection closed");
-        if let Some(k) = &c.key {
+        tracing::debug!(shard = self.shard, remote = %c.link.remote, transport = c.link.listener.transport, client_cn = ?c.link.client_cn, "connection closed");
+        if let Some(k) = &c.attach.key {
             let e = self.closed_rx.entry(k.org.clone()).or_default();
-            e.0 += c.rx_msgs;
-            e.1 += c.tx_msgs;
+            e.0 += c.link.rx_msgs;
+            e.1 += c.link.tx_msgs;
         }
-        self.conn_free.push(id.idx);
         self.drain_self(now_ms);
     }
 
@@ -605,21 +406,21 @@ impl ShardCore {
         // org's clients cannot publish to it (topics are per org), so pausing them would let
         // one org's slow subscriber stall every org on the shard.
         let pressured = !self.pressure.is_empty() && {
-            let org = self.conn(id).and_then(|c| c.key.as_ref()).map(|k| k.org.clone());
+            let org = self.conn(id).and_then(|c| c.attach.key.as_ref()).map(|k| k.org.clone());
             self.pressure.iter().any(|p| {
                 *p != id
-                    && match (&org, self.conn(*p).and_then(|c| c.key.as_ref())) {
+                    && match (&org, self.conn(*p).and_then(|c| c.attach.key.as_ref())) {
                         (Some(o), Some(k)) => *k.org == **o,
                         _ => true, // not logged in yet: be conservative
                     }
             })
         };
         let Some(c) = self.conn_mut(id) else { return true };
-        if c.closing {
+        if c.link.closing {
             return true;
         }
         if matches!(c.phase, Phase::AwaitSession | Phase::AwaitAuth) {
-            c.reader = Some(waker.clone());
+            c.link.reader = Some(waker.clone());
             return false;
         }
         // A connection still sending its CONNECT is read even under pressure: a flood from
@@ -627,20 +428,20 @@ impl ShardCore {
         if matches!(c.phase, Phase::AwaitConnect { .. }) {
             return true;
         }
-        if c.throttled_until_ms > now_ms {
-            self.throttled.push(waker.clone());
+        if c.share.throttled_until_ms > now_ms {
+            self.parked.throttled.push(waker.clone());
             return false;
         }
         if backlog >= limits::MESH_BACKLOG_PAUSE {
-            self.paused_readers.push(waker.clone());
+            self.parked.paused_readers.push(waker.clone());
             return false;
         }
         if pressured {
-            self.pressure_paused.push(waker.clone());
+            self.parked.pressure_paused.push(waker.clone());
             return false;
         }
-        if let Some(slot) = c.fair {
-            let yielded = std::mem::take(&mut c.fair_yielded);
+        if let Some(slot) = c.share.fair {
+            let yielded = std::mem::take(&mut c.share.fair_yielded);
             if self.fair.must_wait(slot, yielded, waker) {
                 return false;
             }
@@ -663,7 +464,7 @@ impl ShardCore {
     /// Lets 3.1.1 readers throttled by their org's rate look at it again (called every shard
     /// tick, 50 ms, so a throttled flood is read in small, even bursts).
     pub fn wake_throttled(&mut self) {
-        for w in self.throttled.drain(..) {
+        for w in self.parked.throttled.drain(..) {
             w.wake();
         }
     }
@@ -676,7 +477,7 @@ impl ShardCore {
         if self.pressure.is_empty() {
             return true;
         }
-        self.pressure_paused.push(waker.clone());
+        self.parked.pressure_paused.push(waker.clone());
         false
     }
 
@@ -687,9 +488,9 @@ impl ShardCore {
         while i < self.pressure.len() {
             let id = self.pressure[i];
             let expired = match self.conn_mut(id) {
-                Some(c) if c.pressure_since.is_some_and(|t| now_ms >= t + limits::OUTPUT_STALL_MS) => {
-                    c.stalled = true;
-                    c.pressure_since = None;
+                Some(c) if c.link.pressure_since.is_some_and(|t| now_ms >= t + limits::OUTPUT_STALL_MS) => {
+                    c.link.stalled = true;
+                    c.link.pressure_since = None;
                     true
                 }
                 Some(_) => false,
@@ -711,23 +512,26 @@ impl ShardCore {
     fn note_pressure(&mut self, id: ConnId, now_ms: u64) {
         let queued = self.queued_for(id);
         let Some(c) = self.conn_mut(id) else { return };
-        let full = c.out.len() >= limits::OUTPUT_PRESSURE_BYTES || queued >= limits::QUEUE_PRESSURE;
-        if full && c.pressure_since.is_none() && !c.stalled {
-            c.pressure_since = Some(now_ms);
+        let full = c.link.out.len() >= limits::OUTPUT_PRESSURE_BYTES || queued >= limits::QUEUE_PRESSURE;
+        if full && c.link.pressure_since.is_none() && !c.link.stalled {
+            c.link.pressure_since = Some(now_ms);
             self.pressure.push(id);
         }
     }
 
     /// Messages waiting in the session queue of connection `id`.
     fn queued_for(&self, id: ConnId) -> usize {
-        self.conn(id).and_then(|c| c.session).and_then(|s| self.session(s)).map_or(0, |s| s.state.queue.len())
+        self.conn(id)
+            .and_then(|c| c.attach.session)
+            .and_then(|s| self.session(s))
+            .map_or(0, |s| s.state.queue.len())
     }
 
     /// Output of `id` was handed to the writer: it no longer exerts pressure.
     fn clear_pressure(&mut self, id: ConnId) {
         if let Some(c) = self.conn_mut(id) {
-            c.stalled = false;
-            if c.pressure_since.take().is_some() {
+            c.link.stalled = false;
+            if c.link.pressure_since.take().is_some() {
                 self.pressure.retain(|p| *p != id);
                 // Readers paused for this connection's org may go on: they look again.
                 self.wake_pressure_paused();
@@ -738,8 +542,8 @@ impl ShardCore {
     /// Registers the reader's waker, woken when the connection starts closing.
     pub fn register_reader(&mut self, id: ConnId, waker: &Waker) {
         if let Some(c) = self.conn_mut(id) {
-            if !c.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                c.reader = Some(waker.clone());
+            if !c.link.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                c.link.reader = Some(waker.clone());
             }
         }
     }
@@ -755,29 +559,31 @@ impl ShardCore {
 
     /// Hands out the pending output of `id` by swapping it with `spare` (which must be empty).
     pub fn poll_output(&mut self, id: ConnId, spare: &mut BytesMut, waker: &Waker) -> OutputPoll {
-        let durable = self.durable_upto;
+        let durable = self.dur.durable_upto;
         let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
-        if c.out_gate > durable && !c.closing {
+        if c.link.out_gate > durable && !c.link.closing {
             // A CONNACK or SUBACK that depends on the store is in there: not before it is durable.
-            if !c.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                c.writer = Some(waker.clone());
+            if !c.link.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                c.link.writer = Some(waker.clone());
             }
             return OutputPoll::Pending;
         }
-        if !c.out.is_empty() {
-            std::mem::swap(&mut c.out, spare);
+        if !c.link.out.is_empty() {
+            std::mem::swap(&mut c.link.out, spare);
             // Still pressured while its session queue is long (a live subscriber whose window
             // is full): QoS 1/2 publishers wait instead of the queue overflowing.
-            if (c.pressure_since.is_some() || c.stalled) && self.queued_for(id) < limits::QUEUE_PRESSURE {
+            if (c.link.pressure_since.is_some() || c.link.stalled)
+                && self.queued_for(id) < limits::QUEUE_PRESSURE
+            {
                 self.clear_pressure(id);
             }
             return OutputPoll::Data;
         }
-        if c.closing {
+        if c.link.closing {
             return OutputPoll::Close;
         }
-        if !c.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
-            c.writer = Some(waker.clone());
+        if !c.link.writer.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            c.link.writer = Some(waker.clone());
         }
         OutputPoll::Pending
     }
@@ -787,7 +593,7 @@ impl ShardCore {
     /// instead of losing QoS 0 messages; only one that stops reading is declared stalled).
     pub fn handle_output_progress(&mut self, id: ConnId, now_ms: u64) {
         if let Some(c) = self.conn_mut(id) {
-            if let Some(t) = c.pressure_since.as_mut() {
+            if let Some(t) = c.link.pressure_since.as_mut() {
                 *t = now_ms;
             }
         }
@@ -795,33 +601,33 @@ impl ShardCore {
 
     /// The writer of `id` finished writing a batch: more queued messages may now fit.
     pub fn handle_output_drained(&mut self, id: ConnId, now_ms: u64) {
-        if let Some(s) = self.conn(id).and_then(|c| c.session) {
+        if let Some(s) = self.conn(id).and_then(|c| c.attach.session) {
             self.pump(s, now_ms);
         }
     }
 
     /// Whether the connection wants to close (the reader should stop).
     pub fn is_closing(&self, id: ConnId) -> bool {
-        self.conn(id).is_none_or(|c| c.closing)
+        self.conn(id).is_none_or(|c| c.link.closing)
     }
 
     /// Starts closing `id`: 5.0 clients get DISCONNECT `reason` first (when connected).
     pub fn close_conn(&mut self, id: ConnId, reason: Option<ReasonCode>, now_ms: u64) {
         let Some(c) = self.conn_mut(id) else { return };
-        if c.closing {
+        if c.link.closing {
             return;
         }
-        if let (Some(r), Some(Protocol::V5), Phase::Active) = (reason, c.protocol, &c.phase) {
+        if let (Some(r), Some(Protocol::V5), Phase::Active) = (reason, c.proto.protocol, &c.phase) {
             let d = Packet::Disconnect(Disconnect { reason: r, props: Properties::default() });
-            encode_packet(&mut c.out, Protocol::V5, &d);
+            encode_packet(&mut c.link.out, Protocol::V5, &d);
         }
-        c.closing = true;
-        if c.close_code.is_none() {
-            c.close_code = reason.map(|r| r.0);
+        c.link.closing = true;
+        if c.link.close_code.is_none() {
+            c.link.close_code = reason.map(|r| r.0);
         }
-        wake(&mut c.writer);
-        wake(&mut c.reader);
-        if let Some(t) = c.pending_auth.take().and_then(|p| p.ticket) {
+        wake(&mut c.link.writer);
+        wake(&mut c.link.reader);
+        if let Some(t) = c.login.pending_auth.take().and_then(|p| p.ticket) {
             self.auth.verified(t, None); // releases its in-flight slot
         }
         // A normal DISCONNECT has already discarded the will; every other close publishes it.
@@ -833,20 +639,20 @@ impl ShardCore {
     fn refuse(&mut self, id: ConnId, protocol: Protocol, reason: ReasonCode) {
         let Some(c) = self.conn_mut(id) else { return };
         let ack = Packet::ConnAck(ConnAck { session_present: false, reason, props: Properties::default() });
-        encode_packet(&mut c.out, protocol, &ack);
-        c.closing = true;
-        wake(&mut c.writer);
+        encode_packet(&mut c.link.out, protocol, &ack);
+        c.link.closing = true;
+        wake(&mut c.link.writer);
     }
 
     /// Detaches the session from a closing connection; publishes or schedules the will.
     fn detach(&mut self, id: ConnId, now_ms: u64, publish_will: bool) {
         let Some(c) = self.conn_mut(id) else { return };
-        let will = c.will.take();
-        let will_delay = c.will_delay_secs;
-        let Some(sref) = c.session.take() else {
+        let will = c.attach.will.take();
+        let will_delay = c.attach.will_delay_secs;
+        let Some(sref) = c.attach.session.take() else {
             return;
         };
-        let key = c.key.clone();
+        let key = c.attach.key.clone();
         let Some(s) = self.session_mut(sref) else { return };
         s.conn = None;
         let expiry = s.state.expiry_secs;
@@ -887,31 +693,31 @@ impl ShardCore {
     fn read_packets(&mut self, id: ConnId, now_ms: u64, buf: &mut BytesMut) -> ReadVerdict {
         loop {
             let Some(c) = self.conn_mut(id) else { return ReadVerdict::Close };
-            if c.closing {
+            if c.link.closing {
                 return ReadVerdict::Close;
             }
             if matches!(c.phase, Phase::AwaitSession | Phase::AwaitAuth) {
                 return ReadVerdict::Wait;
             }
-            let protocol = c.protocol;
+            let protocol = c.proto.protocol;
             if c.phase != Phase::Active && buf.first().is_some_and(|b| *b != 0x10) {
                 // Not a CONNECT (an HTTP request, a TLS ClientHello, noise): refuse at the first
                 // byte instead of waiting for a length that may never arrive [MQTT-3.1.0-1].
                 self.fail(id, None, buf, ReasonCode::PROTOCOL_ERROR, now_ms);
                 return ReadVerdict::Close;
             }
-            let max_packet = c.max_packet;
+            let max_packet = c.proto.max_packet;
             if protocol == Some(Protocol::V311)
                 && c.phase == Phase::Active
                 && buf.first().is_some_and(|b| b >> 4 == 3)
-                && !match &c.quota {
-                    Some(q) => c.lease.available(q, now_ms),
+                && !match &c.share.quota {
+                    Some(q) => c.share.lease.available(q, now_ms),
                     None => true,
                 }
             {
                 // Over the org's rate: 3.1.1 has no way to refuse a publish, so stop reading
                 // (SPEC §4: throttled, nothing dropped); the PUBLISH stays in the buffer.
-                c.throttled_until_ms = now_ms + limits::QUOTA_THROTTLE_MS;
+                c.share.throttled_until_ms = now_ms + limits::QUOTA_THROTTLE_MS;
                 self.quota_hit(id, now_ms, "messages_per_minute");
                 return ReadVerdict::Wait;
             }
@@ -929,7 +735,7 @@ impl ShardCore {
             }
             let bytes = buf.split_to(f.total()).freeze();
             let c = self.conn_mut(id).expect("checked above");
-            c.last_rx_ms = now_ms;
+            c.link.last_rx_ms = now_ms;
             let connected = if c.phase == Phase::Active { protocol } else { None };
             let packet = match decode_packet(bytes.clone(), &f, connected) {
                 Ok(p) => p,
@@ -943,11 +749,11 @@ impl ShardCore {
                 return ReadVerdict::Wait;
             }
             if let Some(c) = self.conn_mut(id) {
-                if let Some(slot) = c.fair {
+                if let Some(slot) = c.share.fair {
                     if self.fair.charge(slot) {
                         // Its org spent its share of this turn while another org has work.
                         if let Some(c) = self.conn_mut(id) {
-                            c.fair_yielded = true;
+                            c.share.fair_yielded = true;
                         }
                         return ReadVerdict::Wait;
                     }
@@ -1005,9 +811,9 @@ impl ShardCore {
 
     fn write(&mut self, id: ConnId, p: &Packet) {
         if let Some(c) = self.conn_mut(id) {
-            if let Some(v) = c.protocol {
-                encode_packet(&mut c.out, v, p);
-                wake(&mut c.writer);
+            if let Some(v) = c.proto.protocol {
+                encode_packet(&mut c.link.out, v, p);
+                wake(&mut c.link.writer);
             }
         }
     }
@@ -1020,7 +826,7 @@ impl ShardCore {
         let max_ka = self.cfg.max_keepalive;
         let shutting_down = self.shutting_down;
         let conn = self.conn_mut(id).expect("caller checked");
-        conn.protocol = Some(v);
+        conn.proto.protocol = Some(v);
         if shutting_down {
             // 0x8B is a DISCONNECT code only; a CONNACK says Server unavailable (3.1.1: code 3).
             return self.refuse(id, v, ReasonCode::SERVER_UNAVAILABLE);
@@ -1042,7 +848,7 @@ impl ShardCore {
             let gen = MqStr::copy_from(&format!("auto-{}", crate::auth::secret::random_b32(26)))
                 .expect("generated id has no NUL");
             if v5 {
-                conn.assigned_id = Some(gen.clone());
+                conn.proto.assigned_id = Some(gen.clone());
             }
             gen
         } else {
@@ -1061,7 +867,7 @@ impl ShardCore {
                 if c.password.is_none() {
                     c.password = c.props.authentication_data.take();
                 }
-                self.conn_mut(id).expect("caller checked").auth_jwt = true;
+                self.conn_mut(id).expect("caller checked").login.auth_jwt = true;
             }
             Some(_) => return self.refuse(id, v, ReasonCode::BAD_AUTHENTICATION_METHOD),
         }
@@ -1071,7 +877,7 @@ impl ShardCore {
     /// Runs authentication for a CONNECT (again, after a key refresh, with `may_fetch` off).
     fn authenticate(&mut self, id: ConnId, now_ms: u64, c: Connect, client_id: MqStr, may_fetch: bool) {
         let v = c.protocol;
-        let anonymous_org = self.conn(id).expect("caller checked").listener.anonymous_org.clone();
+        let anonymous_org = self.conn(id).expect("caller checked").link.listener.anonymous_org.clone();
         let verdict = self.auth.check(
             c.username.as_ref().map(|u| u.as_str()),
             c.password.as_deref(),
@@ -1100,14 +906,14 @@ impl ShardCore {
                 self.auth_jobs.push(AuthJob::Hash { conn: id, phc: ticket.phc.clone(), password });
                 let conn = self.conn_mut(id).expect("caller checked");
                 conn.phase = Phase::AwaitAuth;
-                conn.pending_auth =
+                conn.login.pending_auth =
                     Some(Box::new(PendingAuth { ticket: Some(ticket), connect: c, client_id }));
             }
             Verdict::FetchKeys { org, provider } => {
                 self.auth_jobs.push(AuthJob::FetchKeys { conn: id, org, provider });
                 let conn = self.conn_mut(id).expect("caller checked");
                 conn.phase = Phase::AwaitAuth;
-                conn.pending_auth = Some(Box::new(PendingAuth { ticket: None, connect: c, client_id }));
+                conn.login.pending_auth = Some(Box::new(PendingAuth { ticket: None, connect: c, client_id }));
             }
         }
     }
@@ -1131,9 +937,9 @@ impl ShardCore {
     /// or, for a key refresh, whether it ran (the token is then checked again).
     pub fn handle_auth_result(&mut self, id: ConnId, now_ms: u64, ok: Option<bool>) {
         let Some(c) = self.conn_mut(id) else { return };
-        let Some(p) = c.pending_auth.take() else { return };
+        let Some(p) = c.login.pending_auth.take() else { return };
         let PendingAuth { ticket, connect, client_id } = *p;
-        let closing = c.closing;
+        let closing = c.link.closing;
         let v = connect.protocol;
         match ticket {
             Some(ticket) if closing => {
@@ -1148,19 +954,19 @@ impl ShardCore {
             None => self.authenticate(id, now_ms, connect, client_id, false),
         }
         if let Some(c) = self.conn_mut(id) {
-            wake(&mut c.reader);
+            wake(&mut c.link.reader);
         }
         self.drain_self(now_ms);
     }
 
     /// Audit events raised since the last call, for the control plane.
     pub fn take_audit(&mut self) -> Vec<AuditRecord> {
-        std::mem::take(&mut self.audit_out)
+        std::mem::take(&mut self.reports.audit_out)
     }
 
     /// Whether audit events are waiting.
     pub fn has_audit(&self) -> bool {
-        !self.audit_out.is_empty()
+        !self.reports.audit_out.is_empty()
     }
 
     fn unix_ms(&self, now_ms: u64) -> u64 {
@@ -1176,11 +982,11 @@ impl ShardCore {
         username: Option<&str>,
         detail: &[(&str, serde_json::Value)],
     ) {
-        if self.audit_out.len() >= limits::AUDIT_BACKLOG_MAX {
+        if self.reports.audit_out.len() >= limits::AUDIT_BACKLOG_MAX {
             self.stats.audit_dropped += 1;
             return;
         }
-        self.audit_out.push(AuditRecord {
+        self.reports.audit_out.push(AuditRecord {
             org,
             kind,
             client_id: client_id.map(|c| c.as_str().to_string()),
@@ -1206,16 +1012,16 @@ impl ShardCore {
             Denied::Busy => ReasonCode::SERVER_BUSY,
             _ => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
         };
-        if let Some(folded) = self.refusal_log.tick(now_ms) {
+        if let Some(folded) = self.reports.refusal_log.tick(now_ms) {
             let c = self.conn(id).expect("caller checked");
             // The reason and where from; never a password, token or user name.
             tracing::info!(shard = self.shard, org = org.as_deref().unwrap_or("-"), reason = why.as_str(),
-                transport = c.listener.transport, remote = %c.remote, more_since_last_line = folded, "login refused");
+                transport = c.link.listener.transport, remote = %c.link.remote, more_since_last_line = folded, "login refused");
         }
         if let Some(org) = org {
             let (transport, remote) = {
                 let conn = self.conn(id).expect("caller checked");
-                (conn.listener.transport, conn.remote.clone())
+                (conn.link.listener.transport, conn.link.remote.clone())
             };
             let method = if matches!(why, Denied::Jwt(_)) {
                 "jwt"
@@ -1246,7 +1052,7 @@ impl ShardCore {
         let v = c.protocol;
         let v5 = v == Protocol::V5;
         let org = identity.org.clone();
-        let cert_cn = self.conn(id).expect("caller checked").client_cn.clone();
+        let cert_cn = self.conn(id).expect("caller checked").link.client_cn.clone();
         let acl = Arc::new(self.compile_acl(&identity, client_id.as_str(), cert_cn.as_deref()));
         if let Some(w) = &c.will {
             // A will is a publish at CONNECT: checked now (SPEC §3).
@@ -1272,20 +1078,20 @@ impl ShardCore {
         let quota = self.org_quota(&org);
         let slot = quota.as_ref().is_none_or(|q| q.try_connect());
         let cn = self.conn_mut(id).expect("caller checked");
-        cn.acl = Some(acl);
+        cn.login.acl = Some(acl);
         if let Some(q) = &quota {
             // At the limit the claim still goes ahead: a takeover hands the old slot over.
-            cn.quota_slot = slot;
-            cn.slot_wait = !slot;
+            cn.share.quota_slot = slot;
+            cn.share.slot_wait = !slot;
             if let Some(m) = q.max_packet_size() {
-                cn.max_packet = cn.max_packet.min(m.min(u32::MAX as u64) as u32);
+                cn.proto.max_packet = cn.proto.max_packet.min(m.min(u32::MAX as u64) as u32);
             }
         }
-        cn.quota = quota;
+        cn.share.quota = quota;
         let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
         let (transport, remote) = {
             let conn = self.conn(id).expect("caller checked");
-            (conn.listener.transport, conn.remote.clone())
+            (conn.link.listener.transport, conn.link.remote.clone())
         };
         // Anonymous clients did not authenticate: their `connect` event is the record.
         if identity.method != crate::auth::directory::Method::Anonymous {
@@ -1305,29 +1111,33 @@ impl ShardCore {
         }
         let max_ka = self.cfg.max_keepalive;
         let conn = self.conn_mut(id).expect("caller checked");
-        conn.identity = Some(Arc::new(identity));
-        conn.auth_deadline_ms = deadline;
+        conn.login.identity = Some(Arc::new(identity));
+        conn.login.auth_deadline_ms = deadline;
         // A 3.1.1 client over the cap was refused at CONNECT; a 5.0 one gets the cap (CONNACK
         // Server Keep Alive), as does one asking for none.
         let ka = if c.keep_alive == 0 || c.keep_alive > max_ka { max_ka } else { c.keep_alive };
-        conn.keep_alive_ms = if max_ka == u16::MAX && c.keep_alive == 0 { 0 } else { ka as u64 * 1000 };
-        conn.clean_start = c.clean_start;
-        conn.expiry_req = if v5 {
+        conn.link.keep_alive_ms = if max_ka == u16::MAX && c.keep_alive == 0 { 0 } else { ka as u64 * 1000 };
+        conn.attach.clean_start = c.clean_start;
+        conn.attach.expiry_req = if v5 {
             c.props.session_expiry_interval.unwrap_or(0)
         } else if c.clean_start {
             0
         } else {
             u32::MAX
         };
-        let quota_window =
-            conn.quota.as_ref().and_then(|q| q.max_inflight()).map_or(u16::MAX, |m| m.min(65_535) as u16);
-        conn.send_window =
+        let quota_window = conn
+            .share
+            .quota
+            .as_ref()
+            .and_then(|q| q.max_inflight())
+            .map_or(u16::MAX, |m| m.min(65_535) as u16);
+        conn.proto.send_window =
             c.props.receive_maximum.unwrap_or(u16::MAX).min(limits::INFLIGHT_MAX).min(quota_window.max(1));
-        conn.client_max_packet = c.props.maximum_packet_size.unwrap_or(u32::MAX);
-        conn.client_alias_max = c.props.topic_alias_maximum.unwrap_or(0);
+        conn.proto.client_max_packet = c.props.maximum_packet_size.unwrap_or(u32::MAX);
+        conn.proto.client_alias_max = c.props.topic_alias_maximum.unwrap_or(0);
         if let Some(w) = c.will {
             let mut props = w.props;
-            conn.will_delay_secs = props.will_delay_interval.take().unwrap_or(0);
+            conn.attach.will_delay_secs = props.will_delay_interval.take().unwrap_or(0);
             let m = Msg {
                 topic: w.topic,
                 payload: w.payload,
@@ -1336,10 +1146,10 @@ impl ShardCore {
                 props,
                 received_ms: now_ms,
             };
-            conn.will = Some(m.to_owned_copy());
+            conn.attach.will = Some(m.to_owned_copy());
         }
         let key = SessionKey { org, client_id };
-        conn.key = Some(key.clone());
+        conn.attach.key = Some(key.clone());
         conn.phase = Phase::AwaitSession;
         let home = home_shard(&key, self.cfg.nr_shards);
         let shard = self.shard;
@@ -1350,18 +1160,18 @@ impl ShardCore {
     pub fn live_sessions(&self, org: &str) -> Vec<crate::plane::SessionInfo> {
         self.conns
             .iter()
-            .flatten()
-            .filter(|c| !c.closing && c.phase == Phase::Active)
+            .map(|(_, c)| c)
+            .filter(|c| !c.link.closing && c.phase == Phase::Active)
             .filter_map(|c| {
-                let ident = c.identity.as_ref()?;
-                let key = c.key.as_ref()?;
+                let ident = c.login.identity.as_ref()?;
+                let key = c.attach.key.as_ref()?;
                 (&*key.org == org).then(|| crate::plane::SessionInfo {
                     client_id: key.client_id.as_str().to_string(),
                     identity: ident.name.to_string(),
                     method: ident.method.as_str().to_string(),
-                    transport: c.listener.transport.to_string(),
-                    remote: c.remote.to_string(),
-                    protocol: c.protocol.map_or(0, |p| p.level()),
+                    transport: c.link.listener.transport.to_string(),
+                    remote: c.link.remote.to_string(),
+                    protocol: c.proto.protocol.map_or(0, |p| p.level()),
                     shard: self.shard,
                 })
             })
@@ -1378,7 +1188,7 @@ impl ShardCore {
             KickTarget::Token(t) => self.kick(now_ms, org, |i| i.method == Method::Token && &*i.name == t),
             KickTarget::ClientId(cid) => self.close_admin(now_ms, |c| {
                 c.phase == Phase::Active
-                    && c.key.as_ref().is_some_and(|k| &*k.org == org && k.client_id.as_str() == cid)
+                    && c.attach.key.as_ref().is_some_and(|k| &*k.org == org && k.client_id.as_str() == cid)
             }),
         }
     }
@@ -1387,7 +1197,7 @@ impl ShardCore {
     /// token must name the same subject; its `exp` becomes the connection's deadline.
     fn handle_auth(&mut self, id: ConnId, now_ms: u64, a: crate::codec::Auth) {
         let Some(c) = self.conn(id) else { return };
-        if !c.auth_jwt {
+        if !c.login.auth_jwt {
             // No enhanced authentication method was established at CONNECT [MQTT-4.12.0-1].
             return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
         }
@@ -1398,8 +1208,8 @@ impl ShardCore {
         if a.reason != ReasonCode::RE_AUTHENTICATE {
             return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
         }
-        let Some(old) = c.identity.clone() else { return };
-        let client_id = c.key.as_ref().map(|k| k.client_id.clone());
+        let Some(old) = c.login.identity.clone() else { return };
+        let client_id = c.attach.key.as_ref().map(|k| k.client_id.clone());
         let token = a.props.authentication_data.unwrap_or_default();
         let now_unix = self.unix_ms(now_ms);
         let result = self.auth.verify_jwt(&old.org, &token);
@@ -1417,8 +1227,8 @@ impl ShardCore {
                     &[detail_method],
                 );
                 let c = self.conn_mut(id).expect("checked");
-                c.identity = Some(Arc::new(new));
-                c.auth_deadline_ms = deadline;
+                c.login.identity = Some(Arc::new(new));
+                c.login.auth_deadline_ms = deadline;
                 let props = Properties {
                     authentication_method: MqStr::copy_from(JWT_AUTH_METHOD),
                     ..Properties::default()
@@ -1440,7 +1250,7 @@ impl ShardCore {
                     &[detail_method, ("reason", why.into())],
                 );
                 if let Some(c) = self.conn_mut(id) {
-                    c.close_reason = Some("reauthentication_failed");
+                    c.link.close_reason = Some("reauthentication_failed");
                 }
                 self.close_conn(id, Some(ReasonCode::NOT_AUTHORIZED), now_ms);
             }
@@ -1452,9 +1262,9 @@ impl ShardCore {
     /// at most one per second per (org, quota) on this shard, carrying the hits since.
     pub(crate) fn quota_hit(&mut self, id: ConnId, now_ms: u64, quota: &'static str) {
         let Some(c) = self.conn(id) else { return };
-        let Some(key) = c.key.clone() else { return };
-        let who = c.identity.as_ref().and_then(|i| i.audit_name());
-        let e = self.quota_audits.entry((key.org.clone(), quota)).or_insert((0, 0));
+        let Some(key) = c.attach.key.clone() else { return };
+        let who = c.login.identity.as_ref().and_then(|i| i.audit_name());
+        let e = self.reports.quota_audits.entry((key.org.clone(), quota)).or_insert((0, 0));
         e.1 += 1;
         if e.0 != 0 && now_ms < e.0 + 1000 {
             return;
@@ -1530,13 +1340,13 @@ impl ShardCore {
         d: crate::acl::Decision,
     ) {
         let Some(c) = self.conn_mut(id) else { return };
-        c.acl_denials += 1;
-        if c.acl_reported_ms != 0 && now_ms < c.acl_reported_ms + 1000 {
+        c.login.acl_denials += 1;
+        if c.login.acl_reported_ms != 0 && now_ms < c.login.acl_reported_ms + 1000 {
             return;
         }
-        let count = std::mem::take(&mut c.acl_denials);
-        c.acl_reported_ms = now_ms.max(1);
-        let (Some(key), Some(ident)) = (c.key.clone(), c.identity.clone()) else { return };
+        let count = std::mem::take(&mut c.login.acl_denials);
+        c.login.acl_reported_ms = now_ms.max(1);
+        let (Some(key), Some(ident)) = (c.attach.key.clone(), c.login.identity.clone()) else { return };
         let who = ident.audit_name();
         let detail = [
             ("action", action.into()),
@@ -1597,12 +1407,15 @@ impl ShardCore {
     /// The live subscriptions of `org` on this shard that `policy` would remove.
     pub fn policy_diff(&self, org: &str, policy: &Policy) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for c in self.conns.iter().flatten() {
-            let (Some(ident), Some(key), Some(sref)) = (&c.identity, &c.key, c.session) else { continue };
+        for (_, c) in self.conns.iter() {
+            let (Some(ident), Some(key), Some(sref)) = (&c.login.identity, &c.attach.key, c.attach.session)
+            else {
+                continue;
+            };
             if &*ident.org != org {
                 continue;
             }
-            let id = ident.acl_identity(key.client_id.as_str(), c.client_cn.as_deref());
+            let id = ident.acl_identity(key.client_id.as_str(), c.link.client_cn.as_deref());
             let acl = CompiledAcl::compile(policy, &id, &ident.user_publish, &ident.user_subscribe);
             let Some(s) = self.session(sref) else { continue };
             for (f, e) in &s.state.subs {
@@ -1621,13 +1434,13 @@ impl ShardCore {
     /// The org's policy changed: recompile the ACL of its live connections and sessions and
     /// remove the subscriptions it no longer allows (SPEC §3).
     pub fn policy_changed(&mut self, now_ms: u64, org: &str) -> usize {
-        let ids = self.conns_where(|c| c.identity.as_ref().is_some_and(|x| &*x.org == org));
+        let ids = self.conns_where(|c| c.login.identity.as_ref().is_some_and(|x| &*x.org == org));
         for id in &ids {
             let c = self.conn(*id).expect("listed");
-            let (Some(ident), Some(key)) = (c.identity.clone(), c.key.clone()) else { continue };
-            let acl = Arc::new(self.compile_acl(&ident, key.client_id.as_str(), c.client_cn.as_deref()));
-            let sref = c.session;
-            self.conn_mut(*id).expect("listed").acl = Some(acl.clone());
+            let (Some(ident), Some(key)) = (c.login.identity.clone(), c.attach.key.clone()) else { continue };
+            let acl = Arc::new(self.compile_acl(&ident, key.client_id.as_str(), c.link.client_cn.as_deref()));
+            let sref = c.attach.session;
+            self.conn_mut(*id).expect("listed").login.acl = Some(acl.clone());
             if let Some(sref) = sref {
                 // Live: subscriptions and stored messages against the new ACL.
                 self.hold_under(sref, acl, now_ms, true);
@@ -1677,26 +1490,20 @@ impl ShardCore {
     /// Closes every live connection of `org` whose identity `matches` (a deleted or changed
     /// user, a revoked token), with 0x98 administrative action on 5.0.
     pub fn kick(&mut self, now_ms: u64, org: &str, matches: impl Fn(&Identity) -> bool) -> usize {
-        self.close_admin(now_ms, |c| c.identity.as_ref().is_some_and(|i| &*i.org == org && matches(i)))
+        self.close_admin(now_ms, |c| c.login.identity.as_ref().is_some_and(|i| &*i.org == org && matches(i)))
     }
 
     /// The connections `select` picks (admin commands; a scan of this shard's connections).
     fn conns_where(&self, select: impl Fn(&Conn) -> bool) -> Vec<ConnId> {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                c.as_ref().filter(|c| select(c)).map(|c| ConnId { idx: i as u32, gen: c.gen })
-            })
-            .collect()
+        self.conns.iter().filter(|(_, c)| select(c)).map(|(id, _)| id).collect()
     }
 
     /// Closes the live connections `select` picks, with 0x98 administrative action; how many.
     fn close_admin(&mut self, now_ms: u64, select: impl Fn(&Conn) -> bool) -> usize {
-        let ids = self.conns_where(|c| !c.closing && select(c));
+        let ids = self.conns_where(|c| !c.link.closing && select(c));
         for id in &ids {
             if let Some(c) = self.conn_mut(*id) {
-                c.close_reason = Some("administrative_action");
+                c.link.close_reason = Some("administrative_action");
             }
             self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
         }

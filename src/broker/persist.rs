@@ -276,34 +276,77 @@ pub struct RestoredSession {
     pub generation: u64,
 }
 
+/// The shard's store writes and what waits on their durability.
+#[derive(Debug)]
+pub(super) struct Durability {
+    /// Writes for the shard's store, drained by the shell, and the sequence of the last one.
+    pub(super) store_out: Vec<StoreOp>,
+    pub(super) store_seq: u64,
+    /// The store failed: acknowledgements that depend on it are refused.
+    pub(super) store_broken: bool,
+    /// Acknowledgements waiting for store writes to be durable, here and on the shards the
+    /// message was forwarded to.
+    pub(super) held_acks: VecDeque<HeldAck>,
+    /// Store writes up to this sequence are durable.
+    pub(super) durable_upto: u64,
+    /// Forwards of a held acknowledgement not yet confirmed by their shard: token ->
+    /// (confirmations missing, a shard's store failed). Empty without cross-shard traffic.
+    pub(super) remote_waits: HashMap<u64, (u16, bool), RandomState>,
+    /// Messages to other shards that wait for this shard's store: (write sequence, to whom,
+    /// what): confirmations of forwarded messages, forgets of moved sessions' old copies.
+    pub(super) stored_replies: VecDeque<(u64, u8, AfterDurable)>,
+    /// Forwards to each shard waiting in `stored_replies` (later forwards to that shard queue
+    /// behind them, so messages keep their order).
+    pub(super) deferred_forwards: Vec<u32>,
+    /// Connections whose output waits for the store (`Conn::out_gate`).
+    pub(super) gated: Vec<ConnId>,
+}
+
+impl Durability {
+    /// Nothing written yet, for a broker of `peers` shards.
+    pub(super) fn new(peers: usize) -> Durability {
+        Durability {
+            store_out: Vec::new(),
+            store_seq: 0,
+            store_broken: false,
+            held_acks: VecDeque::new(),
+            durable_upto: 0,
+            remote_waits: HashMap::default(),
+            stored_replies: VecDeque::new(),
+            deferred_forwards: vec![0; peers],
+            gated: Vec::new(),
+        }
+    }
+}
+
 impl ShardCore {
     /// Store writes made since the last call, in order; returns the sequence of the last one
     /// (pass it to [`ShardCore::durable`] once they are on disk).
     pub fn take_store_ops(&mut self, out: &mut Vec<StoreOp>) -> u64 {
-        out.append(&mut self.store_out);
-        self.store_seq
+        out.append(&mut self.dur.store_out);
+        self.dur.store_seq
     }
 
     pub(super) fn push_op(&mut self, op: StoreOp) {
-        self.store_seq += 1;
-        self.store_out.push(op);
+        self.dur.store_seq += 1;
+        self.dur.store_out.push(op);
     }
 
     /// Sequence of the last store write made.
     pub(super) fn store_seq(&self) -> u64 {
-        self.store_seq
+        self.dur.store_seq
     }
 
     /// A forwarded message reached this shard (`since`: the store sequence before it was
     /// routed): confirm to `origin` at once if nothing was stored for it, else once durable.
     pub(super) fn confirm_forward(&mut self, origin: u8, token: u64, since: u64) {
-        if self.store_broken {
+        if self.dur.store_broken {
             self.send(origin, MeshMsg::Stored { token, ok: false });
-        } else if self.store_seq == since && self.stored_replies.is_empty() {
+        } else if self.dur.store_seq == since && self.dur.stored_replies.is_empty() {
             self.send(origin, MeshMsg::Stored { token, ok: true });
         } else {
             // Behind earlier replies, in order, so a confirmation never overtakes a write.
-            self.stored_replies.push_back((self.store_seq, origin, AfterDurable::Stored(token)));
+            self.dur.stored_replies.push_back((self.dur.store_seq, origin, AfterDurable::Stored(token)));
         }
     }
 
@@ -312,21 +355,21 @@ impl ShardCore {
     /// broker keeps serving sessions from memory (a persistent subscriber can still drain its
     /// queue), and the publishes that would need the store are the ones refused.
     pub(super) fn gate_output(&mut self, id: ConnId, since: u64) {
-        if !self.cfg.gate_acks || self.store_broken || self.store_seq <= since {
+        if !self.cfg.gate_acks || self.dur.store_broken || self.dur.store_seq <= since {
             return;
         }
-        let seq = self.store_seq;
+        let seq = self.dur.store_seq;
         let Some(c) = self.conn_mut(id) else { return };
-        let first = c.out_gate == 0;
-        c.out_gate = seq;
+        let first = c.link.out_gate == 0;
+        c.link.out_gate = seq;
         if first {
-            self.gated.push(id);
+            self.dur.gated.push(id);
         }
     }
 
     /// A shard confirmed (or, `ok` false, refused) a forward of a held acknowledgement.
     pub(super) fn forward_confirmed(&mut self, token: u64, ok: bool, now_ms: u64) {
-        if let Some(w) = self.remote_waits.get_mut(&token) {
+        if let Some(w) = self.dur.remote_waits.get_mut(&token) {
             w.0 = w.0.saturating_sub(1);
             w.1 |= !ok;
         }
@@ -337,19 +380,19 @@ impl ShardCore {
     /// Sends the held acknowledgements at the head whose writes are durable here and whose
     /// forwards are all confirmed (in order: one connection's acks never overtake each other).
     fn release_held(&mut self, now_ms: u64) {
-        while let Some(h) = self.held_acks.front() {
-            if h.seq > self.durable_upto {
+        while let Some(h) = self.dur.held_acks.front() {
+            if h.seq > self.dur.durable_upto {
                 break;
             }
-            let failed = match self.remote_waits.get(&h.token) {
+            let failed = match self.dur.remote_waits.get(&h.token) {
                 Some((n, _)) if *n > 0 => break,
                 Some((_, failed)) => *failed,
                 None => false,
             };
-            let h = self.held_acks.pop_front().expect("checked");
-            self.remote_waits.remove(&h.token);
+            let h = self.dur.held_acks.pop_front().expect("checked");
+            self.dur.remote_waits.remove(&h.token);
             if let Some(c) = self.conn_mut(h.id) {
-                c.held_acks -= 1;
+                c.link.held_acks -= 1;
                 if failed {
                     self.refuse_ack(h.id, h.p, now_ms);
                 } else {
@@ -377,19 +420,19 @@ impl ShardCore {
         forwards: Option<(u64, u16)>,
         now_ms: u64,
     ) {
-        let needs = self.cfg.gate_acks && (self.store_seq > since || forwards.is_some());
-        if needs && self.store_broken {
+        let needs = self.cfg.gate_acks && (self.dur.store_seq > since || forwards.is_some());
+        if needs && self.dur.store_broken {
             return self.refuse_ack(id, p, now_ms);
         }
-        let seq = self.store_seq;
+        let seq = self.dur.store_seq;
         let Some(c) = self.conn_mut(id) else { return };
-        if needs || c.held_acks > 0 {
-            c.held_acks += 1;
+        if needs || c.link.held_acks > 0 {
+            c.link.held_acks += 1;
             let token = forwards.map_or(0, |(token, n)| {
-                self.remote_waits.insert(token, (n, false));
+                self.dur.remote_waits.insert(token, (n, false));
                 token
             });
-            self.held_acks.push_back(HeldAck { seq, token, id, p });
+            self.dur.held_acks.push_back(HeldAck { seq, token, id, p });
         } else {
             self.write(id, &p);
         }
@@ -399,38 +442,38 @@ impl ShardCore {
     /// (those also waiting for other shards, once those confirm), and so do this shard's
     /// confirmations of forwarded messages.
     pub fn durable(&mut self, upto: u64, now_ms: u64) {
-        self.durable_upto = self.durable_upto.max(upto);
-        while self.stored_replies.front().is_some_and(|(s, _, _)| *s <= upto) {
-            let (_, to, what) = self.stored_replies.pop_front().expect("checked");
+        self.dur.durable_upto = self.dur.durable_upto.max(upto);
+        while self.dur.stored_replies.front().is_some_and(|(s, _, _)| *s <= upto) {
+            let (_, to, what) = self.dur.stored_replies.pop_front().expect("checked");
             let m = match what {
                 AfterDurable::Stored(token) => MeshMsg::Stored { token, ok: true },
                 AfterDurable::Forget(key, epoch) => MeshMsg::Forget { key, epoch },
                 AfterDurable::Forward(m) => {
-                    self.deferred_forwards[to as usize] -= 1;
+                    self.dur.deferred_forwards[to as usize] -= 1;
                     *m
                 }
             };
             self.send(to, m);
         }
         self.release_held(now_ms);
-        let mut gated = std::mem::take(&mut self.gated);
-        gated.retain(|id| match self.conns.get_mut(id.idx as usize).and_then(Option::as_mut) {
-            Some(c) if c.gen == id.gen && c.out_gate > upto => true,
-            Some(c) if c.gen == id.gen => {
-                c.out_gate = 0;
-                wake(&mut c.writer);
+        let mut gated = std::mem::take(&mut self.dur.gated);
+        gated.retain(|id| match self.conns.get_mut(*id) {
+            Some(c) if c.link.out_gate > upto => true,
+            Some(c) => {
+                c.link.out_gate = 0;
+                wake(&mut c.link.writer);
                 false
             }
             _ => false,
         });
-        self.gated = gated;
+        self.dur.gated = gated;
     }
 
     /// An acknowledgement that cannot promise durability: 5.0 gets PUBACK/PUBREC 0x80
     /// (Unspecified error; the sender may retry later); 3.1.1 has no way to say it, so the
     /// connection closes unacknowledged (the client resends after reconnecting).
     pub(super) fn refuse_ack(&mut self, id: ConnId, p: Packet, now_ms: u64) {
-        let v5 = self.conn(id).is_some_and(|c| c.protocol == Some(Protocol::V5));
+        let v5 = self.conn(id).is_some_and(|c| c.proto.protocol == Some(Protocol::V5));
         match p {
             Packet::PubAck(_) | Packet::PubRec(_) if !v5 => self.close_conn(id, None, now_ms),
             Packet::PubAck(r) if r.reason != ReasonCode::SUCCESS => self.write(id, &Packet::PubAck(r)),
@@ -498,7 +541,7 @@ impl ShardCore {
 
     /// Records the session of connection `id` (after its subscriptions changed).
     pub(super) fn persist_conn_meta(&mut self, id: ConnId) {
-        if let Some(sref) = self.conn(id).and_then(|c| c.session) {
+        if let Some(sref) = self.conn(id).and_then(|c| c.attach.session) {
             self.persist_meta(sref);
         }
     }
@@ -576,8 +619,8 @@ impl ShardCore {
         self.persist_meta(sref);
         if let Some(x) = from.filter(|x| *x != self.shard) {
             let epoch = self.session(sref).expect("found above").state.epoch;
-            if !self.store_broken {
-                self.stored_replies.push_back((self.store_seq, x, AfterDurable::Forget(key, epoch)));
+            if !self.dur.store_broken {
+                self.dur.stored_replies.push_back((self.dur.store_seq, x, AfterDurable::Forget(key, epoch)));
             }
         }
     }
@@ -725,9 +768,8 @@ impl ShardCore {
             delayed_will: None,
             state,
         };
-        let sref = self.insert_session(session);
+        let sref = self.sessions.insert(session);
         self.restore_forwards(&key, forwards);
-        self.session_index.insert(key.clone(), sref);
         if home_shard(&key, self.cfg.nr_shards) == self.shard {
             self.restore_owner(key.clone(), self.shard, generation);
         }

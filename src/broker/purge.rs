@@ -20,23 +20,19 @@ impl ShardCore {
         let org: Arc<str> = org.into();
         self.deleted_orgs.insert(org.clone());
         let ids = self.conns_where(|c| {
-            let of_org = c.identity.as_ref().is_some_and(|x| x.org == org)
-                || c.key.as_ref().is_some_and(|k| k.org == org);
-            of_org && !c.closing
+            let of_org = c.login.identity.as_ref().is_some_and(|x| x.org == org)
+                || c.attach.key.as_ref().is_some_and(|k| k.org == org);
+            of_org && !c.link.closing
         });
         for id in &ids {
             if let Some(c) = self.conn_mut(*id) {
-                c.will = None; // the org is gone: nothing is published on its behalf
-                c.close_reason = Some("org_deleted");
+                c.attach.will = None; // the org is gone: nothing is published on its behalf
+                c.link.close_reason = Some("org_deleted");
             }
             self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
         }
-        let srefs: Vec<SessionRef> = self
-            .sessions
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().filter(|s| s.org == org).map(|_| SessionRef(i as u32)))
-            .collect();
+        let srefs: Vec<SessionRef> =
+            self.sessions.iter().filter(|(_, s)| s.org == org).map(|(sref, _)| sref).collect();
         for sref in srefs {
             if let Some(s) = self.session_mut(sref) {
                 s.delayed_will = None;

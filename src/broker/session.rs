@@ -4,12 +4,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use ahash::RandomState;
 use smallvec::SmallVec;
 
+use super::mesh::SessionKey;
 use super::msg::Msg;
 use super::ConnId;
 use crate::codec::{Protocol, QoS, SubOptions};
 use crate::limits;
+use crate::router::SessionRef;
 
 /// One subscription as the session remembers it (the router holds the index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +112,67 @@ pub struct Session {
     pub delayed_will: Option<(u64, Msg)>,
     /// The transferable state (with the holder's ACL).
     pub state: SessionState,
+}
+
+/// A shard's sessions: a slab of slots addressed by [`SessionRef`] (what the router's
+/// subscriptions point at), and the index by org and client id.
+#[derive(Debug, Default)]
+pub(super) struct SessionTable {
+    slots: Vec<Option<Session>>,
+    free: Vec<u32>,
+    index: HashMap<SessionKey, SessionRef, RandomState>,
+}
+
+impl SessionTable {
+    /// The session in slot `s`.
+    pub(super) fn get(&self, s: SessionRef) -> Option<&Session> {
+        self.slots.get(s.0 as usize)?.as_ref()
+    }
+
+    /// The session in slot `s`, mutably.
+    pub(super) fn get_mut(&mut self, s: SessionRef) -> Option<&mut Session> {
+        self.slots.get_mut(s.0 as usize)?.as_mut()
+    }
+
+    /// The session of `key` held here.
+    pub(super) fn find(&self, key: &SessionKey) -> Option<SessionRef> {
+        self.index.get(key).copied()
+    }
+
+    /// Puts a session into a free slot and indexes it.
+    pub(super) fn insert(&mut self, session: Session) -> SessionRef {
+        let key = SessionKey { org: session.org.clone(), client_id: session.client_id.clone() };
+        let sref = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(session);
+                SessionRef(i)
+            }
+            None => {
+                self.slots.push(Some(session));
+                SessionRef((self.slots.len() - 1) as u32)
+            }
+        };
+        self.index.insert(key, sref);
+        sref
+    }
+
+    /// Takes the session out of slot `s` and out of the index.
+    pub(super) fn remove(&mut self, s: SessionRef) -> Option<Session> {
+        let session = self.slots.get_mut(s.0 as usize)?.take()?;
+        self.free.push(s.0);
+        self.index.remove(&SessionKey { org: session.org.clone(), client_id: session.client_id.clone() });
+        Some(session)
+    }
+
+    /// Every session with its slot.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (SessionRef, &Session)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| s.as_ref().map(|s| (SessionRef(i as u32), s)))
+    }
+
+    /// Every session with its slot, mutably.
+    pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (SessionRef, &mut Session)> {
+        self.slots.iter_mut().enumerate().filter_map(|(i, s)| s.as_mut().map(|s| (SessionRef(i as u32), s)))
+    }
 }
 
 impl SessionState {

@@ -13,32 +13,32 @@ impl ShardCore {
     /// every later acknowledgement that would depend on it. Nothing is acknowledged as stored
     /// that was not.
     pub fn store_failed(&mut self, now_ms: u64) {
-        self.store_broken = true;
-        while let Some((_, to, what)) = self.stored_replies.pop_front() {
+        self.dur.store_broken = true;
+        while let Some((_, to, what)) = self.dur.stored_replies.pop_front() {
             match what {
                 AfterDurable::Stored(token) => self.send(to, MeshMsg::Stored { token, ok: false }),
                 // A moved session's old copy stays: its new copy may not be on disk.
                 AfterDurable::Forget(..) => {}
                 // Delivered as the local subscribers' copies were (the publisher is refused).
                 AfterDurable::Forward(m) => {
-                    self.deferred_forwards[to as usize] -= 1;
+                    self.dur.deferred_forwards[to as usize] -= 1;
                     self.send(to, *m);
                 }
             }
         }
         // A CONNACK or SUBACK that promised a stored session must not go out: close without it
         // (the client reconnects and is told then).
-        for id in std::mem::take(&mut self.gated) {
+        for id in std::mem::take(&mut self.dur.gated) {
             if let Some(c) = self.conn_mut(id) {
-                c.out_gate = 0;
-                c.out.clear();
+                c.link.out_gate = 0;
+                c.link.out.clear();
                 self.close_conn(id, None, now_ms);
             }
         }
-        while let Some(h) = self.held_acks.pop_front() {
-            self.remote_waits.remove(&h.token);
+        while let Some(h) = self.dur.held_acks.pop_front() {
+            self.dur.remote_waits.remove(&h.token);
             if let Some(c) = self.conn_mut(h.id) {
-                c.held_acks -= 1;
+                c.link.held_acks -= 1;
                 self.refuse_ack(h.id, h.p, now_ms);
             }
         }
@@ -46,13 +46,13 @@ impl ShardCore {
 
     /// Whether the store failed.
     pub fn store_is_broken(&self) -> bool {
-        self.store_broken
+        self.dur.store_broken
     }
 
     /// The store works again and every write up to `upto` is durable: acknowledgements that
     /// need the store go out again.
     pub fn store_recovered(&mut self, upto: u64, now_ms: u64) {
-        self.store_broken = false;
+        self.dur.store_broken = false;
         self.durable(upto, now_ms);
     }
 
