@@ -12,139 +12,7 @@ impl ShardCore {
         self.sessions.get(s)
     }
 
-    /// Sends a mesh message (to ourselves through a local queue, so handlers never re-enter).
-    pub(super) fn send(&mut self, to: u8, msg: MeshMsg) {
-        if to == self.shard {
-            self.mesh.self_queue.push_back(msg);
-        } else {
-            self.mesh.mesh_out[to as usize].push_back(msg);
-        }
-    }
-
-    /// Sends to every other shard (`make` builds each copy).
-    pub(super) fn broadcast(&mut self, mut make: impl FnMut() -> MeshMsg) -> u32 {
-        let mut n = 0;
-        for peer in 0..self.cfg.nr_shards {
-            if peer != self.shard {
-                let m = make();
-                self.mesh.mesh_out[peer as usize].push_back(m);
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Processes messages this shard sent to itself.
-    pub(super) fn drain_self(&mut self, now_ms: u64) {
-        let mut budget = 1_000_000;
-        while let Some(m) = self.mesh.self_queue.pop_front() {
-            self.dispatch(now_ms, m);
-            budget -= 1;
-            assert!(budget > 0, "self-addressed mesh messages loop");
-        }
-    }
-
-    /// Next message for `peer`, if any.
-    pub fn poll_mesh(&mut self, peer: u8) -> Option<MeshMsg> {
-        self.mesh.mesh_out.get_mut(peer as usize)?.pop_front()
-    }
-
-    /// Puts back a message the shell could not send (peer queue full), keeping order.
-    pub fn unpoll_mesh(&mut self, peer: u8, msg: MeshMsg) {
-        self.mesh.mesh_out[peer as usize].push_front(msg);
-    }
-
-    /// Mesh messages waiting to leave this shard.
-    pub fn mesh_backlog(&self) -> usize {
-        self.mesh.mesh_out.iter().map(|q| q.len()).sum()
-    }
-
-    /// Output pressure changed (not necessarily gone): readers paused for it look again;
-    /// those still pressured (same org) register once more.
-    pub(crate) fn wake_pressure_paused(&mut self) {
-        for w in self.parked.pressure_paused.drain(..) {
-            w.wake();
-        }
-    }
-
-    /// The mesh backlog went down: readers paused for it may go on (those also under output
-    /// pressure in their org then wait for that separately, so one org's slow subscriber
-    /// never holds back another org's readers).
-    pub fn wake_paused_readers(&mut self) {
-        if self.mesh_backlog() < limits::MESH_BACKLOG_PAUSE / 2 {
-            for w in self.parked.paused_readers.drain(..) {
-                w.wake();
-            }
-        }
-        // Without any pressure left, whoever waited for it looks again too (a safety net:
-        // every path that clears pressure wakes them, but a missed wake-up here would stall a
-        // mesh receiver, and with it every claim and delivery from other shards).
-        if self.pressure.is_empty() && !self.parked.pressure_paused.is_empty() {
-            self.wake_pressure_paused();
-        }
-    }
-
-    /// Handles a message from another shard.
-    pub fn handle_mesh(&mut self, now_ms: u64, msg: MeshMsg) {
-        self.dispatch(now_ms, msg);
-        self.drain_self(now_ms);
-    }
-
-    fn dispatch(&mut self, now_ms: u64, msg: MeshMsg) {
-        match msg {
-            MeshMsg::Forward { org, msg, shared, ack } => {
-                let since = self.store_seq();
-                if ack.as_ref().is_some_and(|a| !self.accept_forward(a)) {
-                    // A replay of a forward whose copies are stored here: confirm only.
-                    let a = ack.expect("checked");
-                    return self.confirm_forward(a.origin, a.token, since);
-                }
-                self.route(&org, &msg, None, true, None, now_ms);
-                for full in shared {
-                    if let Some(sub) = self.router.pick_shared_local(&org, &full) {
-                        let mut stored = None;
-                        let q = sub.opts.qos.min(msg.qos);
-                        let retain = sub.opts.retain_as_published && msg.retain;
-                        let ids: SmallVec<[u32; 2]> = sub.sub_id.into_iter().collect();
-                        self.deliver(sub.session, &msg, q, retain, &ids, &mut stored, now_ms);
-                    }
-                }
-                if let Some(a) = ack {
-                    self.confirm_forward(a.origin, a.token, since);
-                }
-            }
-            MeshMsg::Stored { token, ok } => self.forward_confirmed(token, ok, now_ms),
-            MeshMsg::Interest { org, filter, shard, add, ack } => {
-                self.router.set_remote(&org, &filter, shard, add);
-                if let Some((conn, token)) = ack {
-                    self.send(shard, MeshMsg::InterestAck { conn, token });
-                }
-            }
-            MeshMsg::InterestAck { conn, token } => self.handle_interest_ack(conn, token, now_ms),
-            MeshMsg::Retain { org, msg, seq } => {
-                let max = self.retained_max(&org);
-                self.retained.apply(&org, msg, seq, max);
-            }
-            MeshMsg::Claim { key, shard, conn, clean_start } => {
-                self.handle_claim(key, shard, conn, clean_start)
-            }
-            MeshMsg::Takeover { key, old_generation, old_conn, to_shard, conn, generation, clean_start } => {
-                let sup = Supersede { to_shard, conn, generation, clean_start };
-                self.handle_takeover(key, old_generation, old_conn, sup, now_ms)
-            }
-            MeshMsg::Granted { key, conn, generation, state, slot } => {
-                self.handle_granted(key, conn, generation, state, slot, now_ms)
-            }
-            MeshMsg::Forget { key, epoch } => self.persist_forget_before(key, epoch),
-            MeshMsg::Release { key, generation } => {
-                if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
-                    self.registry.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn handle_takeover(
+    pub(super) fn handle_takeover(
         &mut self,
         key: SessionKey,
         old_gen: u64,
@@ -250,7 +118,7 @@ impl ShardCore {
         self.broadcast(|| MeshMsg::Interest { org: org.clone(), filter: filter.clone(), shard, add, ack })
     }
 
-    fn handle_granted(
+    pub(super) fn handle_granted(
         &mut self,
         key: SessionKey,
         id: ConnId,
@@ -483,200 +351,24 @@ impl ShardCore {
 
     // ------------------------------------------------------------------ timers
 
-    /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
-        self.expire_pressure(now_ms);
-        let mut expired_conns = Vec::new();
-        for (id, c) in self.conns.iter() {
-            if c.link.closing {
-                continue;
-            }
-            match c.phase {
-                Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
-                    expired_conns.push((id, None));
-                }
-                // [MQTT-3.1.2-22]: one and a half times the keep alive.
-                Phase::Active
-                    if c.link.keep_alive_ms > 0
-                        && now_ms > c.link.last_rx_ms + c.link.keep_alive_ms * 3 / 2 =>
-                {
-                    expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
-                }
-                // The token or JWT it authenticated with has expired (SPEC §2).
-                Phase::Active | Phase::AwaitSession
-                    if c.login.auth_deadline_ms.is_some_and(|t| now_ms >= t) =>
-                {
-                    expired_conns.push((id, Some(ReasonCode::MAXIMUM_CONNECT_TIME)));
-                }
-                _ => {}
-            }
-        }
-        for (id, reason) in expired_conns {
-            if let Some(c) = self.conn_mut(id) {
-                c.link.close_reason = Some(match reason {
-                    None => "connect_timeout",
-                    Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
-                    Some(_) => "credential_expired",
-                });
-            }
-            self.close_conn(id, reason, now_ms);
-        }
-        let mut ended = Vec::new();
-        let mut wills = Vec::new();
-        for (sref, s) in self.sessions.iter_mut() {
-            if s.conn.is_some() {
-                continue;
-            }
-            if s.delayed_will.as_ref().is_some_and(|(at, _)| *at <= now_ms) {
-                let (_, w) = s.delayed_will.take().expect("checked");
-                wills.push((s.org.clone(), w));
-            }
-            if s.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                ended.push(sref);
-            }
-        }
-        for (org, w) in wills {
-            self.publish_internal(&org, w, now_ms);
-        }
-        for s in ended {
-            self.end_session(s, now_ms);
-        }
-        if now_ms >= self.timers.last_retention_ms + 1000 {
-            self.timers.last_retention_ms = now_ms;
-            self.expire_retention(now_ms);
-        }
-        self.expire_origins(now_ms);
-        if now_ms >= self.timers.last_report_ms + 1000 {
-            // Figures for /metrics every second, whether or not $SYS is published.
-            self.timers.last_report_ms = now_ms;
-            self.report_figures();
-        }
-        if self.cfg.sys_interval_ms > 0 && now_ms >= self.timers.last_sys_ms + self.cfg.sys_interval_ms {
-            self.timers.last_sys_ms = now_ms;
-            self.publish_sys(now_ms);
-        }
-        self.drain_self(now_ms);
-    }
-
-    /// Drops what is older than its org's `[org.retention]` maximum ages: the head of offline
-    /// queues, and retained messages (in the replica here and, once per message, in the store).
-    fn expire_retention(&mut self, now_ms: u64) {
-        let dir = self.cfg.auth.directory.load();
-        if dir.orgs.values().all(|o| o.retention == crate::quota::Retention::default()) {
-            return;
-        }
-        let mut trimmed = Vec::new();
-        for (sref, s) in self.sessions.iter_mut() {
-            if s.conn.is_some() {
-                continue; // a connected session's queue is checked as it is sent (pump)
-            }
-            let Some(max) = dir.orgs.get(&s.org).and_then(|o| o.retention.queued_max_age_ms) else {
-                continue;
-            };
-            while let Some(d) = s.state.queue.front() {
-                if now_ms.saturating_sub(d.msg.received_ms) <= max {
-                    break;
-                }
-                trimmed.push((sref, s.state.queue.pop_front().expect("checked")));
-            }
-        }
-        let mut touched: Vec<SessionRef> = Vec::new();
-        for (sref, d) in trimmed {
-            self.persist_unqueued(sref, &d);
-            if touched.last() != Some(&sref) {
-                touched.push(sref);
-            }
-        }
-        for sref in touched {
-            self.count_offline(sref);
-        }
-        let orgs: Vec<(Arc<str>, u64)> = dir
-            .orgs
-            .iter()
-            .filter_map(|(o, d)| d.retention.retained_max_age_ms.map(|m| (o.clone(), m)))
-            .collect();
-        for (org, max) in orgs {
-            for (topic, seq) in self.retained.expire(&org, now_ms.saturating_sub(max)) {
-                self.persist_retain_expired(&org, topic, seq);
-            }
+    pub(super) fn handle_claim(&mut self, key: SessionKey, shard: u8, conn: ConnId, clean_start: bool) {
+        self.next_generation += 1;
+        let generation = (self.next_generation << 8) | self.shard as u64;
+        let prev = self.registry.insert(key.clone(), Owner { shard, conn, generation });
+        match prev {
+            None => self.send(shard, MeshMsg::Granted { key, conn, generation, state: None, slot: false }),
+            Some(o) => self.send(
+                o.shard,
+                MeshMsg::Takeover {
+                    key,
+                    old_generation: o.generation,
+                    old_conn: o.conn,
+                    to_shard: shard,
+                    conn,
+                    generation,
+                    clean_start,
+                },
+            ),
         }
     }
-
-    fn report_figures(&mut self) {
-        let mut figures: HashMap<Arc<str>, sys::OrgFigures, RandomState> = HashMap::default();
-        for o in self.cfg.auth.directory.load().orgs.keys() {
-            figures.entry(o.clone()).or_default();
-        }
-        for (_, c) in self.conns.iter() {
-            if let Some(k) = &c.attach.key {
-                let f = figures.entry(k.org.clone()).or_default();
-                f.connected += (c.phase == Phase::Active) as u64;
-                f.received += c.link.rx_msgs;
-                f.sent += c.link.tx_msgs;
-            }
-        }
-        for (org, (rx, tx)) in &self.closed_rx {
-            let f = figures.entry(org.clone()).or_default();
-            f.received += rx;
-            f.sent += tx;
-        }
-        for (org, f) in figures.iter_mut() {
-            f.subscriptions = self.router.local_subscription_count(org) as u64;
-            f.retained = self.retained.count(org) as u64;
-        }
-        self.cfg.sys.report(self.shard as usize, figures);
-    }
-
-    fn publish_sys(&mut self, now_ms: u64) {
-        self.report_figures();
-        if self.shard != 0 {
-            return;
-        }
-        let uptime = now_ms.saturating_sub(self.timers.start_ms) / 1000;
-        for (org, f) in self.cfg.sys.totals() {
-            let items = [
-                ("$SYS/broker/version", concat!("coremq ", env!("CARGO_PKG_VERSION")).to_string()),
-                ("$SYS/broker/uptime", format!("{uptime} seconds")),
-                ("$SYS/broker/clients/connected", f.connected.to_string()),
-                ("$SYS/broker/messages/received", f.received.to_string()),
-                ("$SYS/broker/messages/sent", f.sent.to_string()),
-                ("$SYS/broker/subscriptions/count", f.subscriptions.to_string()),
-                ("$SYS/broker/retained/count", f.retained.to_string()),
-            ];
-            for (topic, value) in items {
-                let msg = Msg {
-                    topic: MqStr::from_static(topic),
-                    payload: Bytes::from(value),
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    props: Properties::default(),
-                    received_ms: now_ms,
-                };
-                self.publish_internal(&org, msg, now_ms);
-            }
-        }
-    }
-}
-
-/// Wakes and clears a stored waker.
-pub(super) fn wake(w: &mut Option<Waker>) {
-    if let Some(w) = w.take() {
-        w.wake();
-    }
-}
-
-/// A PUBACK/PUBREC/PUBREL/PUBCOMP body.
-pub(super) fn pubresp(packet_id: PacketId, reason: ReasonCode) -> PubResp {
-    PubResp { packet_id, reason, props: Properties::default() }
-}
-
-/// The protocol level byte of a CONNECT frame, if it can be read.
-pub(super) fn peek_connect_level(raw: &[u8]) -> Option<u8> {
-    let mut i = 1;
-    while *raw.get(i)? & 0x80 != 0 {
-        i += 1;
-    }
-    i += 1;
-    let name_len = u16::from_be_bytes([*raw.get(i)?, *raw.get(i + 1)?]) as usize;
-    raw.get(i + 2 + name_len).copied()
 }

@@ -9,6 +9,7 @@ use super::exactly_once::FwdAck;
 use super::msg::Msg;
 use super::session::SessionState;
 use super::ConnId;
+use super::*;
 use crate::codec::MqStr;
 
 /// Identity of a session: organization and client id.
@@ -130,4 +131,121 @@ pub enum MeshMsg {
         /// Generation that ended.
         generation: u64,
     },
+}
+
+/// Messages leaving the core for shards: one queue per peer, and this shard's own queue (so
+/// handlers never re-enter).
+#[derive(Debug, Default)]
+pub(super) struct MeshOut {
+    pub(super) mesh_out: Vec<VecDeque<MeshMsg>>,
+    pub(super) self_queue: VecDeque<MeshMsg>,
+}
+
+impl ShardCore {
+    /// Sends a mesh message (to ourselves through a local queue, so handlers never re-enter).
+    pub(super) fn send(&mut self, to: u8, msg: MeshMsg) {
+        if to == self.shard {
+            self.mesh.self_queue.push_back(msg);
+        } else {
+            self.mesh.mesh_out[to as usize].push_back(msg);
+        }
+    }
+
+    /// Sends to every other shard (`make` builds each copy).
+    pub(super) fn broadcast(&mut self, mut make: impl FnMut() -> MeshMsg) -> u32 {
+        let mut n = 0;
+        for peer in 0..self.cfg.nr_shards {
+            if peer != self.shard {
+                let m = make();
+                self.mesh.mesh_out[peer as usize].push_back(m);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Processes messages this shard sent to itself.
+    pub(super) fn drain_self(&mut self, now_ms: u64) {
+        let mut budget = 1_000_000;
+        while let Some(m) = self.mesh.self_queue.pop_front() {
+            self.dispatch(now_ms, m);
+            budget -= 1;
+            assert!(budget > 0, "self-addressed mesh messages loop");
+        }
+    }
+
+    /// Next message for `peer`, if any.
+    pub fn poll_mesh(&mut self, peer: u8) -> Option<MeshMsg> {
+        self.mesh.mesh_out.get_mut(peer as usize)?.pop_front()
+    }
+
+    /// Puts back a message the shell could not send (peer queue full), keeping order.
+    pub fn unpoll_mesh(&mut self, peer: u8, msg: MeshMsg) {
+        self.mesh.mesh_out[peer as usize].push_front(msg);
+    }
+
+    /// Mesh messages waiting to leave this shard.
+    pub fn mesh_backlog(&self) -> usize {
+        self.mesh.mesh_out.iter().map(|q| q.len()).sum()
+    }
+
+    /// Handles a message from another shard.
+    pub fn handle_mesh(&mut self, now_ms: u64, msg: MeshMsg) {
+        self.dispatch(now_ms, msg);
+        self.drain_self(now_ms);
+    }
+
+    fn dispatch(&mut self, now_ms: u64, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Forward { org, msg, shared, ack } => {
+                let since = self.store_seq();
+                if ack.as_ref().is_some_and(|a| !self.accept_forward(a)) {
+                    // A replay of a forward whose copies are stored here: confirm only.
+                    let a = ack.expect("checked");
+                    return self.confirm_forward(a.origin, a.token, since);
+                }
+                self.route(&org, &msg, None, true, None, now_ms);
+                for full in shared {
+                    if let Some(sub) = self.router.pick_shared_local(&org, &full) {
+                        let mut stored = None;
+                        let q = sub.opts.qos.min(msg.qos);
+                        let retain = sub.opts.retain_as_published && msg.retain;
+                        let ids: SmallVec<[u32; 2]> = sub.sub_id.into_iter().collect();
+                        self.deliver(sub.session, &msg, q, retain, &ids, &mut stored, now_ms);
+                    }
+                }
+                if let Some(a) = ack {
+                    self.confirm_forward(a.origin, a.token, since);
+                }
+            }
+            MeshMsg::Stored { token, ok } => self.forward_confirmed(token, ok, now_ms),
+            MeshMsg::Interest { org, filter, shard, add, ack } => {
+                self.router.set_remote(&org, &filter, shard, add);
+                if let Some((conn, token)) = ack {
+                    self.send(shard, MeshMsg::InterestAck { conn, token });
+                }
+            }
+            MeshMsg::InterestAck { conn, token } => self.handle_interest_ack(conn, token, now_ms),
+            MeshMsg::Retain { org, msg, seq } => {
+                let max = self.retained_max(&org);
+                self.retained.apply(&org, msg, seq, max);
+            }
+            MeshMsg::Claim { key, shard, conn, clean_start } => {
+                self.handle_claim(key, shard, conn, clean_start)
+            }
+            MeshMsg::Takeover { key, old_generation, old_conn, to_shard, conn, generation, clean_start } => {
+                let sup = Supersede { to_shard, conn, generation, clean_start };
+                self.handle_takeover(key, old_generation, old_conn, sup, now_ms)
+            }
+            MeshMsg::Granted { key, conn, generation, state, slot } => {
+                self.handle_granted(key, conn, generation, state, slot, now_ms)
+            }
+            MeshMsg::Forget { key, epoch } => self.persist_forget_before(key, epoch),
+            MeshMsg::Release { key, generation } => {
+                if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
+                    self.registry.remove(&key);
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::persist::AfterDurable;
+use super::durable::AfterDurable;
 use super::*;
 use crate::broker::mesh::MeshMsg;
 

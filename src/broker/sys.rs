@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::*;
 use ahash::RandomState;
 
 /// One org's figures on one shard.
@@ -91,5 +92,62 @@ impl SysBoard {
         let mut v: Vec<_> = sum.into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
+    }
+}
+
+impl ShardCore {
+    pub(super) fn report_figures(&mut self) {
+        let mut figures: HashMap<Arc<str>, sys::OrgFigures, RandomState> = HashMap::default();
+        for o in self.cfg.auth.directory.load().orgs.keys() {
+            figures.entry(o.clone()).or_default();
+        }
+        for (_, c) in self.conns.iter() {
+            if let Some(k) = &c.attach.key {
+                let f = figures.entry(k.org.clone()).or_default();
+                f.connected += (c.phase == Phase::Active) as u64;
+                f.received += c.link.rx_msgs;
+                f.sent += c.link.tx_msgs;
+            }
+        }
+        for (org, (rx, tx)) in &self.closed_rx {
+            let f = figures.entry(org.clone()).or_default();
+            f.received += rx;
+            f.sent += tx;
+        }
+        for (org, f) in figures.iter_mut() {
+            f.subscriptions = self.router.local_subscription_count(org) as u64;
+            f.retained = self.retained.count(org) as u64;
+        }
+        self.cfg.sys.report(self.shard as usize, figures);
+    }
+
+    pub(super) fn publish_sys(&mut self, now_ms: u64) {
+        self.report_figures();
+        if self.shard != 0 {
+            return;
+        }
+        let uptime = now_ms.saturating_sub(self.timers.start_ms) / 1000;
+        for (org, f) in self.cfg.sys.totals() {
+            let items = [
+                ("$SYS/broker/version", concat!("coremq ", env!("CARGO_PKG_VERSION")).to_string()),
+                ("$SYS/broker/uptime", format!("{uptime} seconds")),
+                ("$SYS/broker/clients/connected", f.connected.to_string()),
+                ("$SYS/broker/messages/received", f.received.to_string()),
+                ("$SYS/broker/messages/sent", f.sent.to_string()),
+                ("$SYS/broker/subscriptions/count", f.subscriptions.to_string()),
+                ("$SYS/broker/retained/count", f.retained.to_string()),
+            ];
+            for (topic, value) in items {
+                let msg = Msg {
+                    topic: MqStr::from_static(topic),
+                    payload: Bytes::from(value),
+                    qos: QoS::AtMostOnce,
+                    retain: true,
+                    props: Properties::default(),
+                    received_ms: now_ms,
+                };
+                self.publish_internal(&org, msg, now_ms);
+            }
+        }
     }
 }

@@ -1,0 +1,135 @@
+//! Time: CONNECT, keep-alive and credential deadlines, session expiry, delayed wills,
+//! retention sweeps and the periodic `$SYS` and metrics figures.
+
+use super::*;
+
+/// When each periodic task last ran (core clock, ms).
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    pub(super) start_ms: u64,
+    pub(super) last_sys_ms: u64,
+    pub(super) last_report_ms: u64,
+    /// Last retention sweep (maximum ages of stored messages, `[org.retention]`).
+    pub(super) last_retention_ms: u64,
+}
+
+impl ShardCore {
+    /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.expire_pressure(now_ms);
+        let mut expired_conns = Vec::new();
+        for (id, c) in self.conns.iter() {
+            if c.link.closing {
+                continue;
+            }
+            match c.phase {
+                Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
+                    expired_conns.push((id, None));
+                }
+                // [MQTT-3.1.2-22]: one and a half times the keep alive.
+                Phase::Active
+                    if c.link.keep_alive_ms > 0
+                        && now_ms > c.link.last_rx_ms + c.link.keep_alive_ms * 3 / 2 =>
+                {
+                    expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+                }
+                // The token or JWT it authenticated with has expired (SPEC §2).
+                Phase::Active | Phase::AwaitSession
+                    if c.login.auth_deadline_ms.is_some_and(|t| now_ms >= t) =>
+                {
+                    expired_conns.push((id, Some(ReasonCode::MAXIMUM_CONNECT_TIME)));
+                }
+                _ => {}
+            }
+        }
+        for (id, reason) in expired_conns {
+            if let Some(c) = self.conn_mut(id) {
+                c.link.close_reason = Some(match reason {
+                    None => "connect_timeout",
+                    Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
+                    Some(_) => "credential_expired",
+                });
+            }
+            self.close_conn(id, reason, now_ms);
+        }
+        let mut ended = Vec::new();
+        let mut wills = Vec::new();
+        for (sref, s) in self.sessions.iter_mut() {
+            if s.conn.is_some() {
+                continue;
+            }
+            if s.delayed_will.as_ref().is_some_and(|(at, _)| *at <= now_ms) {
+                let (_, w) = s.delayed_will.take().expect("checked");
+                wills.push((s.org.clone(), w));
+            }
+            if s.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                ended.push(sref);
+            }
+        }
+        for (org, w) in wills {
+            self.publish_internal(&org, w, now_ms);
+        }
+        for s in ended {
+            self.end_session(s, now_ms);
+        }
+        if now_ms >= self.timers.last_retention_ms + 1000 {
+            self.timers.last_retention_ms = now_ms;
+            self.expire_retention(now_ms);
+        }
+        self.expire_origins(now_ms);
+        if now_ms >= self.timers.last_report_ms + 1000 {
+            // Figures for /metrics every second, whether or not $SYS is published.
+            self.timers.last_report_ms = now_ms;
+            self.report_figures();
+        }
+        if self.cfg.sys_interval_ms > 0 && now_ms >= self.timers.last_sys_ms + self.cfg.sys_interval_ms {
+            self.timers.last_sys_ms = now_ms;
+            self.publish_sys(now_ms);
+        }
+        self.drain_self(now_ms);
+    }
+
+    /// Drops what is older than its org's `[org.retention]` maximum ages: the head of offline
+    /// queues, and retained messages (in the replica here and, once per message, in the store).
+    fn expire_retention(&mut self, now_ms: u64) {
+        let dir = self.cfg.auth.directory.load();
+        if dir.orgs.values().all(|o| o.retention == crate::quota::Retention::default()) {
+            return;
+        }
+        let mut trimmed = Vec::new();
+        for (sref, s) in self.sessions.iter_mut() {
+            if s.conn.is_some() {
+                continue; // a connected session's queue is checked as it is sent (pump)
+            }
+            let Some(max) = dir.orgs.get(&s.org).and_then(|o| o.retention.queued_max_age_ms) else {
+                continue;
+            };
+            while let Some(d) = s.state.queue.front() {
+                if now_ms.saturating_sub(d.msg.received_ms) <= max {
+                    break;
+                }
+                trimmed.push((sref, s.state.queue.pop_front().expect("checked")));
+            }
+        }
+        let mut touched: Vec<SessionRef> = Vec::new();
+        for (sref, d) in trimmed {
+            self.persist_unqueued(sref, &d);
+            if touched.last() != Some(&sref) {
+                touched.push(sref);
+            }
+        }
+        for sref in touched {
+            self.count_offline(sref);
+        }
+        let orgs: Vec<(Arc<str>, u64)> = dir
+            .orgs
+            .iter()
+            .filter_map(|(o, d)| d.retention.retained_max_age_ms.map(|m| (o.clone(), m)))
+            .collect();
+        for (org, max) in orgs {
+            for (topic, seq) in self.retained.expire(&org, now_ms.saturating_sub(max)) {
+                self.persist_retain_expired(&org, topic, seq);
+            }
+        }
+    }
+}
