@@ -90,10 +90,7 @@ impl ShardCore {
     fn close_admin(&mut self, now_ms: u64, select: impl Fn(&Conn) -> bool) -> usize {
         let ids = self.conns_where(|c| !c.link.closing && select(c));
         for id in &ids {
-            if let Some(c) = self.conn_mut(*id) {
-                c.link.close_reason = Some("administrative_action");
-            }
-            self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
+            self.close_conn(*id, CloseCause::AdministrativeAction, now_ms);
         }
         ids.len()
     }

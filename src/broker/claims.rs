@@ -26,6 +26,7 @@ impl ShardCore {
             if c.phase == Phase::AwaitSession && c.attach.key.as_ref() == Some(&key) {
                 c.attach.superseded = Some(sup);
                 c.link.closing = true;
+                c.link.cause = Some(CloseCause::SessionTakenOver);
                 wake(&mut c.link.writer);
                 wake(&mut c.link.reader);
                 return;
@@ -49,7 +50,7 @@ impl ShardCore {
                     if let Some(c) = self.conn_mut(live) {
                         slot = std::mem::take(&mut c.share.quota_slot);
                     }
-                    self.close_conn(live, Some(ReasonCode::SESSION_TAKEN_OVER), now_ms);
+                    self.close_conn(live, CloseCause::SessionTakenOver, now_ms);
                 }
                 // Closing the old connection ends a session whose expiry is 0: the new
                 // connection then starts fresh.
@@ -130,7 +131,7 @@ impl ShardCore {
         if self.org_deleted(&key) {
             // The org was deleted while this claim was under way: nothing of it is installed.
             if self.conn(id).is_some_and(|c| c.phase == Phase::AwaitSession) {
-                self.close_conn(id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
+                self.close_conn(id, CloseCause::OrgDeleted, now_ms);
             }
             return;
         }
@@ -155,7 +156,7 @@ impl ShardCore {
                     q.disconnect();
                 }
             }
-            self.close_conn(id, None, now_ms);
+            self.close_conn(id, CloseCause::SessionTakenOver, now_ms);
             let slot = own || slot_in;
             let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state, slot };
             self.send(sup.to_shard, msg);

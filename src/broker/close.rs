@@ -4,6 +4,75 @@
 
 use super::*;
 
+/// Why the broker closes a connection: what the client is told (the MQTT 5 DISCONNECT reason
+/// code, when the connection is active) and what the audit log's `disconnect` event names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The transport failed or the client went away without DISCONNECT.
+    ConnectionLost,
+    /// No CONNECT within the CONNECT timeout.
+    ConnectTimeout,
+    /// Nothing received for one and a half keep-alives (0x8D).
+    KeepAliveTimeout,
+    /// The token or JWT it authenticated with expired (0xA0).
+    CredentialExpired,
+    /// A packet broke the protocol; the reason code says how (0x81, 0x82, 0x94, 0x93…).
+    Protocol(ReasonCode),
+    /// Another connection took its session (0x8E), or claimed it before it was granted.
+    SessionTakenOver,
+    /// An administrator closed it, or its user or token was removed (0x98).
+    AdministrativeAction,
+    /// Its organization was deleted (0x98).
+    OrgDeleted,
+    /// MQTT 5 re-authentication failed (0x87).
+    ReauthenticationFailed,
+    /// The store failed while the connection waited for something it had to make durable.
+    StoreFailing,
+    /// The broker is stopping (0x8B).
+    ServerShuttingDown,
+}
+
+impl CloseCause {
+    /// The reason code an active MQTT 5 client gets in DISCONNECT (`None`: no DISCONNECT).
+    pub fn reason_code(self) -> Option<ReasonCode> {
+        match self {
+            CloseCause::ClientDisconnect
+            | CloseCause::ConnectionLost
+            | CloseCause::ConnectTimeout
+            | CloseCause::StoreFailing => None,
+            CloseCause::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            CloseCause::CredentialExpired => Some(ReasonCode::MAXIMUM_CONNECT_TIME),
+            CloseCause::Protocol(r) => Some(r),
+            CloseCause::SessionTakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            CloseCause::AdministrativeAction | CloseCause::OrgDeleted => {
+                Some(ReasonCode::ADMINISTRATIVE_ACTION)
+            }
+            CloseCause::ReauthenticationFailed => Some(ReasonCode::NOT_AUTHORIZED),
+            CloseCause::ServerShuttingDown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+        }
+    }
+
+    /// The `reason` of the audit log's `disconnect` event.
+    pub fn audit_name(self) -> &'static str {
+        match self {
+            CloseCause::ClientDisconnect => "client_disconnect",
+            CloseCause::ConnectionLost => "connection_lost",
+            CloseCause::ConnectTimeout => "connect_timeout",
+            CloseCause::KeepAliveTimeout => "keep_alive_timeout",
+            CloseCause::CredentialExpired => "credential_expired",
+            CloseCause::Protocol(_) => "protocol_error",
+            CloseCause::SessionTakenOver => "session_taken_over",
+            CloseCause::AdministrativeAction => "administrative_action",
+            CloseCause::OrgDeleted => "org_deleted",
+            CloseCause::ReauthenticationFailed => "reauthentication_failed",
+            CloseCause::StoreFailing => "store_failing",
+            CloseCause::ServerShuttingDown => "server_shutting_down",
+        }
+    }
+}
+
 impl ShardCore {
     /// The transport is gone (EOF, error, or after a requested close). Frees the slot.
     pub fn handle_closed(&mut self, id: ConnId, now_ms: u64) {
@@ -25,18 +94,14 @@ impl ShardCore {
             }
         }
         if let (Some(ident), Some(key)) = (&c.login.identity, &c.attach.key) {
-            let reason = c.link.close_reason.unwrap_or(if c.link.closing {
-                "server_closed"
-            } else {
-                "connection_lost"
-            });
+            let reason = c.link.cause.unwrap_or(CloseCause::ConnectionLost).audit_name();
             let mut detail = vec![
                 ("reason", reason.into()),
                 ("transport", c.link.listener.transport.into()),
                 ("remote", (*c.link.remote).into()),
             ];
-            if let Some(code) = c.link.close_code {
-                detail.push(("reason_code", code.into()));
+            if let Some(code) = c.link.cause.and_then(CloseCause::reason_code) {
+                detail.push(("reason_code", code.0.into()));
             }
             let who = ident.audit_name();
             self.audit(
@@ -58,11 +123,11 @@ impl ShardCore {
     }
 
     /// Closes every connection with `reason` (5.0 clients get a DISCONNECT), for shutdown.
-    pub fn shutdown_all(&mut self, now_ms: u64, reason: ReasonCode) {
+    pub fn shutdown_all(&mut self, now_ms: u64) {
         self.shutting_down = true;
         let ids = self.conns_where(|_| true);
         for id in ids {
-            self.close_conn(id, Some(reason), now_ms);
+            self.close_conn(id, CloseCause::ServerShuttingDown, now_ms);
         }
     }
 
@@ -72,19 +137,19 @@ impl ShardCore {
     }
 
     /// Starts closing `id`: 5.0 clients get DISCONNECT `reason` first (when connected).
-    pub fn close_conn(&mut self, id: ConnId, reason: Option<ReasonCode>, now_ms: u64) {
+    pub fn close_conn(&mut self, id: ConnId, cause: CloseCause, now_ms: u64) {
         let Some(c) = self.conn_mut(id) else { return };
         if c.link.closing {
             return;
         }
-        if let (Some(r), Some(Protocol::V5), Phase::Active) = (reason, c.proto.protocol, &c.phase) {
+        if let (Some(r), Some(Protocol::V5), Phase::Active) =
+            (cause.reason_code(), c.proto.protocol, &c.phase)
+        {
             let d = Packet::Disconnect(Disconnect { reason: r, props: Properties::default() });
             encode_packet(&mut c.link.out, Protocol::V5, &d);
         }
         c.link.closing = true;
-        if c.link.close_code.is_none() {
-            c.link.close_code = reason.map(|r| r.0);
-        }
+        c.link.cause.get_or_insert(cause);
         wake(&mut c.link.writer);
         wake(&mut c.link.reader);
         if let Some(t) = c.login.pending_auth.take().and_then(|p| p.ticket) {
@@ -145,7 +210,7 @@ impl ShardCore {
         if let Some(e) = d.props.session_expiry_interval {
             // Zero at CONNECT cannot become non-zero at DISCONNECT [MQTT-3.14.2-2].
             if c.attach.expiry_req == 0 && e != 0 {
-                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+                return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
             }
             c.attach.expiry_req = e;
             if let Some(sref) = c.attach.session {
@@ -156,7 +221,6 @@ impl ShardCore {
         if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
             c.attach.will = None; // a normal DISCONNECT discards the will [MQTT-3.1.2-10]
         }
-        c.link.close_reason = Some("client_disconnect");
-        self.close_conn(id, None, now_ms);
+        self.close_conn(id, CloseCause::ClientDisconnect, now_ms);
     }
 }

@@ -10,6 +10,7 @@ use std::task::Waker;
 use ahash::RandomState;
 use bytes::BytesMut;
 
+use super::close::CloseCause;
 use super::fair::FairSlot;
 use super::mesh::SessionKey;
 use super::msg::Msg;
@@ -128,10 +129,8 @@ pub(super) struct Link {
     /// Its output waits until store writes up to this sequence are durable (a CONNACK,
     /// SUBACK or UNSUBACK that depends on a session record, and what follows it); 0: none.
     pub(super) out_gate: u64,
-    /// Why it is closing, for the audit log.
-    pub(super) close_reason: Option<&'static str>,
-    /// The reason code it was closed with, if any.
-    pub(super) close_code: Option<u8>,
+    /// Why the broker closes it (`None`: it has not, or the client went away).
+    pub(super) cause: Option<CloseCause>,
     pub(super) rx_msgs: u64,
     pub(super) tx_msgs: u64,
     pub(super) dropped: u64,
@@ -235,8 +234,7 @@ impl Conn {
                 stalled: false,
                 held_acks: 0,
                 out_gate: 0,
-                close_reason: None,
-                close_code: None,
+                cause: None,
                 rx_msgs: 0,
                 tx_msgs: 0,
                 dropped: 0,

@@ -335,14 +335,14 @@ impl ShardCore {
         let Some(c) = self.conn(id) else { return };
         if !c.login.auth_jwt {
             // No enhanced authentication method was established at CONNECT [MQTT-4.12.0-1].
-            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+            return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
         }
         if a.props.authentication_method.as_ref().map(|m| m.as_str()) != Some(JWT_AUTH_METHOD) {
-            return self.close_conn(id, Some(ReasonCode::BAD_AUTHENTICATION_METHOD), now_ms);
+            return self.close_conn(id, CloseCause::Protocol(ReasonCode::BAD_AUTHENTICATION_METHOD), now_ms);
             // [MQTT-4.12.1-1]
         }
         if a.reason != ReasonCode::RE_AUTHENTICATE {
-            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+            return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
         }
         let Some(old) = c.login.identity.clone() else { return };
         let client_id = c.attach.key.as_ref().map(|k| k.client_id.clone());
@@ -385,10 +385,7 @@ impl ShardCore {
                     who.as_deref(),
                     &[detail_method, ("reason", why.into())],
                 );
-                if let Some(c) = self.conn_mut(id) {
-                    c.link.close_reason = Some("reauthentication_failed");
-                }
-                self.close_conn(id, Some(ReasonCode::NOT_AUTHORIZED), now_ms);
+                self.close_conn(id, CloseCause::ReauthenticationFailed, now_ms);
             }
         }
     }

@@ -215,7 +215,9 @@ impl ShardCore {
     pub(super) fn refuse_ack(&mut self, id: ConnId, p: Packet, now_ms: u64) {
         let v5 = self.conn(id).is_some_and(|c| c.proto.protocol == Some(Protocol::V5));
         match p {
-            Packet::PubAck(_) | Packet::PubRec(_) if !v5 => self.close_conn(id, None, now_ms),
+            Packet::PubAck(_) | Packet::PubRec(_) if !v5 => {
+                self.close_conn(id, CloseCause::StoreFailing, now_ms)
+            }
             Packet::PubAck(r) if r.reason != ReasonCode::SUCCESS => self.write(id, &Packet::PubAck(r)),
             Packet::PubRec(r) if r.reason != ReasonCode::SUCCESS => self.write(id, &Packet::PubRec(r)),
             Packet::PubAck(mut r) => {

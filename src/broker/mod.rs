@@ -59,6 +59,7 @@ use crate::codec::{
 use crate::limits;
 use crate::router::{Matches, Router, SessionRef, Sub};
 use acks::pubresp;
+pub use close::CloseCause;
 use conn::{Conn, ConnTable, PendingAuth, PendingSubAck, Phase, Supersede};
 pub use conn::{ConnId, ListenerCtx, PeerInfo, TlsInfo};
 pub use connect::{AuthJob, JWT_AUTH_METHOD};

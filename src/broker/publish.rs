@@ -16,17 +16,19 @@ impl ShardCore {
         let org = c.attach.key.as_ref().expect("active connection has a key").org.clone();
         if !p.props.subscription_identifiers.is_empty() {
             // Only the server sends subscription identifiers [MQTT-3.3.4-6].
-            return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+            return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
         }
         if let Some(alias) = p.props.topic_alias.take() {
             if alias > limits::TOPIC_ALIAS_MAX {
-                return self.close_conn(id, Some(ReasonCode::TOPIC_ALIAS_INVALID), now_ms);
+                return self.close_conn(id, CloseCause::Protocol(ReasonCode::TOPIC_ALIAS_INVALID), now_ms);
             }
             let slot = &mut c.proto.aliases_in[alias as usize - 1];
             if p.topic.is_empty() {
                 match slot {
                     Some(t) => p.topic = t.clone(),
-                    None => return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms),
+                    None => {
+                        return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms)
+                    }
                 }
             } else {
                 *slot = Some(p.topic.to_owned_copy());
@@ -110,7 +112,11 @@ impl ShardCore {
                     return;
                 }
                 if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
-                    return self.close_conn(id, Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED), now_ms);
+                    return self.close_conn(
+                        id,
+                        CloseCause::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+                        now_ms,
+                    );
                 }
                 st.inbound_qos2.insert(pid.get());
                 self.persist_qos2(sref, pid.get(), true);

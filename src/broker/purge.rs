@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use super::mesh::SessionKey;
 use super::persist::StoreOp;
+use super::CloseCause;
 use super::ShardCore;
-use crate::codec::ReasonCode;
 use crate::router::SessionRef;
 
 impl ShardCore {
@@ -27,9 +27,8 @@ impl ShardCore {
         for id in &ids {
             if let Some(c) = self.conn_mut(*id) {
                 c.attach.will = None; // the org is gone: nothing is published on its behalf
-                c.link.close_reason = Some("org_deleted");
             }
-            self.close_conn(*id, Some(ReasonCode::ADMINISTRATIVE_ACTION), now_ms);
+            self.close_conn(*id, CloseCause::OrgDeleted, now_ms);
         }
         let srefs: Vec<SessionRef> =
             self.sessions.iter().filter(|(_, s)| s.org == org).map(|(sref, _)| sref).collect();

@@ -99,7 +99,7 @@ impl ShardCore {
         self.stats.protocol_errors += 1;
         let Some(c) = self.conn(id) else { return };
         if c.phase == Phase::Active {
-            self.close_conn(id, Some(reason), now_ms);
+            self.close_conn(id, CloseCause::Protocol(reason), now_ms);
             return;
         }
         // Before CONNECT completes: CONNACK with the reason in the client's protocol, if known.
@@ -108,7 +108,7 @@ impl ShardCore {
             (Some(5), r) => self.refuse(id, Protocol::V5, r),
             (_, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION)
             | (Some(4), ReasonCode::CLIENT_IDENTIFIER_NOT_VALID) => self.refuse(id, Protocol::V311, reason),
-            _ => self.close_conn(id, None, now_ms),
+            _ => self.close_conn(id, CloseCause::Protocol(reason), now_ms),
         }
     }
 
@@ -136,7 +136,7 @@ impl ShardCore {
             Packet::Disconnect(d) => self.handle_disconnect(id, now_ms, d),
             Packet::Auth(a) => self.handle_auth(id, now_ms, a),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
-                self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms)
+                self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms)
             }
         }
     }

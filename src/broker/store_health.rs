@@ -32,7 +32,7 @@ impl ShardCore {
             if let Some(c) = self.conn_mut(id) {
                 c.link.out_gate = 0;
                 c.link.out.clear();
-                self.close_conn(id, None, now_ms);
+                self.close_conn(id, CloseCause::StoreFailing, now_ms);
             }
         }
         while let Some(h) = self.dur.held_acks.pop_front() {

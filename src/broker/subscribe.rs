@@ -35,7 +35,7 @@ impl ShardCore {
                 }
             };
             if shared && opts.no_local && v5 {
-                return self.close_conn(id, Some(ReasonCode::PROTOCOL_ERROR), now_ms);
+                return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
                 // [MQTT-3.8.3-4]
             }
             let inner = match kind {

@@ -563,7 +563,7 @@ fn a_qos2_message_reaches_another_shards_subscribers_only_once_its_inbound_id_is
 fn a_connect_arriving_after_shutdown_began_is_refused() {
     // Issue 14.10: a socket accepted just before the listeners closed must not be served.
     let mut cl = Cluster::new(1);
-    cl.shards[0].shutdown_all(cl.now_ms, ReasonCode::SERVER_SHUTTING_DOWN);
+    cl.shards[0].shutdown_all(cl.now_ms);
     for v in [Protocol::V5, Protocol::V311] {
         let c = cl.open(0, v); // accepted while the listeners were closing
         cl.send(c, &connect_pkt(v, "late", true, None, None, 30));
@@ -574,4 +574,45 @@ fn a_connect_arriving_after_shutdown_began_is_refused() {
         };
         assert_eq!(code, ReasonCode::SERVER_UNAVAILABLE, "{v:?}");
     }
+}
+
+/// The `disconnect` audit events of `shard`: (client id, reason, reason code).
+fn disconnects(cl: &mut Cluster, shard: usize) -> Vec<(String, String, Option<u64>)> {
+    cl.shards[shard]
+        .take_audit()
+        .into_iter()
+        .filter(|r| r.kind == crate::audit::AuditKind::Disconnect)
+        .map(|r| {
+            let reason = r.detail["reason"].as_str().unwrap_or_default().to_string();
+            (r.client_id.unwrap_or_default(), reason, r.detail.get("reason_code").and_then(|v| v.as_u64()))
+        })
+        .collect()
+}
+
+#[test]
+fn each_close_cause_is_sent_and_audited_under_its_own_name() {
+    let mut cl = Cluster::new(2);
+    let (a, _) = cl.connect(0, Protocol::V5, "taken", true, Properties::default());
+    let (_b, _) = cl.connect(1, Protocol::V5, "taken", true, Properties::default());
+    let got = cl.recv(a);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SESSION_TAKEN_OVER),
+        "{got:?}"
+    );
+    cl.drop_conn(a);
+    assert_eq!(disconnects(&mut cl, 0), [("taken".into(), "session_taken_over".into(), Some(0x8E))]);
+
+    let (c, _) = cl.connect(0, Protocol::V5, "rude", true, Properties::default());
+    cl.send_raw(c, &[0x20, 0x02, 0x00, 0x00]); // CONNACK from a client: malformed (0x81)
+    cl.drop_conn(c);
+    assert_eq!(disconnects(&mut cl, 0), [("rude".into(), "protocol_error".into(), Some(0x81))]);
+
+    let (d, _) = cl.connect(0, Protocol::V311, "gone", true, Properties::default());
+    cl.drop_conn(d);
+    assert_eq!(disconnects(&mut cl, 0), [("gone".into(), "connection_lost".into(), None)]);
+
+    let (e, _) = cl.connect(0, Protocol::V5, "quiet", true, Properties::default());
+    cl.advance(91_000); // keep-alive 60 s: closed after 90 s of silence
+    cl.drop_conn(e);
+    assert_eq!(disconnects(&mut cl, 0), [("quiet".into(), "keep_alive_timeout".into(), Some(0x8D))]);
 }

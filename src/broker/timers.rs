@@ -24,33 +24,26 @@ impl ShardCore {
             }
             match c.phase {
                 Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
-                    expired_conns.push((id, None));
+                    expired_conns.push((id, CloseCause::ConnectTimeout));
                 }
                 // [MQTT-3.1.2-22]: one and a half times the keep alive.
                 Phase::Active
                     if c.link.keep_alive_ms > 0
                         && now_ms > c.link.last_rx_ms + c.link.keep_alive_ms * 3 / 2 =>
                 {
-                    expired_conns.push((id, Some(ReasonCode::KEEP_ALIVE_TIMEOUT)));
+                    expired_conns.push((id, CloseCause::KeepAliveTimeout));
                 }
                 // The token or JWT it authenticated with has expired (SPEC §2).
                 Phase::Active | Phase::AwaitSession
                     if c.login.auth_deadline_ms.is_some_and(|t| now_ms >= t) =>
                 {
-                    expired_conns.push((id, Some(ReasonCode::MAXIMUM_CONNECT_TIME)));
+                    expired_conns.push((id, CloseCause::CredentialExpired));
                 }
                 _ => {}
             }
         }
-        for (id, reason) in expired_conns {
-            if let Some(c) = self.conn_mut(id) {
-                c.link.close_reason = Some(match reason {
-                    None => "connect_timeout",
-                    Some(ReasonCode::KEEP_ALIVE_TIMEOUT) => "keep_alive_timeout",
-                    Some(_) => "credential_expired",
-                });
-            }
-            self.close_conn(id, reason, now_ms);
+        for (id, cause) in expired_conns {
+            self.close_conn(id, cause, now_ms);
         }
         let mut ended = Vec::new();
         let mut wills = Vec::new();

@@ -14,7 +14,7 @@ use glommio::net::TcpStream;
 
 use super::{Deadline, ListenerRt, Shard};
 use crate::broker::ConnId;
-use crate::broker::{ListenerCtx, OutputPoll, ReadVerdict};
+use crate::broker::{CloseCause, ListenerCtx, OutputPoll, ReadVerdict};
 use crate::clock::mono_ms;
 use crate::config::ListenerKind;
 use crate::limits;
@@ -169,7 +169,7 @@ where
                     if write_reporting(&writer_shard, id, &mut wr, &spare).await.is_err()
                         || wr.flush().await.is_err()
                     {
-                        writer_shard.core.borrow_mut().close_conn(id, None, mono_ms());
+                        writer_shard.core.borrow_mut().close_conn(id, CloseCause::ConnectionLost, mono_ms());
                         writer_shard.flush_mesh();
                         return;
                     }
@@ -236,7 +236,7 @@ where
             Woke::Read(Ok(n)) if n > 0 => n,
             Woke::Read(_) => {
                 buf.truncate(len);
-                shard.core.borrow_mut().close_conn(id, None, mono_ms());
+                shard.core.borrow_mut().close_conn(id, CloseCause::ConnectionLost, mono_ms());
                 shard.flush_mesh();
                 break;
             }

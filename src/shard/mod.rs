@@ -25,7 +25,6 @@ use crate::broker::persist::StoreOp;
 use crate::broker::sys::SysBoard;
 use crate::broker::{AuthJob, ConnId, CoreConfig, ListenerCtx, ShardCore};
 use crate::clock::mono_ms;
-use crate::codec::ReasonCode;
 use crate::config::Durability;
 use crate::config::{Config, Listener};
 use crate::limits;
@@ -724,7 +723,7 @@ async fn shard_main(
     }
     // Shutdown: stop accepting, tell 5.0 clients why, give writers a moment to flush.
     drop(accept_tasks);
-    shard.core.borrow_mut().shutdown_all(mono_ms(), ReasonCode::SERVER_SHUTTING_DOWN);
+    shard.core.borrow_mut().shutdown_all(mono_ms());
     shard.flush_mesh();
     let deadline = mono_ms() + 2_000;
     while shard.core.borrow().conn_count() > 0 && mono_ms() < deadline {
