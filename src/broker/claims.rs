@@ -119,6 +119,8 @@ impl ShardCore {
         self.broadcast(|| MeshMsg::Interest { org: org.clone(), filter: filter.clone(), shard, add, ack })
     }
 
+    /// The home shard granted `key` to connection `id` (with the session's state, if it had
+    /// one, and the connection slot of the connection it took over, if any).
     pub(super) fn handle_granted(
         &mut self,
         key: SessionKey,
@@ -141,65 +143,16 @@ impl ShardCore {
         };
         let quota = self.org_quota(&key.org);
         if let Some(sup) = sup {
-            // A newer claim took this session before it was granted to us: pass it on, with one
-            // connection slot if we hold any (ours, or the one handed to us); free the other.
-            let state = match state {
-                Some(st) if sup.clean_start => {
-                    self.forget_discarded(&key, &st);
-                    None
-                }
-                st => st,
-            };
-            let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.share.quota_slot));
-            if own && slot_in {
-                if let Some(q) = &quota {
-                    q.disconnect();
-                }
-            }
-            self.close_conn(id, CloseCause::SessionTakenOver, now_ms);
-            let slot = own || slot_in;
-            let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state, slot };
-            self.send(sup.to_shard, msg);
-            return;
+            return self.pass_on_superseded(key, id, sup, state, slot_in, quota, now_ms);
         }
-        // Settle the connection slot: a handed-over slot replaces a missing one (takeover at the
-        // limit) or is freed (we took our own); without one, try once more, else refuse.
-        let mut refused = false;
-        if let Some(q) = &quota {
-            let c = self.conn_mut(id).filter(|_| alive);
-            match (c, slot_in) {
-                (Some(c), true) if c.share.slot_wait => {
-                    c.share.slot_wait = false;
-                    c.share.quota_slot = true;
-                }
-                (Some(c), false) if c.share.slot_wait => {
-                    c.share.slot_wait = false;
-                    c.share.quota_slot = q.try_connect();
-                    refused = !c.share.quota_slot;
-                }
-                (_, true) => q.disconnect(),
-                _ => {}
-            }
-        }
+        let refused = self.settle_slot(id, alive, slot_in, quota.as_deref());
         let (clean_start, expiry, protocol) = match self.conn(id) {
             Some(c) if alive => (c.attach.clean_start, c.attach.expiry_req, c.proto.protocol),
             // The connection went away while waiting: the session stays as it was, offline.
             _ => (false, state.as_ref().map_or(0, |s| s.expiry_secs), None),
         };
         let present = state.is_some() && !clean_start;
-        let mut state = state;
-        if let Some(st) = state.as_deref_mut() {
-            // Resumed (or discarded by a clean start): no longer offline storage.
-            self.uncount_offline(&key.org, st);
-        }
-        let mut st = match state {
-            Some(old) if clean_start => {
-                self.forget_discarded(&key, &old);
-                SessionState::default()
-            }
-            Some(old) => *old,
-            None => SessionState::default(),
-        };
+        let mut st = self.resumed_state(&key, state, clean_start);
         st.expiry_secs = expiry;
         st.protocol = protocol.or(st.protocol);
         let session = Session {
@@ -220,63 +173,163 @@ impl ShardCore {
         if let Some(acl) = self.conn(id).filter(|_| alive && !refused).and_then(|c| c.login.acl.clone()) {
             self.hold_under(sref, acl, now_ms, false);
         }
-        // Restore subscriptions into this shard's index.
-        let subs: Vec<(Box<str>, SubEntry)> = self
-            .session(sref)
-            .expect("just inserted")
-            .state
-            .subs
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        for (f, e) in subs {
-            let ch = self.router.subscribe(
-                &key.org,
-                &f,
-                Sub { session: sref, opts: e.opts, sub_id: e.sub_id, checked: e.checked },
-            );
-            if ch.interest_changed {
-                self.announce(&key.org, &f, true, None);
-            }
-        }
+        self.restore_subs(sref, &key.org);
         if !alive || refused {
             // The connection went away while waiting, or the org is at its connection limit:
             // the session is offline from the start.
             if refused {
-                if let Some(q) = &quota {
-                    q.refused_connection();
-                }
-                self.quota_hit(id, now_ms, "max_connections");
-                let v = self.conn(id).and_then(|c| c.proto.protocol).unwrap_or(Protocol::V311);
-                self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
-                if let Some(c) = self.conn_mut(id) {
-                    c.phase = Phase::Active; // no longer waiting for a session
-                    wake(&mut c.link.reader);
-                }
+                self.refuse_over_limit(id, quota.as_deref(), now_ms);
             }
-            let s = self.session_mut(sref).expect("just inserted");
-            if s.state.expiry_secs == 0 {
-                self.end_session(sref, now_ms);
-            } else {
-                if s.state.expiry_secs != u32::MAX {
-                    s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
-                }
-                self.count_offline(sref);
-                self.persist_offline(sref);
-            }
-            return;
+            return self.leave_offline(sref, now_ms);
         }
-        let fair = self.fair.join(&key.org);
+        self.send_connack(id, &key.org, sref, present, since, now_ms);
+        self.resend_inflight(id, sref, now_ms);
+        self.pump(sref, now_ms);
+    }
+
+    /// A newer claim took this session before it was granted to `id`: pass it on, with one
+    /// connection slot if we hold any (ours, or the one handed to us); free the other.
+    #[allow(clippy::too_many_arguments)] // The grant's parts, passed on as they came.
+    fn pass_on_superseded(
+        &mut self,
+        key: SessionKey,
+        id: ConnId,
+        sup: Supersede,
+        state: Option<Box<SessionState>>,
+        slot_in: bool,
+        quota: Option<Arc<crate::quota::OrgQuota>>,
+        now_ms: u64,
+    ) {
+        let state = match state {
+            Some(st) if sup.clean_start => {
+                self.forget_discarded(&key, &st);
+                None
+            }
+            st => st,
+        };
+        let own = self.conn_mut(id).is_some_and(|c| std::mem::take(&mut c.share.quota_slot));
+        if own && slot_in {
+            if let Some(q) = &quota {
+                q.disconnect();
+            }
+        }
+        self.close_conn(id, CloseCause::SessionTakenOver, now_ms);
+        let slot = own || slot_in;
+        let msg = MeshMsg::Granted { key, conn: sup.conn, generation: sup.generation, state, slot };
+        self.send(sup.to_shard, msg);
+    }
+
+    /// Settles the connection slot of `id` (`alive`: still waiting for this grant): a
+    /// handed-over slot replaces a missing one (takeover at the limit) or is freed (we took our
+    /// own, or the connection is gone); without one, tries once more. Whether the org's
+    /// connection limit refuses it.
+    fn settle_slot(
+        &mut self,
+        id: ConnId,
+        alive: bool,
+        slot_in: bool,
+        quota: Option<&crate::quota::OrgQuota>,
+    ) -> bool {
+        let Some(q) = quota else { return false };
+        match (self.conn_mut(id).filter(|_| alive), slot_in) {
+            (Some(c), true) if c.share.slot_wait => {
+                c.share.slot_wait = false;
+                c.share.quota_slot = true;
+            }
+            (Some(c), false) if c.share.slot_wait => {
+                c.share.slot_wait = false;
+                c.share.quota_slot = q.try_connect();
+                return !c.share.quota_slot;
+            }
+            (_, true) => q.disconnect(),
+            _ => {}
+        }
+        false
+    }
+
+    /// The state a granted session starts from: the old one resumed (no longer counted as
+    /// offline storage), or a fresh one (a clean start discards the old one).
+    fn resumed_state(
+        &mut self,
+        key: &SessionKey,
+        state: Option<Box<SessionState>>,
+        clean_start: bool,
+    ) -> SessionState {
+        match state {
+            Some(mut old) => {
+                self.uncount_offline(&key.org, &mut old);
+                if clean_start {
+                    self.forget_discarded(key, &old);
+                    SessionState::default()
+                } else {
+                    *old
+                }
+            }
+            None => SessionState::default(),
+        }
+    }
+
+    /// Puts the subscriptions of a session just installed into this shard's index.
+    fn restore_subs(&mut self, sref: SessionRef, org: &Arc<str>) {
+        let Some(s) = self.session(sref) else { return };
+        let subs: Vec<(Box<str>, SubEntry)> = s.state.subs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        for (f, e) in subs {
+            let sub = Sub { session: sref, opts: e.opts, sub_id: e.sub_id, checked: e.checked };
+            if self.router.subscribe(org, &f, sub).interest_changed {
+                self.announce(org, &f, true, None);
+            }
+        }
+    }
+
+    /// Refuses a CONNECT whose org reached its connection limit while it waited (0x97).
+    fn refuse_over_limit(&mut self, id: ConnId, quota: Option<&crate::quota::OrgQuota>, now_ms: u64) {
+        if let Some(q) = quota {
+            q.refused_connection();
+        }
+        self.quota_hit(id, now_ms, "max_connections");
+        let v = self.conn(id).and_then(|c| c.proto.protocol).unwrap_or(Protocol::V311);
+        self.refuse(id, v, ReasonCode::QUOTA_EXCEEDED);
+        if let Some(c) = self.conn_mut(id) {
+            c.phase = Phase::Active; // no longer waiting for a session
+            wake(&mut c.link.reader);
+        }
+    }
+
+    /// A session installed without a connection: ends now (no expiry) or waits offline.
+    fn leave_offline(&mut self, sref: SessionRef, now_ms: u64) {
+        let Some(s) = self.session_mut(sref) else { return };
+        if s.state.expiry_secs == 0 {
+            self.end_session(sref, now_ms);
+        } else {
+            if s.state.expiry_secs != u32::MAX {
+                s.expires_at_ms = Some(now_ms + s.state.expiry_secs as u64 * 1000);
+            }
+            self.count_offline(sref);
+            self.persist_offline(sref);
+        }
+    }
+
+    /// `id` logs in with session `sref`: CONNACK (held until the session record written at
+    /// `since` is durable), the `connect` audit event, and its reader goes on.
+    fn send_connack(
+        &mut self,
+        id: ConnId,
+        org: &Arc<str>,
+        sref: SessionRef,
+        present: bool,
+        since: u64,
+        now_ms: u64,
+    ) {
+        let fair = self.fair.join(org);
         let max_keepalive = self.cfg.max_keepalive;
-        let c = self.conn_mut(id).expect("alive");
+        let c = self.conn_mut(id).expect("alive: checked by the caller");
         let max_packet = c.proto.max_packet; // the listener's, lowered by the org's quota
         c.attach.session = Some(sref);
         c.phase = Phase::Active;
         debug_assert!(c.share.fair.is_none(), "a connection logs in once");
         c.share.fair = Some(fair);
-        let v5 = c.proto.protocol == Some(Protocol::V5);
         let mut props = Properties::default();
-        if v5 {
+        if c.proto.protocol == Some(Protocol::V5) {
             props.receive_maximum = Some(limits::INFLIGHT_MAX);
             if max_keepalive != u16::MAX {
                 // The keep-alive in force (MQTT 5 §3.2.2.3.14): the client's, capped.
@@ -294,7 +347,7 @@ impl ShardCore {
         self.write(id, &ack);
         // The session record written for it (a persistent session) reaches the disk first.
         self.gate_output(id, since);
-        let c = self.conn(id).expect("alive");
+        let c = self.conn(id).expect("alive: checked by the caller");
         if let (Some(ident), Some(key)) = (c.login.identity.clone(), c.attach.key.clone()) {
             let detail = [
                 ("transport", c.link.listener.transport.into()),
@@ -312,22 +365,23 @@ impl ShardCore {
                 &detail,
             );
         }
-        wake(&mut self.conn_mut(id).expect("alive").link.reader);
-        // Resend what was in flight [MQTT-4.4.0-1], then drain the queue.
-        let resend: Vec<(u16, InFlight)> = self
-            .session(sref)
-            .expect("present")
-            .state
-            .inflight
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .collect();
+        if let Some(c) = self.conn_mut(id) {
+            wake(&mut c.link.reader);
+        }
+    }
+
+    /// Resends what was in flight when the session was last connected [MQTT-4.4.0-1].
+    fn resend_inflight(&mut self, id: ConnId, sref: SessionRef, now_ms: u64) {
+        let Some(s) = self.session(sref) else { return };
+        let resend: Vec<(u16, InFlight)> = s.state.inflight.iter().map(|(k, v)| (*k, v.clone())).collect();
         for (pid, f) in resend {
             match f.state {
                 OutState::Published => {
                     let sent = self.encode_delivery(id, &f.delivery, PacketId::new(pid), true, now_ms);
                     if !sent {
-                        self.session_mut(sref).expect("present").state.inflight.remove(&pid);
+                        if let Some(s) = self.session_mut(sref) {
+                            s.state.inflight.remove(&pid);
+                        }
                         self.persist_unqueued(sref, &f.delivery);
                     }
                 }
@@ -337,7 +391,6 @@ impl ShardCore {
                 }
             }
         }
-        self.pump(sref, now_ms);
     }
 
     /// Ends a session: drops its subscriptions, publishes a pending will, tells the home shard.

@@ -9,31 +9,16 @@ use super::*;
 const RETAINED_FULL: &str = "retained message limit reached: delivered, not retained";
 
 impl ShardCore {
+    /// PUBLISH from client `id` (connected): checks, the org's rate, the inbound QoS 2 state,
+    /// retain, routing, and the acknowledgement once what it depends on is durable.
     pub(super) fn handle_publish(&mut self, id: ConnId, now_ms: u64, mut p: Publish) {
+        if let Err(r) = self.resolve_alias(id, &mut p) {
+            return self.close_conn(id, CloseCause::Protocol(r), now_ms);
+        }
         let c = self.conn_mut(id).expect("caller checked");
         let v = c.proto.protocol.expect("active connection has a protocol");
         let sref = c.attach.session.expect("active connection has a session");
         let org = c.attach.key.as_ref().expect("active connection has a key").org.clone();
-        if !p.props.subscription_identifiers.is_empty() {
-            // Only the server sends subscription identifiers [MQTT-3.3.4-6].
-            return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms);
-        }
-        if let Some(alias) = p.props.topic_alias.take() {
-            if alias > limits::TOPIC_ALIAS_MAX {
-                return self.close_conn(id, CloseCause::Protocol(ReasonCode::TOPIC_ALIAS_INVALID), now_ms);
-            }
-            let slot = &mut c.proto.aliases_in[alias as usize - 1];
-            if p.topic.is_empty() {
-                match slot {
-                    Some(t) => p.topic = t.clone(),
-                    None => {
-                        return self.close_conn(id, CloseCause::Protocol(ReasonCode::PROTOCOL_ERROR), now_ms)
-                    }
-                }
-            } else {
-                *slot = Some(p.topic.to_owned_copy());
-            }
-        }
         c.link.rx_msgs += 1;
         // `$SYS` is broker-owned whatever the policy says [SPEC §3]; then the ACL.
         let verdict = match &c.login.acl {
@@ -44,35 +29,8 @@ impl ShardCore {
         let denied = p.topic.as_str().starts_with("$SYS") || !verdict.allow;
         if denied {
             self.acl_denied(id, now_ms, "publish", p.topic.as_str(), verdict);
-        }
-        // The org's message rate (allocation-free: a local decrement, a lease now and then).
-        // 3.1.1 connections were throttled before this packet was read; 5.0 ones get 0x97.
-        let c = self.conn_mut(id).expect("caller checked");
-        let over = !denied
-            && v == Protocol::V5
-            && match &c.share.quota {
-                Some(q) => !c.share.lease.take(q, now_ms),
-                None => false,
-            };
-        if over {
-            self.stats.quota_dropped += 1;
-            self.quota_hit(id, now_ms, "messages_per_minute");
-            match (p.qos, p.packet_id) {
-                (QoS::AtLeastOnce, Some(pid)) => {
-                    let seq = self.store_seq();
-                    self.ack(id, Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
-                }
-                (QoS::ExactlyOnce, Some(pid)) => {
-                    let seq = self.store_seq();
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
-                }
-                _ => {}
-            }
-            return;
-        } else if !denied && v == Protocol::V311 {
-            if let Some(q) = &c.share.quota {
-                let _ = c.share.lease.take(q, now_ms); // checked available before reading
-            }
+        } else if !self.take_rate(id, v, now_ms) {
+            return self.refuse_over_rate(id, &p, now_ms);
         }
         // Over the retained limit the message is still delivered; 5.0 hears why it was not kept.
         let retained_full = p.retain
@@ -81,59 +39,17 @@ impl ShardCore {
             && !p.payload.is_empty()
             && p.qos != QoS::AtMostOnce
             && self.retained.is_full_for(&org, p.topic.as_str(), self.retained_max(&org));
-        let ack_props = || Properties {
-            reason_string: if retained_full { MqStr::copy_from(RETAINED_FULL) } else { None },
-            ..Properties::default()
-        };
         // The acknowledgement goes out after routing: with durability gating it waits for the
         // store writes routing made (offline queues, retained) to reach the disk.
         let since = self.store_seq();
         let pid_in = p.packet_id.map(|p| p.get());
-        let ack = match p.qos {
-            QoS::AtMostOnce => None,
-            QoS::AtLeastOnce => {
-                let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
-                let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
-                Some(Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props() }))
-            }
-            QoS::ExactlyOnce => {
-                let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
-                let st = &mut self.session_mut(sref).expect("live session").state;
-                if denied {
-                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)), since, now_ms);
-                    return;
-                }
-                if st.inbound_qos2.contains(&pid.get()) {
-                    // A resend of a message we already have: acknowledge, do not deliver twice;
-                    // once its copies on other shards are durable, if they are not yet.
-                    let rec = Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS));
-                    let waits = self.waiting_record(sref, pid.get());
-                    self.ack_waiting(id, rec, since, waits, now_ms);
-                    return;
-                }
-                if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
-                    return self.close_conn(
-                        id,
-                        CloseCause::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
-                        now_ms,
-                    );
-                }
-                st.inbound_qos2.insert(pid.get());
-                self.persist_qos2(sref, pid.get(), true);
-                Some(Packet::PubRec(PubResp {
-                    packet_id: pid,
-                    reason: ReasonCode::SUCCESS,
-                    props: ack_props(),
-                }))
-            }
-        };
+        let Some(ack) = self.inbound_ack(id, sref, &p, denied, retained_full, since, now_ms) else { return };
         if denied {
             if let Some(a) = ack {
                 self.ack(id, a, since, now_ms);
             }
             return;
         }
-        let _ = v;
         let msg = Msg {
             topic: p.topic,
             payload: p.payload,
@@ -163,6 +79,105 @@ impl ShardCore {
         if let Some(a) = ack {
             let waits = token.filter(|_| forwards > 0).map(|t| (t, forwards));
             self.ack_waiting(id, a, since, waits, now_ms);
+        }
+    }
+
+    /// Checks the subscription identifiers a client may not send [MQTT-3.3.4-6] and resolves a
+    /// topic alias (MQTT 5): the reason code to close with if the packet breaks the protocol.
+    fn resolve_alias(&mut self, id: ConnId, p: &mut Publish) -> Result<(), ReasonCode> {
+        if !p.props.subscription_identifiers.is_empty() {
+            return Err(ReasonCode::PROTOCOL_ERROR);
+        }
+        let Some(alias) = p.props.topic_alias.take() else { return Ok(()) };
+        if alias > limits::TOPIC_ALIAS_MAX {
+            return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+        }
+        let c = self.conn_mut(id).expect("caller checked");
+        let slot = &mut c.proto.aliases_in[alias as usize - 1];
+        if !p.topic.is_empty() {
+            *slot = Some(p.topic.to_owned_copy());
+        } else {
+            p.topic = slot.clone().ok_or(ReasonCode::PROTOCOL_ERROR)?;
+        }
+        Ok(())
+    }
+
+    /// Takes one message from the org's rate (allocation-free: a local decrement, a lease now
+    /// and then). 3.1.1 connections were throttled before this packet was read, so they always
+    /// get one; false: a 5.0 connection is over the rate.
+    fn take_rate(&mut self, id: ConnId, v: Protocol, now_ms: u64) -> bool {
+        let c = self.conn_mut(id).expect("caller checked");
+        let Some(q) = &c.share.quota else { return true };
+        let took = c.share.lease.take(q, now_ms);
+        took || v == Protocol::V311
+    }
+
+    /// A 5.0 PUBLISH over the org's rate: dropped, counted, and a QoS 1/2 one refused (0x97).
+    fn refuse_over_rate(&mut self, id: ConnId, p: &Publish, now_ms: u64) {
+        self.stats.quota_dropped += 1;
+        self.quota_hit(id, now_ms, "messages_per_minute");
+        let seq = self.store_seq();
+        match (p.qos, p.packet_id) {
+            (QoS::AtLeastOnce, Some(pid)) => {
+                self.ack(id, Packet::PubAck(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
+            }
+            (QoS::ExactlyOnce, Some(pid)) => {
+                self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::QUOTA_EXCEEDED)), seq, now_ms)
+            }
+            _ => {}
+        }
+    }
+
+    /// The acknowledgement `p` will get (`Some(None)`: none, QoS 0), recording a new inbound
+    /// QoS 2 id; `None` when handled here already (a denied or repeated QoS 2 PUBLISH,
+    /// answered; too many QoS 2 in flight, closed).
+    #[allow(clippy::too_many_arguments)] // The publish's facts, computed once by the caller.
+    fn inbound_ack(
+        &mut self,
+        id: ConnId,
+        sref: SessionRef,
+        p: &Publish,
+        denied: bool,
+        retained_full: bool,
+        since: u64,
+        now_ms: u64,
+    ) -> Option<Option<Packet>> {
+        let ack_props = || Properties {
+            reason_string: if retained_full { MqStr::copy_from(RETAINED_FULL) } else { None },
+            ..Properties::default()
+        };
+        match p.qos {
+            QoS::AtMostOnce => Some(None),
+            QoS::AtLeastOnce => {
+                let pid = p.packet_id.expect("decoder guarantees an id for QoS 1");
+                let reason = if denied { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+                Some(Some(Packet::PubAck(PubResp { packet_id: pid, reason, props: ack_props() })))
+            }
+            QoS::ExactlyOnce => {
+                let pid = p.packet_id.expect("decoder guarantees an id for QoS 2");
+                if denied {
+                    self.ack(id, Packet::PubRec(pubresp(pid, ReasonCode::NOT_AUTHORIZED)), since, now_ms);
+                    return None;
+                }
+                let st = &mut self.session_mut(sref).expect("live session").state;
+                if st.inbound_qos2.contains(&pid.get()) {
+                    // A resend of a message we already have: acknowledge, do not deliver twice;
+                    // once its copies on other shards are durable, if they are not yet.
+                    let rec = Packet::PubRec(pubresp(pid, ReasonCode::SUCCESS));
+                    let waits = self.waiting_record(sref, pid.get());
+                    self.ack_waiting(id, rec, since, waits, now_ms);
+                    return None;
+                }
+                if st.inbound_qos2.len() >= limits::INFLIGHT_MAX as usize {
+                    let cause = CloseCause::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                    self.close_conn(id, cause, now_ms);
+                    return None;
+                }
+                st.inbound_qos2.insert(pid.get());
+                self.persist_qos2(sref, pid.get(), true);
+                let rec = PubResp { packet_id: pid, reason: ReasonCode::SUCCESS, props: ack_props() };
+                Some(Some(Packet::PubRec(rec)))
+            }
         }
     }
 

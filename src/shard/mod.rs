@@ -7,6 +7,7 @@
 mod conn;
 mod durable;
 pub mod guard;
+mod tasks;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,7 +16,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
-use glommio::net::TcpListener;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::audit::AuditRecord;
@@ -448,6 +448,46 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
     }
 }
 
+impl Shard {
+    /// Shard `id`'s shell around a fresh core.
+    fn new(
+        id: u8,
+        core_cfg: CoreConfig,
+        senders: Senders<MeshMsg>,
+        auth_tx: flume::Sender<(ConnId, bool)>,
+        links: &ShardLinks,
+    ) -> Shard {
+        let nr_peers = senders.nr_consumers();
+        let unix_epoch = core_cfg.unix_epoch_ms;
+        Shard {
+            core: RefCell::new(ShardCore::new(id, core_cfg, mono_ms())),
+            refused_log: RefCell::default(),
+            senders,
+            mesh_waiting: RefCell::new(vec![false; nr_peers]),
+            deadlines: RefCell::new(std::collections::BinaryHeap::new()),
+            deadline_wakers: RefCell::new(std::collections::HashMap::new()),
+            next_deadline_id: std::cell::Cell::new(0),
+            pool: links.pool.clone(),
+            auth_tx,
+            audit_tx: links.audit_tx.clone(),
+            control_tx: links.control_tx.clone(),
+            audit_dropped: links.audit_dropped.clone(),
+            durability: links.durability,
+            store: links.stores[id as usize].clone(),
+            retained_store: links.retained_store.clone(),
+            store_ops: RefCell::new(Vec::new()),
+            unpersisted: RefCell::new(Vec::new()),
+            unpersisted_base: std::cell::Cell::new(0),
+            retained_gen: std::cell::Cell::new(links.retained_store.generation()),
+            store_dirty: std::cell::Cell::new(false),
+            store_applied: std::cell::Cell::new(0),
+            commit_waker: RefCell::new(None),
+            store_failed: std::cell::Cell::new(false),
+            unix_epoch_ms: unix_epoch,
+        }
+    }
+}
+
 async fn shard_main(
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     core_cfg: CoreConfig,
@@ -459,229 +499,36 @@ async fn shard_main(
     let (senders, mut receivers) =
         mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
     let id = senders.peer_id() as u8;
-    let nr_peers = senders.nr_consumers();
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
-    let unix_epoch = core_cfg.unix_epoch_ms;
-    let shard = Rc::new(Shard {
-        core: RefCell::new(ShardCore::new(id, core_cfg, mono_ms())),
-        refused_log: RefCell::default(),
-        senders,
-        mesh_waiting: RefCell::new(vec![false; nr_peers]),
-        deadlines: RefCell::new(std::collections::BinaryHeap::new()),
-        deadline_wakers: RefCell::new(std::collections::HashMap::new()),
-        next_deadline_id: std::cell::Cell::new(0),
-        pool: links.pool.clone(),
-        auth_tx,
-        audit_tx: links.audit_tx.clone(),
-        control_tx: links.control_tx.clone(),
-        audit_dropped: links.audit_dropped.clone(),
-        durability: links.durability,
-        store: links.stores[id as usize].clone(),
-        retained_store: links.retained_store.clone(),
-        store_ops: RefCell::new(Vec::new()),
-        unpersisted: RefCell::new(Vec::new()),
-        unpersisted_base: std::cell::Cell::new(0),
-        retained_gen: std::cell::Cell::new(links.retained_store.generation()),
-        store_dirty: std::cell::Cell::new(false),
-        store_applied: std::cell::Cell::new(0),
-        commit_waker: RefCell::new(None),
-        store_failed: std::cell::Cell::new(false),
-        unix_epoch_ms: unix_epoch,
-    });
-    // What the stores held: this shard's sessions (homed here), every retained message.
-    {
-        let restored = std::mem::take(&mut links.restored.lock().expect("restore lock")[id as usize]);
-        let mut core = shard.core.borrow_mut();
-        let now = mono_ms();
-        for m in links.retained_msgs.iter() {
-            core.restore_retained(&m.0, m.1.clone(), m.2);
-        }
-        let (restored, owners, origins) = restored;
-        core.restore_origins(now, origins);
-        for (key, shard, generation) in owners {
-            core.restore_owner(key, shard, generation);
-        }
-        for s in restored {
-            core.restore_session(now, s);
-        }
-        core.replay_forwards(now);
-    }
+    let shard = Rc::new(Shard::new(id, core_cfg, senders, auth_tx, &links));
+    tasks::restore(&shard, &links);
     shard.flush_mesh();
-    // Commits: writes are applied at once; a persist on the blocking pool (an fsync never runs
-    // on the reactor) makes them durable and releases the acknowledgements that waited. `group`
-    // gathers writes for `GROUP_COMMIT_MS` after the first; `always` starts at once (writes
-    // arriving during an fsync go into the next).
-    // A failing store is retried from the same task (`durable.rs`).
-    let group = shard.durability == Durability::Group;
-    {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                futures_lite::future::poll_fn(|cx| {
-                    let persist = shard.store_dirty.get() && shard.durability != Durability::None;
-                    if persist || shard.store_failed.get() {
-                        std::task::Poll::Ready(())
-                    } else {
-                        *shard.commit_waker.borrow_mut() = Some(cx.waker().clone());
-                        std::task::Poll::Pending
-                    }
-                })
-                .await;
-                if shard.store_failed.get() {
-                    shard.recover_store().await;
-                    continue;
-                }
-                if group {
-                    glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
-                }
-                shard.persist_stores().await;
-            }
-        })
-        .detach();
-    }
-    // Password verdicts from the hashing pool.
-    {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            while let Ok((conn, ok)) = auth_rx.recv_async().await {
-                shard.core.borrow_mut().handle_auth_result(conn, mono_ms(), Some(ok));
-                shard.flush_mesh();
-            }
-        })
-        .detach();
-    }
-    // Commands from the control plane.
-    {
-        let shard = shard.clone();
-        let rx = links.commands[id as usize].clone();
-        glommio::spawn_local(async move {
-            while let Ok(cmd) = rx.recv_async().await {
-                match cmd {
-                    ShardCommand::Kick { org, target, reply } => {
-                        let n = shard.core.borrow_mut().kick_target(mono_ms(), &org, &target);
-                        shard.flush_mesh();
-                        if let Some(r) = reply {
-                            let _ = r.try_send(n);
-                        }
-                    }
-                    ShardCommand::DiffPolicy { org, policy, reply } => {
-                        let v = shard.core.borrow().policy_diff(&org, &policy);
-                        let _ = reply.try_send(v);
-                    }
-                    ShardCommand::PolicyChanged { org } => {
-                        shard.core.borrow_mut().policy_changed(mono_ms(), &org);
-                        shard.flush_mesh();
-                    }
-                    ShardCommand::Publish { org, topic, payload, qos, retain, user_properties } => {
-                        shard.core.borrow_mut().publish_service(
-                            mono_ms(),
-                            &org,
-                            &topic,
-                            payload,
-                            qos,
-                            retain,
-                            user_properties,
-                        );
-                        shard.flush_mesh();
-                    }
-                    ShardCommand::PurgeOrg { org, reply } => {
-                        let n = shard.core.borrow_mut().purge_org(mono_ms(), &org);
-                        shard.flush_mesh();
-                        shard.apply_store_ops();
-                        shard.store_dirty.set(true);
-                        shard.persist_stores().await;
-                        let ok = !shard.store_failed.get();
-                        tracing::info!(org = %org, closed = n, ok, "org purged from the shard");
-                        let _ = reply.try_send(ok);
-                    }
-                    ShardCommand::Sessions { org, reply } => {
-                        let v = shard.core.borrow().live_sessions(&org);
-                        let _ = reply.try_send(v);
-                    }
-                }
-            }
-        })
-        .detach();
-    }
-    // Mesh receivers: one task per peer, each draining its queue into the core.
+    tasks::spawn_commit(&shard);
+    tasks::spawn_auth_results(&shard, auth_rx);
+    tasks::spawn_commands(&shard, links.commands[id as usize].clone());
     for (_peer, rx) in receivers.streams() {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut batch = 0;
-            loop {
-                // A receive from a non-empty queue completes at once: without a yield now and
-                // then, a peer that keeps this queue full would keep every other task of the
-                // shard (readers, writers, accepts) from running.
-                batch += 1;
-                if batch >= limits::MESH_RECV_BATCH {
-                    batch = 0;
-                    futures_lite::future::yield_now().await;
-                }
-                // Under output pressure, leave messages in the bounded queue (backpressure).
-                futures_lite::future::poll_fn(|cx| {
-                    if shard.core.borrow_mut().can_take_mesh(mono_ms(), cx.waker()) {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                })
-                .await;
-                let Some(m) = rx.recv().await else { break };
-                shard.core.borrow_mut().handle_mesh(mono_ms(), m);
-                // Drain what else is already queued before flushing once.
-                shard.flush_mesh();
-            }
-        })
-        .detach();
+        tasks::spawn_mesh_receiver(&shard, rx);
     }
-    // Fair scheduling: when a reader waits for the next turn (its org spent its share while
-    // another org has work), let the reactor poll once (a timer fires only from a poll, after
-    // every runnable reader ran), then start the turn.
-    {
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            loop {
-                futures_lite::future::poll_fn(|cx| {
-                    if shard.core.borrow_mut().turn_wanted(cx.waker()) {
-                        std::task::Poll::Ready(())
-                    } else {
-                        std::task::Poll::Pending
-                    }
-                })
-                .await;
-                glommio::timer::sleep(Duration::from_micros(1)).await;
-                shard.core.borrow_mut().next_turn();
-            }
-        })
-        .detach();
-    }
-    // Listeners: every shard binds each address with SO_REUSEPORT; the kernel spreads accepts.
-    let mut accept_tasks = Vec::new();
-    for rt in listeners.iter() {
-        if rt.cfg.shards.as_ref().is_some_and(|only| !only.contains(&(id as usize))) {
-            continue;
-        }
-        let listener = TcpListener::bind(rt.cfg.bind)?;
-        let shard = shard.clone();
-        let rt = rt.clone();
-        accept_tasks.push(glommio::spawn_local(async move {
-            loop {
-                match listener.accept().await {
-                    Ok(stream) => {
-                        glommio::spawn_local(conn::accept(shard.clone(), stream, rt.clone())).detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        glommio::timer::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }));
-    }
+    tasks::spawn_turns(&shard);
+    let accept_tasks = tasks::spawn_listeners(&shard, &listeners)?;
     if id == 0 {
         tracing::info!("ready");
     }
-    // Timer loop: keep-alive, expiry, $SYS, mesh retries, shutdown.
+    timer_loop(&shard, &listeners, &shutdown, &reload).await;
+    drop(accept_tasks);
+    stop(&shard).await;
+    Ok(())
+}
+
+/// Timer loop: the shell's deadlines, throttled readers, the core's timers, audit records,
+/// certificate reloads on SIGHUP; returns on SIGTERM/SIGINT.
+async fn timer_loop(
+    shard: &Rc<Shard>,
+    listeners: &[Arc<ListenerRt>],
+    shutdown: &AtomicBool,
+    reload: &AtomicBool,
+) {
+    let id = shard.core.borrow().shard;
     let mut ticks = 0u64;
     loop {
         glommio::timer::sleep(Duration::from_millis(50)).await;
@@ -721,8 +568,10 @@ async fn shard_main(
             break;
         }
     }
-    // Shutdown: stop accepting, tell 5.0 clients why, give writers a moment to flush.
-    drop(accept_tasks);
+}
+
+/// Shutdown: tell 5.0 clients why, give writers a moment to flush, persist what went offline.
+async fn stop(shard: &Rc<Shard>) {
     shard.core.borrow_mut().shutdown_all(mono_ms());
     shard.flush_mesh();
     let deadline = mono_ms() + 2_000;
@@ -733,7 +582,6 @@ async fn shard_main(
     shard.flush_mesh();
     shard.store_dirty.set(true);
     shard.persist_stores().await;
-    Ok(())
 }
 
 #[cfg(test)]
