@@ -273,9 +273,10 @@ fn lines<T: serde::de::DeserializeOwned>(
     Ok(())
 }
 
-/// Reads an export from `from` into `cfg.data_dir`, which must hold no stores yet. Sessions go
-/// to their home shard for `cfg.shards`; values are sealed with the configured keys.
-pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
+/// The manifest of the export in `from`, checked: its format and version, the line counts
+/// of its files (a truncated export is refused before anything is written), and an empty
+/// `data_dir` to import into.
+fn check_import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
     let mpath = from.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).map_err(|e| {
         format!("{}: cannot read: {e} (an export without a manifest is incomplete)", mpath.display())
@@ -301,10 +302,6 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
             ));
         }
     }
-    let sealer = Arc::new(Sealer::load(&cfg.encryption)?);
-    sealer.verify(&cfg.data_dir)?;
-    let now_unix = crate::clock::unix_ms();
-    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
     // A truncated export is refused before anything is written.
     for (name, n) in [
         ("control.jsonl", want.control_rows),
@@ -322,6 +319,56 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
             ));
         }
     }
+    Ok(want)
+}
+
+/// A session of `sessions.jsonl` as the store writes it (the messages' times against
+/// `now_unix`).
+fn session_of(l: SessionLine, now_unix: u64) -> Result<RestoredSession, String> {
+    if l.session.v != 1 {
+        return Err(format!("session record version {} (this build reads 1)", l.session.v));
+    }
+    let client_id = stored_client_id(&l.client_id).ok_or("client_id: not a valid MQTT string")?;
+    let key = SessionKey { org: Arc::from(l.org.as_str()), client_id };
+    let mut queue = Vec::with_capacity(l.queue.len());
+    let mut outbound = Vec::new();
+    for q in &l.queue {
+        let raw = B64.decode(&q.publish_b64).map_err(|e| format!("queue seq {}: publish_b64: {e}", q.seq))?;
+        if q.qos > 2 {
+            return Err(format!("queue seq {}: qos {}", q.seq, q.qos));
+        }
+        let msg = format::decode_publish(&raw, q.received_unix_ms, now_unix)
+            .map_err(|e| format!("queue seq {}: {e}", q.seq))?;
+        if let Some(msg) = msg {
+            queue.push(stored_delivery(msg, q.qos, q.retain, &q.sub_ids, q.seq));
+            match q.pid {
+                Some(0) => return Err(format!("queue seq {}: pid 0", q.seq)),
+                Some(pid) => outbound.push(OutboundMark { seq: q.seq, pid, released: q.released }),
+                None => {}
+            }
+        }
+    }
+    // Inbound ids only: a QoS 2 message a crash left pending on other shards is not
+    // exported (docs/durability.md).
+    Ok(RestoredSession {
+        key,
+        meta: l.session,
+        queue,
+        outbound,
+        qos2: l.qos2,
+        forwards: Vec::new(),
+        generation: 0,
+    })
+}
+
+/// Reads an export from `from` into `cfg.data_dir`, which must hold no stores yet. Sessions go
+/// to their home shard for `cfg.shards`; values are sealed with the configured keys.
+pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
+    let want = check_import(cfg, from)?;
+    let sealer = Arc::new(Sealer::load(&cfg.encryption)?);
+    sealer.verify(&cfg.data_dir)?;
+    let now_unix = crate::clock::unix_ms();
+    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
     let mut got = Manifest { control_rows: 0, sessions: 0, queued: 0, retained: 0, ..want };
 
     let control = Store::open_sealed(&cfg.data_dir.join("control"), sealer.clone()).map_err(locked)?;
@@ -346,42 +393,8 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(locked)?;
     lines(from, "sessions.jsonl", |l: SessionLine| {
-        if l.session.v != 1 {
-            return Err(format!("session record version {} (this build reads 1)", l.session.v));
-        }
-        let client_id = stored_client_id(&l.client_id).ok_or("client_id: not a valid MQTT string")?;
-        let key = SessionKey { org: Arc::from(l.org.as_str()), client_id };
-        let mut queue = Vec::with_capacity(l.queue.len());
-        let mut outbound = Vec::new();
-        for q in &l.queue {
-            let raw =
-                B64.decode(&q.publish_b64).map_err(|e| format!("queue seq {}: publish_b64: {e}", q.seq))?;
-            if q.qos > 2 {
-                return Err(format!("queue seq {}: qos {}", q.seq, q.qos));
-            }
-            let msg = format::decode_publish(&raw, q.received_unix_ms, now_unix)
-                .map_err(|e| format!("queue seq {}: {e}", q.seq))?;
-            if let Some(msg) = msg {
-                queue.push(stored_delivery(msg, q.qos, q.retain, &q.sub_ids, q.seq));
-                match q.pid {
-                    Some(0) => return Err(format!("queue seq {}: pid 0", q.seq)),
-                    Some(pid) => outbound.push(OutboundMark { seq: q.seq, pid, released: q.released }),
-                    None => {}
-                }
-            }
-        }
-        got.queued += queue.len() as u64;
-        // Inbound ids only: a QoS 2 message a crash left pending on other shards is not
-        // exported (docs/durability.md).
-        let s = RestoredSession {
-            key,
-            meta: l.session,
-            queue,
-            outbound,
-            qos2: l.qos2,
-            forwards: Vec::new(),
-            generation: 0,
-        };
+        let s = session_of(l, now_unix)?;
+        got.queued += s.queue.len() as u64;
         let home = home_shard(&s.key, nr as u8) as usize;
         stores[home].write_session(&s, unix_epoch_ms).map_err(|e| e.to_string())?;
         got.sessions += 1;

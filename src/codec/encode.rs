@@ -128,46 +128,7 @@ pub fn encode_packet(out: &mut BytesMut, v: Protocol, packet: &Packet) {
     let v5 = v == Protocol::V5;
     let plen = |p: &Properties| if v5 { p.encoded_len() } else { 0 };
     match packet {
-        Packet::Connect(c) => {
-            let mut rem = 2 + 4 + 1 + 1 + 2 + plen(&c.props) + 2 + c.client_id.len();
-            if let Some(w) = &c.will {
-                rem += plen(&w.props) + 2 + w.topic.len() + 2 + w.payload.len();
-            }
-            if let Some(u) = &c.username {
-                rem += 2 + u.len();
-            }
-            if let Some(p) = &c.password {
-                rem += 2 + p.len();
-            }
-            header(out, 0x10, rem);
-            write_binary(out, b"MQTT");
-            out.put_u8(c.protocol.level());
-            let mut flags = (c.clean_start as u8) << 1;
-            if let Some(w) = &c.will {
-                flags |= 0x04 | ((w.qos as u8) << 3) | ((w.retain as u8) << 5);
-            }
-            flags |= (c.password.is_some() as u8) << 6;
-            flags |= (c.username.is_some() as u8) << 7;
-            out.put_u8(flags);
-            out.put_u16(c.keep_alive);
-            if v5 {
-                c.props.encode(out);
-            }
-            write_str(out, &c.client_id);
-            if let Some(w) = &c.will {
-                if v5 {
-                    w.props.encode(out);
-                }
-                write_str(out, &w.topic);
-                write_binary(out, &w.payload);
-            }
-            if let Some(u) = &c.username {
-                write_str(out, u);
-            }
-            if let Some(p) = &c.password {
-                write_binary(out, p);
-            }
-        }
+        Packet::Connect(c) => encode_connect(out, v5, c),
         Packet::ConnAck(a) => {
             header(out, 0x20, 2 + plen(&a.props));
             out.put_u8(a.session_present as u8);
@@ -181,24 +142,7 @@ pub fn encode_packet(out: &mut BytesMut, v: Protocol, packet: &Packet) {
         Packet::PubRec(r) => pubresp(out, 0x50, v5, r),
         Packet::PubRel(r) => pubresp(out, 0x62, v5, r),
         Packet::PubComp(r) => pubresp(out, 0x70, v5, r),
-        Packet::Subscribe(s) => {
-            let rem = 2 + plen(&s.props) + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
-            header(out, 0x82, rem);
-            out.put_u16(s.packet_id.get());
-            if v5 {
-                s.props.encode(out);
-            }
-            for (f, o) in &s.filters {
-                write_str(out, f);
-                let mut b = o.qos as u8;
-                if v5 {
-                    b |= (o.no_local as u8) << 2
-                        | (o.retain_as_published as u8) << 3
-                        | (o.retain_handling as u8) << 4;
-                }
-                out.put_u8(b);
-            }
-        }
+        Packet::Subscribe(s) => encode_subscribe(out, v5, s),
         Packet::SubAck(s) => {
             header(out, 0x90, 2 + plen(&s.props) + s.reasons.len());
             out.put_u16(s.packet_id.get());
@@ -251,6 +195,67 @@ pub fn encode_packet(out: &mut BytesMut, v: Protocol, packet: &Packet) {
                 a.props.encode(out);
             }
         }
+    }
+}
+
+fn encode_connect(out: &mut BytesMut, v5: bool, c: &Connect) {
+    let plen = |p: &Properties| if v5 { p.encoded_len() } else { 0 };
+    let mut rem = 2 + 4 + 1 + 1 + 2 + plen(&c.props) + 2 + c.client_id.len();
+    if let Some(w) = &c.will {
+        rem += plen(&w.props) + 2 + w.topic.len() + 2 + w.payload.len();
+    }
+    if let Some(u) = &c.username {
+        rem += 2 + u.len();
+    }
+    if let Some(p) = &c.password {
+        rem += 2 + p.len();
+    }
+    header(out, 0x10, rem);
+    write_binary(out, b"MQTT");
+    out.put_u8(c.protocol.level());
+    let mut flags = (c.clean_start as u8) << 1;
+    if let Some(w) = &c.will {
+        flags |= 0x04 | ((w.qos as u8) << 3) | ((w.retain as u8) << 5);
+    }
+    flags |= (c.password.is_some() as u8) << 6;
+    flags |= (c.username.is_some() as u8) << 7;
+    out.put_u8(flags);
+    out.put_u16(c.keep_alive);
+    if v5 {
+        c.props.encode(out);
+    }
+    write_str(out, &c.client_id);
+    if let Some(w) = &c.will {
+        if v5 {
+            w.props.encode(out);
+        }
+        write_str(out, &w.topic);
+        write_binary(out, &w.payload);
+    }
+    if let Some(u) = &c.username {
+        write_str(out, u);
+    }
+    if let Some(p) = &c.password {
+        write_binary(out, p);
+    }
+}
+
+fn encode_subscribe(out: &mut BytesMut, v5: bool, s: &Subscribe) {
+    let plen = |p: &Properties| if v5 { p.encoded_len() } else { 0 };
+    let rem = 2 + plen(&s.props) + s.filters.iter().map(|(f, _)| 3 + f.len()).sum::<usize>();
+    header(out, 0x82, rem);
+    out.put_u16(s.packet_id.get());
+    if v5 {
+        s.props.encode(out);
+    }
+    for (f, o) in &s.filters {
+        write_str(out, f);
+        let mut b = o.qos as u8;
+        if v5 {
+            b |=
+                (o.no_local as u8) << 2 | (o.retain_as_published as u8) << 3 | (o.retain_handling as u8) << 4;
+        }
+        out.put_u8(b);
     }
 }
 

@@ -325,6 +325,64 @@ impl Shard {
     }
 }
 
+/// Opens the shards' stores and the retained store, reading back what they hold.
+fn open_stores(
+    cfg: &Config,
+    sealer: Arc<crate::store::seal::Sealer>,
+    cp: &crate::control::ControlPlane,
+) -> std::io::Result<crate::store::Opened> {
+    let t0 = std::time::Instant::now();
+    let opened = crate::store::open(
+        &cfg.data_dir,
+        cfg.shards,
+        cfg.durability,
+        sealer,
+        crate::clock::unix_ms(),
+        &cp.pending_purges,
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
+    cp.purges_done().map_err(|e| std::io::Error::other(format!("control store: {e}")))?;
+    tracing::info!(
+        sessions = opened.sessions.iter().map(Vec::len).sum::<usize>(),
+        queued = opened.sessions.iter().flatten().map(|s| s.queue.len()).sum::<usize>(),
+        retained = opened.retained_msgs.len(),
+        ms = t0.elapsed().as_millis() as u64,
+        durability = ?cfg.durability,
+        "stores loaded"
+    );
+    Ok(opened)
+}
+
+impl ShardLinks {
+    /// What every shard shares, from the control plane and the stores just opened.
+    fn new(
+        cp: &crate::control::ControlPlane,
+        opened: crate::store::Opened,
+        durability: Durability,
+    ) -> ShardLinks {
+        ShardLinks {
+            pool: cp.pool.clone(),
+            audit_tx: cp.audit_tx.clone(),
+            control_tx: cp.requests.clone(),
+            audit_dropped: cp.audit_dropped.clone(),
+            commands: Arc::new(cp.shard_commands.clone()),
+            stores: Arc::new(opened.shards),
+            retained_store: opened.retained,
+            durability,
+            restored: Arc::new(std::sync::Mutex::new(
+                opened
+                    .sessions
+                    .into_iter()
+                    .zip(opened.owners)
+                    .zip(opened.origins)
+                    .map(|((s, w), o)| (s, w, o))
+                    .collect(),
+            )),
+            retained_msgs: Arc::new(opened.retained_msgs),
+        }
+    }
+}
+
 /// Runs the broker until SIGTERM/SIGINT. Returns when every shard has stopped.
 pub fn run(cfg: Config) -> std::io::Result<()> {
     // One descriptor per connection: lift the soft limit to the hard one (as Go and nginx do),
@@ -356,25 +414,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         sealer.request_reseal(); // a new key: the stores seal the plain values it covers
     }
     let cp = crate::control::start(&cfg, sys.clone(), sealer.clone()).map_err(std::io::Error::other)?;
-    let t0 = std::time::Instant::now();
-    let opened = crate::store::open(
-        &cfg.data_dir,
-        nr,
-        cfg.durability,
-        sealer,
-        crate::clock::unix_ms(),
-        &cp.pending_purges,
-    )
-    .map_err(|e| std::io::Error::other(format!("cannot load the stores: {e}")))?;
-    cp.purges_done().map_err(|e| std::io::Error::other(format!("control store: {e}")))?;
-    tracing::info!(
-        sessions = opened.sessions.iter().map(Vec::len).sum::<usize>(),
-        queued = opened.sessions.iter().flatten().map(|s| s.queue.len()).sum::<usize>(),
-        retained = opened.retained_msgs.len(),
-        ms = t0.elapsed().as_millis() as u64,
-        durability = ?cfg.durability,
-        "stores loaded"
-    );
+    let opened = open_stores(&cfg, sealer, &cp)?;
     let core_cfg = CoreConfig {
         nr_shards: nr as u8,
         max_packet_size: cfg.max_packet_size,
@@ -388,26 +428,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         persist: true,
         gate_acks: cfg.durability != Durability::None,
     };
-    let links = ShardLinks {
-        pool: cp.pool.clone(),
-        audit_tx: cp.audit_tx.clone(),
-        control_tx: cp.requests.clone(),
-        audit_dropped: cp.audit_dropped.clone(),
-        commands: Arc::new(cp.shard_commands),
-        stores: Arc::new(opened.shards),
-        retained_store: opened.retained,
-        durability: cfg.durability,
-        restored: Arc::new(std::sync::Mutex::new(
-            opened
-                .sessions
-                .into_iter()
-                .zip(opened.owners)
-                .zip(opened.origins)
-                .map(|((s, w), o)| (s, w, o))
-                .collect(),
-        )),
-        retained_msgs: Arc::new(opened.retained_msgs),
-    };
+    let links = ShardLinks::new(&cp, opened, cfg.durability);
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
     let cpus = allowed_cpus();
     let ncpu = cpus.as_ref().map_or(1, |c| c.len());
