@@ -1,5 +1,5 @@
-//! A log line at most once a second for events a client can repeat at will (refused logins,
-//! refused handshakes): the first at once, the rest counted into the next line, so the log
+//! A report at most once a second for events a client can repeat at will (refused logins,
+//! refused handshakes, quota hits): the first at once, the rest counted into the next, so the log
 //! says what happens without becoming the attack's amplifier.
 
 /// One rate-limited stream of log lines.

@@ -9,7 +9,7 @@ pub(super) struct Reports {
     pub(super) audit_out: Vec<AuditRecord>,
     /// Last quota audit event per (org, quota) on this shard, and hits since: one event per
     /// second at most, carrying the count.
-    pub(super) quota_audits: HashMap<(Arc<str>, &'static str), (u64, u64)>,
+    pub(super) quota_audits: HashMap<(Arc<str>, &'static str), crate::ratelog::EverySecond>,
     /// Refused logins get one log line a second (with the count of the others).
     pub(super) refusal_log: crate::ratelog::EverySecond,
 }
@@ -59,13 +59,9 @@ impl ShardCore {
         let Some(c) = self.conn(id) else { return };
         let Some(key) = c.attach.key.clone() else { return };
         let who = c.login.identity.as_ref().and_then(|i| i.audit_name());
-        let e = self.reports.quota_audits.entry((key.org.clone(), quota)).or_insert((0, 0));
-        e.1 += 1;
-        if e.0 != 0 && now_ms < e.0 + 1000 {
-            return;
-        }
-        let count = std::mem::take(&mut e.1);
-        e.0 = now_ms.max(1);
+        let every = self.reports.quota_audits.entry((key.org.clone(), quota)).or_default();
+        let Some(folded) = every.tick(now_ms) else { return };
+        let count = folded + 1;
         let limit = self.org_quota(&key.org).map(|q| serde_json::to_value(q.limits()).unwrap_or_default());
         let detail = [("quota", quota.into()), ("hits", count.into()), ("limits", limit.unwrap_or_default())];
         self.audit(

@@ -29,6 +29,9 @@ const SHARD_COMMAND_QUEUE: usize = 1024;
 /// How long an org deletion waits for the shards before answering 503 (a repeated DELETE, or
 /// the next start, finishes it).
 const PURGE_WAIT: Duration = Duration::from_secs(30);
+/// How long the control plane waits for each shard's answer to a question (sessions, kicks,
+/// policy diffs).
+const SHARD_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// Audit batches (one per shard per tick) queued before more are dropped (and counted).
 const AUDIT_QUEUE: usize = 1024;
 
@@ -281,24 +284,32 @@ impl Ctl {
         }
     }
 
-    /// Tells every shard to close `org`'s connections matching `target`; how many closed.
-    pub(crate) async fn kick(&self, org: &str, target: KickTarget) -> usize {
-        let org: Arc<str> = org.into();
+    /// Sends every shard the command `make` builds around a reply channel, and gathers the
+    /// answers that come within [`SHARD_ANSWER_WAIT`] (a busy or stuck shard is left out).
+    pub(crate) async fn ask_shards<T>(&self, make: impl Fn(flume::Sender<T>) -> ShardCommand) -> Vec<T> {
         let mut replies = Vec::new();
         for s in &self.shards {
             let (tx, rx) = flume::bounded(1);
-            let cmd = ShardCommand::Kick { org: org.clone(), target: target.clone(), reply: Some(tx) };
-            if s.try_send(cmd).is_ok() {
+            if s.try_send(make(tx)).is_ok() {
                 replies.push(rx);
             }
         }
-        let mut n = 0;
+        let mut answers = Vec::with_capacity(replies.len());
         for rx in replies {
-            if let Ok(Ok(k)) = tokio::time::timeout(Duration::from_secs(2), rx.recv_async()).await {
-                n += k;
+            if let Ok(Ok(v)) = tokio::time::timeout(SHARD_ANSWER_WAIT, rx.recv_async()).await {
+                answers.push(v);
             }
         }
-        n
+        answers
+    }
+
+    /// Tells every shard to close `org`'s connections matching `target`; how many closed.
+    pub(crate) async fn kick(&self, org: &str, target: KickTarget) -> usize {
+        let org: Arc<str> = org.into();
+        let counts = self
+            .ask_shards(|tx| ShardCommand::Kick { org: org.clone(), target: target.clone(), reply: Some(tx) })
+            .await;
+        counts.into_iter().sum()
     }
 
     /// Tells every shard to remove everything `org` owns (memory and disk) and waits for all of
