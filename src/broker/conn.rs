@@ -1,7 +1,7 @@
-//! One client connection as the core sees it, split by concern: [`Link`] (the transport and
-//! its output), [`Negotiated`] (what CONNECT settled), [`Login`] (who it is and what it may
-//! do), [`OrgShare`] (its org's quota, rate and turns) and [`Attach`] (its session); and the
-//! table of a shard's connections ([`ConnTable`]), which hands out [`ConnId`]s.
+//! One client connection as the core sees it, split by concern: `Link` (the transport and
+//! its output), `Negotiated` (what CONNECT settled), `Login` (who it is and what it may
+//! do), `OrgShare` (its org's quota, rate and turns) and `Attach` (its session); and the
+//! table of a shard's connections (`ConnTable`), which hands out [`ConnId`]s.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

@@ -134,7 +134,7 @@ impl ShardCore {
     }
 
     /// Work the shell must hand to the hashing pool or the control plane.
-    pub fn take_auth_jobs(&mut self) -> Vec<AuthJob> {
+    pub fn poll_auth(&mut self) -> Vec<AuthJob> {
         std::mem::take(&mut self.auth_jobs)
     }
 
@@ -283,6 +283,9 @@ impl ShardCore {
             );
         }
         let max_ka = self.cfg.max_keepalive;
+        if let Some(t) = deadline {
+            self.timers.note(t);
+        }
         let conn = self.conn_mut(id).expect("caller checked");
         conn.login.identity = Some(Arc::new(identity));
         conn.login.auth_deadline_ms = deadline;
@@ -362,6 +365,9 @@ impl ShardCore {
                     who.as_deref(),
                     &[detail_method],
                 );
+                if let Some(t) = deadline {
+                    self.timers.note(t);
+                }
                 let c = self.conn_mut(id).expect("checked");
                 c.login.identity = Some(Arc::new(new));
                 c.login.auth_deadline_ms = deadline;

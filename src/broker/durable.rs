@@ -62,7 +62,7 @@ pub(super) struct HeldAck {
 impl ShardCore {
     /// Store writes made since the last call, in order; returns the sequence of the last one
     /// (pass it to [`ShardCore::durable`] once they are on disk).
-    pub fn take_store_ops(&mut self, out: &mut Vec<StoreOp>) -> u64 {
+    pub fn poll_store(&mut self, out: &mut Vec<StoreOp>) -> u64 {
         out.append(&mut self.dur.store_out);
         self.dur.store_seq
     }

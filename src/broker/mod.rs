@@ -1,10 +1,28 @@
 //! The sans-IO shard core: one per shard, owning that shard's connections, sessions, replica of
-//! the subscription index and replica of the retained store.
+//! the subscription index and replica of the retained store. It never touches a socket, a
+//! file or the clock.
 //!
-//! It never touches a socket, a file or the clock. The I/O shell ([`crate::shard`]) feeds it
-//! bytes with [`ShardCore::handle_read`], cross-shard messages with [`ShardCore::handle_mesh`]
-//! and time with [`ShardCore::handle_timeout`], and drains encoded output per connection with
-//! [`ShardCore::poll_output`] and cross-shard messages with [`ShardCore::poll_mesh`].
+//! # The contract with the shell ([`crate::shard`])
+//! - Inputs, each with the time: [`ShardCore::open_conn`], [`ShardCore::handle_read`] (bytes),
+//!   [`ShardCore::handle_output_progress`] / [`ShardCore::handle_closed`] (the transport),
+//!   [`ShardCore::handle_mesh`] (other shards), [`ShardCore::handle_auth_result`] (the hashing
+//!   pool), [`ShardCore::durable`] (the store), [`ShardCore::handle_timeout`], and the control
+//!   plane's commands (`kick_target`, `policy_changed`, `publish_service`, `purge_org`, ...).
+//! - After each batch of inputs the shell drains, in one place (`Shard::drain_core`):
+//!   [`ShardCore::poll_store`] (writes for the store), [`ShardCore::poll_auth`] (work for the
+//!   hashing pool and the control plane) and [`ShardCore::poll_mesh`] (messages per peer);
+//!   [`ShardCore::poll_audit`] once per tick; [`ShardCore::poll_output`] from each
+//!   connection's writer.
+//! - [`ShardCore::poll_timeout`] says when `handle_timeout` next has work.
+//!
+//! # Parts (one file each)
+//! Connections (`conn`: `ConnTable`, and each `Conn` split into link, negotiated, login, org
+//! share and attach), sessions (`session`: `SessionTable`), the home registry and claims
+//! (`claims`), durability (`durable`, `persist`, `store_health`, `exactly_once`), the mesh
+//! (`mesh`), back-pressure and fairness (`pressure`, `fair`), timers (`timers`), reports
+//! (`reports`, `sys`). The stages of a packet: `read`, `connect`, `publish`, `fanout`, `acks`,
+//! `subscribe`, `close`; and the control plane's commands: `admin`, `rights`, `purge`,
+//! `quotas`.
 
 mod acks;
 mod admin;
@@ -31,6 +49,7 @@ pub mod session;
 mod store_health;
 mod subscribe;
 pub mod sys;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
@@ -96,7 +115,7 @@ pub struct CoreConfig {
     pub retain_seq: Arc<AtomicU64>,
     /// Per-shard figures behind `$SYS`.
     pub sys: Arc<SysBoard>,
-    /// Record [`StoreOp`]s for persistent sessions and retained messages (SPEC §7).
+    /// Record [`persist::StoreOp`]s for persistent sessions and retained messages (SPEC §7).
     pub persist: bool,
     /// Hold PUBACK/PUBREC/PUBCOMP until the store writes they depend on are durable
     /// (`durability` group or always).
@@ -264,7 +283,13 @@ impl ShardCore {
             xonce: Default::default(),
             next_generation: 0,
             next_token: 0,
-            timers: Timers { start_ms: now_ms, last_sys_ms: now_ms, last_report_ms: 0, last_retention_ms: 0 },
+            timers: Timers {
+                start_ms: now_ms,
+                last_sys_ms: now_ms,
+                last_report_ms: 0,
+                last_retention_ms: 0,
+                next_deadline_ms: u64::MAX,
+            },
             closed_rx: HashMap::default(),
             auth: Authenticator::new(cfg.auth.clone()),
             auth_jobs: Vec::new(),

@@ -16,7 +16,7 @@ pub(super) struct Reports {
 
 impl ShardCore {
     /// Audit events raised since the last call, for the control plane.
-    pub fn take_audit(&mut self) -> Vec<AuditRecord> {
+    pub fn poll_audit(&mut self) -> Vec<AuditRecord> {
         std::mem::take(&mut self.reports.audit_out)
     }
 

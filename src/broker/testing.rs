@@ -79,7 +79,7 @@ impl Cluster {
         let mut any = false;
         for (i, s) in self.shards.iter_mut().enumerate() {
             let before = log[i].len();
-            let upto = s.take_store_ops(&mut log[i]);
+            let upto = s.poll_store(&mut log[i]);
             any |= log[i].len() > before;
             self.written_upto[i] = upto;
             if !self.hold_durable {

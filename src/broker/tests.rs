@@ -579,7 +579,7 @@ fn a_connect_arriving_after_shutdown_began_is_refused() {
 /// The `disconnect` audit events of `shard`: (client id, reason, reason code).
 fn disconnects(cl: &mut Cluster, shard: usize) -> Vec<(String, String, Option<u64>)> {
     cl.shards[shard]
-        .take_audit()
+        .poll_audit()
         .into_iter()
         .filter(|r| r.kind == crate::audit::AuditKind::Disconnect)
         .map(|r| {

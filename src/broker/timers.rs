@@ -11,17 +11,49 @@ pub(super) struct Timers {
     pub(super) last_report_ms: u64,
     /// Last retention sweep (maximum ages of stored messages, `[org.retention]`).
     pub(super) last_retention_ms: u64,
+    /// The earliest connection or session deadline the last sweep saw, lowered by deadlines
+    /// set since ([`Timers::note`]); `u64::MAX`: none.
+    pub(super) next_deadline_ms: u64,
 }
 
+impl Timers {
+    /// A deadline was set at `at_ms` (one less than a second away would otherwise wait for
+    /// the next sweep).
+    pub(super) fn note(&mut self, at_ms: u64) {
+        self.next_deadline_ms = self.next_deadline_ms.min(at_ms);
+    }
+}
+
+/// The longest the core waits between sweeps: figures for `/metrics` go out every second.
+const SWEEP_EVERY_MS: u64 = 1000;
+
 impl ShardCore {
+    /// When [`ShardCore::handle_timeout`] next has work (core clock, ms): the earliest
+    /// connection or session deadline, a pressured writer's stall, `$SYS`, and at most
+    /// a second after the last sweep. The shell sleeps until then (or until other input).
+    pub fn poll_timeout(&self) -> u64 {
+        let mut at = (self.timers.last_report_ms + SWEEP_EVERY_MS).min(self.timers.next_deadline_ms);
+        if self.cfg.sys_interval_ms > 0 {
+            at = at.min(self.timers.last_sys_ms + self.cfg.sys_interval_ms);
+        }
+        for id in &self.pressure {
+            if let Some(since) = self.conn(*id).and_then(|c| c.link.pressure_since) {
+                at = at.min(since + limits::OUTPUT_STALL_MS);
+            }
+        }
+        at
+    }
+
     /// Advances time: keep-alive and CONNECT deadlines, session expiry, delayed wills, `$SYS`.
     pub fn handle_timeout(&mut self, now_ms: u64) {
         self.expire_pressure(now_ms);
+        let mut next = u64::MAX;
         let mut expired_conns = Vec::new();
         for (id, c) in self.conns.iter() {
             if c.link.closing {
                 continue;
             }
+            next = next.min(conn_deadline(c));
             match c.phase {
                 Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
                     expired_conns.push((id, CloseCause::ConnectTimeout));
@@ -58,7 +90,10 @@ impl ShardCore {
             if s.expires_at_ms.is_some_and(|at| at <= now_ms) {
                 ended.push(sref);
             }
+            let will_at = s.delayed_will.as_ref().map(|(at, _)| *at);
+            next = next.min(will_at.unwrap_or(u64::MAX)).min(s.expires_at_ms.unwrap_or(u64::MAX));
         }
+        self.timers.next_deadline_ms = next;
         for (org, w) in wills {
             self.publish_internal(&org, w, now_ms);
         }
@@ -125,4 +160,18 @@ impl ShardCore {
             }
         }
     }
+}
+
+/// The earliest time a sweep has something to do about `c`: its CONNECT deadline, the end of
+/// one and a half keep-alives [MQTT-3.1.2-22], its credential's expiry.
+fn conn_deadline(c: &Conn) -> u64 {
+    let mut at = c.login.auth_deadline_ms.unwrap_or(u64::MAX);
+    match c.phase {
+        Phase::AwaitConnect { deadline_ms } => at = at.min(deadline_ms),
+        Phase::Active if c.link.keep_alive_ms > 0 => {
+            at = at.min(c.link.last_rx_ms + c.link.keep_alive_ms * 3 / 2 + 1);
+        }
+        _ => {}
+    }
+    at
 }

@@ -170,7 +170,7 @@ where
                         || wr.flush().await.is_err()
                     {
                         writer_shard.core.borrow_mut().close_conn(id, CloseCause::ConnectionLost, mono_ms());
-                        writer_shard.flush_mesh();
+                        writer_shard.drain_core();
                         return;
                     }
                     spare.clear();
@@ -178,7 +178,7 @@ where
                         spare = BytesMut::new(); // give back a burst's memory
                     }
                     writer_shard.core.borrow_mut().handle_output_drained(id, mono_ms());
-                    writer_shard.flush_mesh();
+                    writer_shard.drain_core();
                 }
                 _ => {
                     let _ = wr.flush().await;
@@ -212,7 +212,7 @@ where
         if !buf.is_empty() {
             // Bytes read before a wait may hold complete packets.
             let v = shard.core.borrow_mut().handle_read(id, mono_ms(), &mut buf);
-            shard.flush_mesh();
+            shard.drain_core();
             match v {
                 ReadVerdict::Close => break,
                 ReadVerdict::Wait => continue,
@@ -237,14 +237,14 @@ where
             Woke::Read(_) => {
                 buf.truncate(len);
                 shard.core.borrow_mut().close_conn(id, CloseCause::ConnectionLost, mono_ms());
-                shard.flush_mesh();
+                shard.drain_core();
                 break;
             }
             Woke::Closing => break,
         };
         buf.truncate(len + n);
         let v = shard.core.borrow_mut().handle_read(id, mono_ms(), &mut buf);
-        shard.flush_mesh();
+        shard.drain_core();
         if v == ReadVerdict::Close {
             break;
         }
@@ -256,5 +256,5 @@ where
         })
         .await;
     shard.core.borrow_mut().handle_closed(id, mono_ms());
-    shard.flush_mesh();
+    shard.drain_core();
 }

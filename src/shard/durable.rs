@@ -24,7 +24,7 @@ impl Shard {
     /// is failing they only collect, for the recovery to apply.
     pub(super) fn apply_store_ops(&self) {
         let mut ops = self.store_ops.borrow_mut();
-        let seq = self.core.borrow_mut().take_store_ops(&mut ops);
+        let seq = self.core.borrow_mut().poll_store(&mut ops);
         if ops.is_empty() {
             return;
         }
@@ -75,11 +75,11 @@ impl Shard {
                 }
                 // The acknowledgements that waited for these writes go out.
                 self.core.borrow_mut().durable(upto, mono_ms());
-                self.flush_mesh();
+                self.drain_core();
             }
             Err(e) => {
                 self.store_failure("persist", &e);
-                self.flush_mesh();
+                self.drain_core();
             }
         }
     }
@@ -160,6 +160,6 @@ impl Shard {
         }
         // What the core wrote during the attempt (and since) is applied now.
         self.apply_store_ops();
-        self.flush_mesh();
+        self.drain_core();
     }
 }

@@ -33,6 +33,10 @@ use crate::store::reopen::Reopenable;
 use crate::store::{RestoredSession, RetainedStore, ShardStore};
 use crate::transport::tls::{self, ReloadingCert};
 
+/// The shell's tick: its own deadlines (handshakes), throttled readers, audit batches, signals;
+/// the core's timers run when [`ShardCore::poll_timeout`] has come.
+const TICK_MS: u64 = 50;
+
 /// The CPUs this process may run on (taskset, systemd `CPUAffinity=`), as glommio's topology;
 /// glommio's own `CpuSet::online()` ignores the affinity mask, so shards would land on CPUs the
 /// operator reserved for something else.
@@ -215,10 +219,13 @@ impl Drop for Deadline {
 }
 
 impl Shard {
-    /// Pushes the core's outgoing mesh messages into the peer queues without blocking. When a
-    /// peer's queue is full, a task takes the first message that did not fit and awaits room
-    /// for it: the retry starts the moment the peer drains, not at the next tick.
-    pub(crate) fn flush_mesh(self: &Rc<Self>) {
+    /// Drains the core after a batch of inputs — the one call the shell makes after feeding
+    /// it: store writes (applied at once, persisted by the commit task), work for the hashing
+    /// pool and the control plane, and messages for other shards, pushed into the peer queues
+    /// without blocking. When a peer's queue is full, a task takes the first message that did
+    /// not fit and awaits room for it: the retry starts the moment the peer drains, not at the
+    /// next tick. Audit records go out once per tick instead (`flush_audit`).
+    pub(crate) fn drain_core(self: &Rc<Self>) {
         self.flush_side();
         let mut held = Vec::new();
         {
@@ -255,7 +262,7 @@ impl Shard {
                 shard.mesh_waiting.borrow_mut()[peer] = false;
                 // Flush from the executor, not from inside whoever spawned us.
                 futures_lite::future::yield_now().await;
-                shard.flush_mesh();
+                shard.drain_core();
             })
             .detach();
         }
@@ -271,7 +278,7 @@ impl Shard {
         if !core.has_audit() {
             return;
         }
-        let batch = core.take_audit();
+        let batch = core.poll_audit();
         let n = batch.len() as u64;
         if self.audit_tx.try_send(batch).is_err() {
             core.stats.audit_dropped += n;
@@ -288,7 +295,7 @@ impl Shard {
                 if !core.has_auth_jobs() {
                     return;
                 }
-                core.take_auth_jobs()
+                core.poll_auth()
             };
             for job in jobs {
                 let tx = self.auth_tx.clone();
@@ -523,7 +530,7 @@ async fn shard_main(
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
     let shard = Rc::new(Shard::new(id, core_cfg, senders, auth_tx, &links));
     tasks::restore(&shard, &links);
-    shard.flush_mesh();
+    shard.drain_core();
     tasks::spawn_commit(&shard);
     tasks::spawn_auth_results(&shard, auth_rx);
     tasks::spawn_commands(&shard, links.commands[id as usize].clone());
@@ -550,10 +557,8 @@ async fn timer_loop(
     reload: &AtomicBool,
 ) {
     let id = shard.core.borrow().shard;
-    let mut ticks = 0u64;
     loop {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-        ticks += 1;
+        glommio::timer::sleep(Duration::from_millis(TICK_MS)).await;
         let now = mono_ms();
         loop {
             let due = match shard.deadlines.borrow().peek() {
@@ -568,9 +573,11 @@ async fn timer_loop(
         }
         shard.core.borrow_mut().wake_throttled();
         shard.flush_audit();
-        if ticks.is_multiple_of(4) {
-            shard.core.borrow_mut().handle_timeout(mono_ms());
-            shard.flush_mesh();
+        // The core's timers, when it said it has work (at least once a second).
+        let due = shard.core.borrow().poll_timeout() <= now;
+        if due {
+            shard.core.borrow_mut().handle_timeout(now);
+            shard.drain_core();
         }
         if id == 0 && reload.swap(false, Ordering::Relaxed) {
             // SIGHUP: certificates are shared by all shards, so one reload serves them all.
@@ -594,13 +601,13 @@ async fn timer_loop(
 /// Shutdown: tell 5.0 clients why, give writers a moment to flush, persist what went offline.
 async fn stop(shard: &Rc<Shard>) {
     shard.core.borrow_mut().shutdown_all(mono_ms());
-    shard.flush_mesh();
+    shard.drain_core();
     let deadline = mono_ms() + 2_000;
     while shard.core.borrow().conn_count() > 0 && mono_ms() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
     // Sessions went offline above: their state goes to disk before the process ends.
-    shard.flush_mesh();
+    shard.drain_core();
     shard.store_dirty.set(true);
     shard.persist_stores().await;
 }

@@ -75,7 +75,7 @@ async fn run_command(shard: &Rc<Shard>, cmd: ShardCommand) {
     match cmd {
         ShardCommand::Kick { org, target, reply } => {
             let n = shard.core.borrow_mut().kick_target(mono_ms(), &org, &target);
-            shard.flush_mesh();
+            shard.drain_core();
             if let Some(r) = reply {
                 let _ = r.try_send(n);
             }
@@ -86,7 +86,7 @@ async fn run_command(shard: &Rc<Shard>, cmd: ShardCommand) {
         }
         ShardCommand::PolicyChanged { org } => {
             shard.core.borrow_mut().policy_changed(mono_ms(), &org);
-            shard.flush_mesh();
+            shard.drain_core();
         }
         ShardCommand::Publish { org, topic, payload, qos, retain, user_properties } => {
             shard.core.borrow_mut().publish_service(
@@ -98,11 +98,11 @@ async fn run_command(shard: &Rc<Shard>, cmd: ShardCommand) {
                 retain,
                 user_properties,
             );
-            shard.flush_mesh();
+            shard.drain_core();
         }
         ShardCommand::PurgeOrg { org, reply } => {
             let n = shard.core.borrow_mut().purge_org(mono_ms(), &org);
-            shard.flush_mesh();
+            shard.drain_core();
             shard.apply_store_ops();
             shard.store_dirty.set(true);
             shard.persist_stores().await;
@@ -123,7 +123,7 @@ pub(super) fn spawn_auth_results(shard: &Rc<Shard>, rx: flume::Receiver<(ConnId,
     glommio::spawn_local(async move {
         while let Ok((conn, ok)) = rx.recv_async().await {
             shard.core.borrow_mut().handle_auth_result(conn, mono_ms(), Some(ok));
-            shard.flush_mesh();
+            shard.drain_core();
         }
     })
     .detach();
@@ -166,7 +166,7 @@ pub(super) fn spawn_mesh_receiver(shard: &Rc<Shard>, rx: MeshReceiver) {
             let Some(m) = rx.recv().await else { break };
             shard.core.borrow_mut().handle_mesh(mono_ms(), m);
             // Drain what else is already queued before flushing once.
-            shard.flush_mesh();
+            shard.drain_core();
         }
     })
     .detach();
