@@ -393,6 +393,14 @@ impl ShardCore {
         }
     }
 
+    /// At the home shard: the session of generation `generation` ended; forget who held it
+    /// unless a newer claim already took it.
+    pub(super) fn handle_release(&mut self, key: &SessionKey, generation: u64) {
+        if self.registry.get(key).is_some_and(|o| o.generation == generation) {
+            self.registry.remove(key);
+        }
+    }
+
     /// Ends a session: drops its subscriptions, publishes a pending will, tells the home shard.
     pub(super) fn end_session(&mut self, sref: SessionRef, now_ms: u64) {
         let Some(s) = self.session(sref) else { return };

@@ -241,11 +241,7 @@ impl ShardCore {
                 self.handle_granted(key, conn, generation, state, slot, now_ms)
             }
             MeshMsg::Forget { key, epoch } => self.persist_forget_before(key, epoch),
-            MeshMsg::Release { key, generation } => {
-                if self.registry.get(&key).is_some_and(|o| o.generation == generation) {
-                    self.registry.remove(&key);
-                }
-            }
+            MeshMsg::Release { key, generation } => self.handle_release(&key, generation),
         }
     }
 }
