@@ -46,6 +46,8 @@ mod reports;
 pub mod retained;
 mod rights;
 pub mod session;
+#[cfg(test)]
+mod sim;
 mod store_health;
 mod subscribe;
 pub mod sys;
