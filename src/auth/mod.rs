@@ -160,14 +160,14 @@ impl Authenticator {
         Authenticator { shared, inflight: HashMap::default(), decoys: 0 }
     }
 
-    /// Authenticates a CONNECT's user name and password at Unix time `now_unix_ms`.
+    /// Authenticates a CONNECT's user name and password at Unix time `unix_now`.
     /// `may_fetch`: a JWT with an unknown key may ask for a key refresh (once per CONNECT).
     pub fn check(
         &mut self,
         username: Option<&str>,
         password: Option<&[u8]>,
         anonymous_org: Option<&Arc<str>>,
-        now_unix_ms: u64,
+        unix_now: u64,
         may_fetch: bool,
     ) -> Verdict {
         let Some(username) = username else {
@@ -188,7 +188,7 @@ impl Authenticator {
             if !self.shared.pepper.verify(TOKEN_DOMAIN, secret, &t.mac) {
                 return deny(Denied::BadPassword);
             }
-            if t.expires_unix_ms <= now_unix_ms {
+            if t.expires_unix_ms <= unix_now {
                 return deny(Denied::Expired);
             }
             return Verdict::Allow(Identity {

@@ -261,7 +261,7 @@ impl ShardCore {
             }
         }
         cn.share.quota = quota;
-        let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
+        let deadline = identity.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_at_mono_zero));
         let (transport, remote) = {
             let conn = self.conn(id).expect("caller checked");
             (conn.link.listener.transport, conn.link.remote.clone())
@@ -350,12 +350,12 @@ impl ShardCore {
         let Some(old) = c.login.identity.clone() else { return };
         let client_id = c.attach.key.as_ref().map(|k| k.client_id.clone());
         let token = a.props.authentication_data.unwrap_or_default();
-        let now_unix = self.unix_ms(now_ms);
+        let unix_now = self.unix_ms(now_ms);
         let result = self.auth.verify_jwt(&old.org, &token);
         let detail_method = ("method", serde_json::Value::from("jwt_reauth"));
         match result {
-            Ok(new) if new.name == old.name && new.expires_unix_ms.is_some_and(|t| t > now_unix) => {
-                let deadline = new.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_epoch_ms));
+            Ok(new) if new.name == old.name && new.expires_unix_ms.is_some_and(|t| t > unix_now) => {
+                let deadline = new.expires_unix_ms.map(|t| t.saturating_sub(self.cfg.unix_at_mono_zero));
                 let who = new.audit_name();
                 self.audit(
                     now_ms,

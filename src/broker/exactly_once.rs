@@ -93,8 +93,8 @@ pub(super) struct ExactlyOnce {
 
 impl ExactlyOnce {
     /// Unique across shards (the low 6 bits name the shard) and increasing per shard.
-    fn next_oid(&mut self, shard: u8, unix_now_ms: u64) -> u64 {
-        let n = ((self.next_oid >> 6) + 1).max(unix_now_ms << 14);
+    fn next_oid(&mut self, shard: u8, unix_now: u64) -> u64 {
+        let n = ((self.next_oid >> 6) + 1).max(unix_now << 14);
         self.next_oid = (n << 6) | shard as u64;
         self.next_oid
     }
@@ -103,7 +103,7 @@ impl ExactlyOnce {
 impl ShardCore {
     /// A fresh origin id for a QoS 2 publish about to be forwarded.
     pub(super) fn new_origin_id(&mut self, now_ms: u64) -> u64 {
-        let unix = self.cfg.unix_epoch_ms + now_ms;
+        let unix = self.cfg.unix_at_mono_zero + now_ms;
         self.xonce.next_oid(self.shard, unix)
     }
 
@@ -220,7 +220,7 @@ impl ShardCore {
         if now_ms >= self.xonce.seen_until_ms {
             self.xonce.seen = HashSet::default();
         }
-        let unix = (self.cfg.unix_epoch_ms + now_ms).saturating_sub(ORIGIN_ROW_KEEP_MS);
+        let unix = (self.cfg.unix_at_mono_zero + now_ms).saturating_sub(ORIGIN_ROW_KEEP_MS);
         self.push_op(StoreOp::ExpireOrigins { before: unix << 20 });
     }
 }

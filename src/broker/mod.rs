@@ -112,7 +112,7 @@ pub struct CoreConfig {
     pub auth: Arc<AuthShared>,
     /// Unix time (ms) at `now_ms == 0`: converts the core's monotonic clock to wall time for
     /// credential expiry.
-    pub unix_epoch_ms: u64,
+    pub unix_at_mono_zero: u64,
     /// Global order of retained writes (one counter for all shards).
     pub retain_seq: Arc<AtomicU64>,
     /// Per-shard figures behind `$SYS`.
@@ -139,7 +139,7 @@ impl CoreConfig {
             sys_interval_ms: 10_000,
             retained_max: limits::RETAINED_PER_ORG_MAX,
             auth: Arc::new(AuthShared::new(Directory::with_orgs(["local"]), Pepper::new(b"test"))),
-            unix_epoch_ms: 1_700_000_000_000,
+            unix_at_mono_zero: 1_700_000_000_000,
             retain_seq: Arc::new(AtomicU64::new(1)),
             sys: Arc::new(SysBoard::new(n as usize)),
             persist: false,

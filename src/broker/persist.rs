@@ -291,7 +291,7 @@ impl ShardCore {
         if !self.cfg.persist {
             return;
         }
-        let unix = self.cfg.unix_epoch_ms;
+        let unix = self.cfg.unix_at_mono_zero;
         let Some(s) = self.session_mut(sref) else { return };
         if s.state.expiry_secs == 0 {
             return;
@@ -382,7 +382,7 @@ impl ShardCore {
         if from != Some(self.shard) {
             // A new copy: its epoch is above the old one's and, as wall-clock time, above any
             // stale copy of an earlier session under this client id.
-            let unix_now = self.cfg.unix_epoch_ms + now_ms;
+            let unix_now = self.cfg.unix_at_mono_zero + now_ms;
             let st = &mut self.session_mut(sref).expect("found above").state;
             st.epoch = (st.epoch + 1).max(unix_now);
             if from.is_some() {
@@ -501,13 +501,13 @@ impl ShardCore {
         let RestoredSession { key, meta, queue, outbound, qos2, forwards, generation } = s;
         let (meta, outbound, qos2_pending) = (&meta, &outbound[..], &qos2[..]);
         self.next_generation = self.next_generation.max(generation >> 8);
-        let unix_now = self.cfg.unix_epoch_ms + now_ms;
+        let unix_now = self.cfg.unix_at_mono_zero + now_ms;
         let expires_at_ms = match meta.expires_at_unix_ms {
             Some(t) if t <= unix_now => {
                 self.persist_forget(&key);
                 return false;
             }
-            Some(t) => Some(t - self.cfg.unix_epoch_ms),
+            Some(t) => Some(t - self.cfg.unix_at_mono_zero),
             // Stored while online (a crash): it went offline at start.
             None if meta.expiry_secs != u32::MAX => Some(now_ms + meta.expiry_secs as u64 * 1000),
             None => None,

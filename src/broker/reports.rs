@@ -26,7 +26,7 @@ impl ShardCore {
     }
 
     pub(super) fn unix_ms(&self, now_ms: u64) -> u64 {
-        self.cfg.unix_epoch_ms + now_ms
+        self.cfg.unix_at_mono_zero + now_ms
     }
 
     pub(super) fn audit(

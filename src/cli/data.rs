@@ -149,12 +149,12 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
     // Export reads plain values wherever they are: it is a way out of them.
     let sealer = Arc::new(Sealer::load(&cfg.encryption)?.accepting_plain());
     sealer.verify(&cfg.data_dir)?;
-    let now_unix = crate::clock::unix_ms();
-    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
+    let unix_now = crate::clock::unix_ms();
+    let unix_at_mono_zero = unix_now.saturating_sub(crate::clock::mono_ms());
     let mut m = Manifest {
         format: FORMAT.into(),
         version: VERSION,
-        exported_unix_ms: now_unix,
+        exported_unix_ms: unix_now,
         coremq_version: env!("CARGO_PKG_VERSION").into(),
         control_rows: 0,
         sessions: 0,
@@ -183,7 +183,7 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
     let mut all = Vec::new();
     for (i, dir) in shard_dirs(&cfg.data_dir).into_iter().enumerate() {
         let st = ShardStore::open(&dir, cfg.durability, sealer.clone()).map_err(locked)?;
-        all.extend(st.read_all(now_unix).map_err(|e| e.to_string())?.into_iter().map(|s| (i, s)));
+        all.extend(st.read_all(unix_now).map_err(|e| e.to_string())?.into_iter().map(|s| (i, s)));
     }
     // Only the live copy of a session a crash during a takeover left twice.
     let (all, _) = crate::store::newest_copies(all);
@@ -199,7 +199,7 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
                         qos: d.qos as u8,
                         retain: d.retain,
                         sub_ids: d.sub_ids.to_vec(),
-                        received_unix_ms: d.msg.received_ms + unix_epoch_ms,
+                        received_unix_ms: d.msg.received_ms + unix_at_mono_zero,
                         publish_b64: publish_b64(&d.msg),
                         pid: mark.map(|m| m.pid),
                         released: mark.is_some_and(|m| m.released),
@@ -223,11 +223,11 @@ pub fn export(cfg: &Config, out: &Path) -> Result<Manifest, String> {
     let path = out.join("retained.jsonl");
     let mut w = create_private(&path)?;
     let rs = RetainedStore::open(&cfg.data_dir.join("retained"), sealer).map_err(locked)?;
-    for (org, msg, seq) in rs.read_all(now_unix).map_err(|e| e.to_string())?.0 {
+    for (org, msg, seq) in rs.read_all(unix_now).map_err(|e| e.to_string())?.0 {
         let line = RetainedLine {
             org: org.to_string(),
             seq,
-            received_unix_ms: msg.received_ms + unix_epoch_ms,
+            received_unix_ms: msg.received_ms + unix_at_mono_zero,
             publish_b64: publish_b64(&msg),
         };
         write_line(&mut w, &path, &line)?;
@@ -323,8 +323,8 @@ fn check_import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
 }
 
 /// A session of `sessions.jsonl` as the store writes it (the messages' times against
-/// `now_unix`).
-fn session_of(l: SessionLine, now_unix: u64) -> Result<RestoredSession, String> {
+/// `unix_now`).
+fn session_of(l: SessionLine, unix_now: u64) -> Result<RestoredSession, String> {
     if l.session.v != 1 {
         return Err(format!("session record version {} (this build reads 1)", l.session.v));
     }
@@ -337,7 +337,7 @@ fn session_of(l: SessionLine, now_unix: u64) -> Result<RestoredSession, String> 
         if q.qos > 2 {
             return Err(format!("queue seq {}: qos {}", q.seq, q.qos));
         }
-        let msg = format::decode_publish(&raw, q.received_unix_ms, now_unix)
+        let msg = format::decode_publish(&raw, q.received_unix_ms, unix_now)
             .map_err(|e| format!("queue seq {}: {e}", q.seq))?;
         if let Some(msg) = msg {
             queue.push(stored_delivery(msg, q.qos, q.retain, &q.sub_ids, q.seq));
@@ -367,8 +367,8 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
     let want = check_import(cfg, from)?;
     let sealer = Arc::new(Sealer::load(&cfg.encryption)?);
     sealer.verify(&cfg.data_dir)?;
-    let now_unix = crate::clock::unix_ms();
-    let unix_epoch_ms = now_unix.saturating_sub(crate::clock::mono_ms());
+    let unix_now = crate::clock::unix_ms();
+    let unix_at_mono_zero = unix_now.saturating_sub(crate::clock::mono_ms());
     let mut got = Manifest { control_rows: 0, sessions: 0, queued: 0, retained: 0, ..want };
 
     let control = Store::open_sealed(&cfg.data_dir.join("control"), sealer.clone()).map_err(locked)?;
@@ -393,10 +393,10 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(locked)?;
     lines(from, "sessions.jsonl", |l: SessionLine| {
-        let s = session_of(l, now_unix)?;
+        let s = session_of(l, unix_now)?;
         got.queued += s.queue.len() as u64;
         let home = home_shard(&s.key, nr as u8) as usize;
-        stores[home].write_session(&s, unix_epoch_ms).map_err(|e| e.to_string())?;
+        stores[home].write_session(&s, unix_at_mono_zero).map_err(|e| e.to_string())?;
         got.sessions += 1;
         Ok(())
     })?;
@@ -407,8 +407,8 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
     let rs = RetainedStore::open(&cfg.data_dir.join("retained"), sealer).map_err(locked)?;
     lines(from, "retained.jsonl", |l: RetainedLine| {
         let raw = B64.decode(&l.publish_b64).map_err(|e| format!("publish_b64: {e}"))?;
-        if let Some(msg) = format::decode_publish(&raw, l.received_unix_ms, now_unix)? {
-            rs.put(&l.org, &msg, l.seq, unix_epoch_ms).map_err(|e| e.to_string())?;
+        if let Some(msg) = format::decode_publish(&raw, l.received_unix_ms, unix_now)? {
+            rs.put(&l.org, &msg, l.seq, unix_at_mono_zero).map_err(|e| e.to_string())?;
             got.retained += 1;
         }
         Ok(())

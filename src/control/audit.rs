@@ -131,9 +131,9 @@ impl AuditWriter {
     }
 
     /// Forgets aggregation state older than the window.
-    pub fn prune(&mut self, now_unix_ms: u64) {
-        self.recent.retain(|_, (_, e)| e.unix_ms + AGGREGATE_WINDOW_MS > now_unix_ms);
-        self.auth_rows.retain(|_, (start, _)| *start + AGGREGATE_WINDOW_MS > now_unix_ms);
+    pub fn prune(&mut self, unix_now: u64) {
+        self.recent.retain(|_, (_, e)| e.unix_ms + AGGREGATE_WINDOW_MS > unix_now);
+        self.auth_rows.retain(|_, (start, _)| *start + AGGREGATE_WINDOW_MS > unix_now);
     }
 }
 

@@ -85,8 +85,8 @@ impl Ring {
         matches!(self.cfg.keys, KeySource::Url(_) | KeySource::Discovery(_))
     }
 
-    /// The provider as shards see it, with the keys valid at `now_unix_ms`.
-    pub fn provider_dir(&self, now_unix_ms: u64) -> ProviderDir {
+    /// The provider as shards see it, with the keys valid at `unix_now`.
+    pub fn provider_dir(&self, unix_now: u64) -> ProviderDir {
         let st = self.state.lock().expect("ring lock");
         let grace_ms = self.cfg.key_grace_secs * 1000;
         let mut keys = HashMap::new();
@@ -94,7 +94,7 @@ impl Ring {
         let live = st
             .current
             .iter()
-            .chain(st.retired.iter().filter(|(_, at)| at + grace_ms > now_unix_ms).map(|(k, _)| k));
+            .chain(st.retired.iter().filter(|(_, at)| at + grace_ms > unix_now).map(|(k, _)| k));
         for jwk in live {
             let Some(vk) = VerifyKey::from_jwk(jwk) else { continue };
             match &jwk.common.key_id {

@@ -502,13 +502,13 @@ impl Store {
         Ok(existed)
     }
 
-    /// Deletes every token that expired before `now_unix_ms`; how many.
-    pub fn purge_tokens(&self, now_unix_ms: u64) -> Result<usize, StoreError> {
+    /// Deletes every token that expired before `unix_now`; how many.
+    pub fn purge_tokens(&self, unix_now: u64) -> Result<usize, StoreError> {
         let mut dead = Vec::new();
         for g in self.tokens.iter() {
             let (k, v) = g.into_inner()?;
             let t: TokenRecord = self.decode("tokens", &k, &v)?;
-            if t.expires_unix_ms <= now_unix_ms {
+            if t.expires_unix_ms <= unix_now {
                 dead.push(k);
             }
         }

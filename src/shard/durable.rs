@@ -33,7 +33,8 @@ impl Shard {
             self.unpersisted.borrow_mut().append(&mut ops);
             return;
         }
-        let r = self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_epoch_ms)));
+        let r =
+            self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_at_mono_zero)));
         if self.durability == Durability::None && r.is_ok() {
             ops.clear(); // nothing is promised durable: nothing to apply again
         } else {
@@ -106,7 +107,7 @@ impl Shard {
             attempts += 1;
             let upto = self.store_applied.get();
             let ops = std::mem::take(&mut *self.unpersisted.borrow_mut());
-            let (st, rs, epoch) = (self.store.clone(), self.retained_store.clone(), self.unix_epoch_ms);
+            let (st, rs, epoch) = (self.store.clone(), self.retained_store.clone(), self.unix_at_mono_zero);
             let persist = self.durability != Durability::None;
             let (ops, r) = glommio::executor()
                 .spawn_blocking(move || {

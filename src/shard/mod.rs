@@ -150,7 +150,7 @@ pub(crate) struct Shard {
     commit_waker: RefCell<Option<std::task::Waker>>,
     /// The store is failing: the commit task retries (`durable.rs`).
     store_failed: std::cell::Cell<bool>,
-    unix_epoch_ms: u64,
+    unix_at_mono_zero: u64,
 }
 
 /// What one shard restores at start (see [`crate::store::Opened`]).
@@ -429,7 +429,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         sys_interval_ms: cfg.sys_interval_ms,
         retained_max: limits::RETAINED_PER_ORG_MAX,
         auth: cp.auth.clone(),
-        unix_epoch_ms: crate::clock::unix_at_mono_zero(),
+        unix_at_mono_zero: crate::clock::unix_at_mono_zero(),
         retain_seq: Arc::new(AtomicU64::new(opened.retained_seq + 1)),
         sys,
         persist: true,
@@ -486,7 +486,7 @@ impl Shard {
         links: &ShardLinks,
     ) -> Shard {
         let nr_peers = senders.nr_consumers();
-        let unix_epoch = core_cfg.unix_epoch_ms;
+        let unix_at_mono_zero = core_cfg.unix_at_mono_zero;
         Shard {
             core: RefCell::new(ShardCore::new(id, core_cfg, mono_ms())),
             refused_log: RefCell::default(),
@@ -511,7 +511,7 @@ impl Shard {
             store_applied: std::cell::Cell::new(0),
             commit_waker: RefCell::new(None),
             store_failed: std::cell::Cell::new(false),
-            unix_epoch_ms: unix_epoch,
+            unix_at_mono_zero,
         }
     }
 }

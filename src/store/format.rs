@@ -73,7 +73,7 @@ pub(crate) fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
 pub(crate) fn decode_publish(
     raw: &[u8],
     received_unix_ms: u64,
-    now_unix_ms: u64,
+    unix_now: u64,
 ) -> Result<Option<Msg>, String> {
     let f = frame(raw, u32::MAX).map_err(|e| format!("corrupt message: {:?}", e.reason))?;
     let f = f.ok_or("truncated message")?;
@@ -85,7 +85,7 @@ pub(crate) fn decode_publish(
         Ok(_) => return Err("corrupt message: not a PUBLISH".into()),
         Err(e) => return Err(format!("corrupt message: {:?}", e.reason)),
     };
-    let age_ms = now_unix_ms.saturating_sub(received_unix_ms);
+    let age_ms = unix_now.saturating_sub(received_unix_ms);
     if p.props.message_expiry_interval.is_some_and(|secs| age_ms / 1000 >= secs as u64) {
         return Ok(None);
     }
@@ -99,20 +99,20 @@ pub(crate) fn decode_publish(
     }))
 }
 
-/// Encodes a queued delivery (`unix_epoch_ms`: Unix time at the shard clock's zero).
-pub fn encode_delivery(d: &Delivery, unix_epoch_ms: u64) -> Vec<u8> {
+/// Encodes a queued delivery (`unix_at_mono_zero`: Unix time at the shard clock's zero).
+pub fn encode_delivery(d: &Delivery, unix_at_mono_zero: u64) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(16 + d.msg.topic.len() + d.msg.payload.len() + 16);
     out.extend_from_slice(&[VERSION, d.qos as u8, d.retain as u8, d.sub_ids.len().min(255) as u8]);
     for id in d.sub_ids.iter().take(255) {
         out.extend_from_slice(&id.to_be_bytes());
     }
-    out.extend_from_slice(&(d.msg.received_ms + unix_epoch_ms).to_be_bytes());
+    out.extend_from_slice(&(d.msg.received_ms + unix_at_mono_zero).to_be_bytes());
     publish_bytes(&mut out, &d.msg);
     out.to_vec()
 }
 
 /// Decodes a queued delivery stored under `seq`; `None` if it expired while stored.
-pub fn decode_delivery(v: &[u8], seq: u64, now_unix_ms: u64) -> Result<Option<Delivery>, String> {
+pub fn decode_delivery(v: &[u8], seq: u64, unix_now: u64) -> Result<Option<Delivery>, String> {
     let [ver, qos, flags, n, rest @ ..] = v else { return Err("truncated queue entry".into()) };
     if *ver != VERSION {
         return Err(format!("queue entry version {ver} (this build reads {VERSION})"));
@@ -127,16 +127,16 @@ pub fn decode_delivery(v: &[u8], seq: u64, now_unix_ms: u64) -> Result<Option<De
     let ids: Vec<u32> =
         rest[..ids_len].chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes"))).collect();
     let received = u64::from_be_bytes(rest[ids_len..ids_len + 8].try_into().expect("8 bytes"));
-    let Some(msg) = decode_publish(&rest[ids_len + 8..], received, now_unix_ms)? else { return Ok(None) };
+    let Some(msg) = decode_publish(&rest[ids_len + 8..], received, unix_now)? else { return Ok(None) };
     Ok(Some(stored_delivery(msg, *qos, *flags & 1 == 1, &ids, seq)))
 }
 
 /// Encodes a retained message with its global sequence.
-pub fn encode_retained(msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Vec<u8> {
+pub fn encode_retained(msg: &Msg, seq: u64, unix_at_mono_zero: u64) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(17 + msg.topic.len() + msg.payload.len() + 16);
     out.extend_from_slice(&[VERSION]);
     out.extend_from_slice(&seq.to_be_bytes());
-    out.extend_from_slice(&(msg.received_ms + unix_epoch_ms).to_be_bytes());
+    out.extend_from_slice(&(msg.received_ms + unix_at_mono_zero).to_be_bytes());
     publish_bytes(&mut out, msg);
     out.to_vec()
 }
@@ -147,7 +147,7 @@ pub fn retained_seq(v: &[u8]) -> Option<u64> {
 }
 
 /// Decodes a retained message and its sequence; `None` if it expired while stored.
-pub fn decode_retained(v: &[u8], now_unix_ms: u64) -> Result<Option<(Msg, u64)>, String> {
+pub fn decode_retained(v: &[u8], unix_now: u64) -> Result<Option<(Msg, u64)>, String> {
     if v.len() < 17 {
         return Err("truncated retained message".into());
     }
@@ -156,17 +156,17 @@ pub fn decode_retained(v: &[u8], now_unix_ms: u64) -> Result<Option<(Msg, u64)>,
     }
     let seq = u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"));
     let received = u64::from_be_bytes(v[9..17].try_into().expect("8 bytes"));
-    Ok(decode_publish(&v[17..], received, now_unix_ms)?.map(|m| (m, seq)))
+    Ok(decode_publish(&v[17..], received, unix_now)?.map(|m| (m, seq)))
 }
 
 /// Encodes a QoS 2 message pending on other shards (the value of its inbound id's row):
 /// `1, origin id (u64 BE), received (Unix ms, u64 BE), n, n × (shard, m, m × (length u16 BE,
 /// shared group filter))`, then the PUBLISH. A bare inbound id has an empty value.
-pub fn encode_forward(f: &PendingForward, unix_epoch_ms: u64) -> Vec<u8> {
+pub fn encode_forward(f: &PendingForward, unix_at_mono_zero: u64) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(32 + f.msg.topic.len() + f.msg.payload.len());
     out.extend_from_slice(&[VERSION]);
     out.extend_from_slice(&f.oid.to_be_bytes());
-    out.extend_from_slice(&(f.msg.received_ms + unix_epoch_ms).to_be_bytes());
+    out.extend_from_slice(&(f.msg.received_ms + unix_at_mono_zero).to_be_bytes());
     out.extend_from_slice(&[f.targets.len().min(255) as u8]);
     for (shard, shared) in f.targets.iter().take(255) {
         out.extend_from_slice(&[*shard, shared.len().min(255) as u8]);
@@ -180,7 +180,7 @@ pub fn encode_forward(f: &PendingForward, unix_epoch_ms: u64) -> Vec<u8> {
 }
 
 /// Decodes a pending forward; `None` if its message expired while stored.
-pub fn decode_forward(v: &[u8], now_unix_ms: u64) -> Result<Option<PendingForward>, String> {
+pub fn decode_forward(v: &[u8], unix_now: u64) -> Result<Option<PendingForward>, String> {
     let truncated = || "truncated pending forward".to_string();
     let (head, mut rest) = v.split_at_checked(18).ok_or_else(truncated)?;
     if head[0] != VERSION {
@@ -202,7 +202,7 @@ pub fn decode_forward(v: &[u8], now_unix_ms: u64) -> Result<Option<PendingForwar
         }
         targets.push((*shard, shared));
     }
-    let Some(msg) = decode_publish(rest, received, now_unix_ms)? else { return Ok(None) };
+    let Some(msg) = decode_publish(rest, received, unix_now)? else { return Ok(None) };
     Ok(Some(PendingForward { oid, msg, targets }))
 }
 

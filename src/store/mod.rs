@@ -192,7 +192,7 @@ impl ShardStore {
         &self,
         ops: &[StoreOp],
         retained: &RetainedStore,
-        unix_epoch_ms: u64,
+        unix_at_mono_zero: u64,
     ) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
@@ -205,7 +205,7 @@ impl ShardStore {
                 }
                 StoreOp::Queued { key, seq, delivery } => {
                     let k = queue_key(key, *seq);
-                    let v = self.seal(key, "queue", &k, format::encode_delivery(delivery, unix_epoch_ms));
+                    let v = self.seal(key, "queue", &k, format::encode_delivery(delivery, unix_at_mono_zero));
                     batch.insert(&self.queue, k, v);
                 }
                 StoreOp::Outbound { key, seq, pid, released } => {
@@ -230,7 +230,7 @@ impl ShardStore {
                 }
                 StoreOp::Qos2Forward { key, pid, fwd } => {
                     let k = qos2_key(key, *pid);
-                    let v = self.seal(key, "qos2", &k, format::encode_forward(fwd, unix_epoch_ms));
+                    let v = self.seal(key, "qos2", &k, format::encode_forward(fwd, unix_at_mono_zero));
                     batch.insert(&self.qos2, k, v);
                 }
                 StoreOp::Origin { oid } => batch.insert(&self.origins, oid.to_be_bytes(), []),
@@ -255,7 +255,7 @@ impl ShardStore {
                     self.purge_org(org)?;
                     retained.purge_org(org)?;
                 }
-                StoreOp::Retain { org, msg, seq } => retained.put(org, msg, *seq, unix_epoch_ms)?,
+                StoreOp::Retain { org, msg, seq } => retained.put(org, msg, *seq, unix_at_mono_zero)?,
                 StoreOp::RetainExpired { org, topic, seq } => retained.expire(org, topic, *seq)?,
             }
         }
@@ -323,7 +323,7 @@ impl ShardStore {
     }
 
     /// Every stored session with its queue (in sequence order).
-    pub(crate) fn read_all(&self, now_unix_ms: u64) -> Result<Vec<RestoredSession>, StoreError> {
+    pub(crate) fn read_all(&self, unix_now: u64) -> Result<Vec<RestoredSession>, StoreError> {
         let what = self.dir.display().to_string();
         let mut out = Vec::new();
         let mut shredded = Vec::new();
@@ -356,7 +356,7 @@ impl ShardStore {
                 else {
                     continue;
                 };
-                match format::decode_delivery(&v, seq, now_unix_ms) {
+                match format::decode_delivery(&v, seq, unix_now) {
                     Ok(Some(d)) => queue.push(d),
                     Ok(None) => expired.push(k.to_vec()), // expired while stored: deleted below
                     Err(e) => return Err(StoreError(format!("{what}: queued message of {org}/{cid}: {e}"))),
@@ -386,7 +386,7 @@ impl ShardStore {
                 else {
                     continue;
                 };
-                let f = format::decode_forward(&v, now_unix_ms)
+                let f = format::decode_forward(&v, unix_now)
                     .map_err(|e| StoreError(format!("{what}: pending forward of {org}/{cid}: {e}")))?;
                 forwards.extend(f.map(|f| (pid, f)));
             }
@@ -415,7 +415,11 @@ impl ShardStore {
     }
 
     /// Writes a whole session (record, queue, in-flight marks), as `data import` does.
-    pub(crate) fn write_session(&self, s: &RestoredSession, unix_epoch_ms: u64) -> Result<(), StoreError> {
+    pub(crate) fn write_session(
+        &self,
+        s: &RestoredSession,
+        unix_at_mono_zero: u64,
+    ) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
         let k = session_key(&s.key);
@@ -426,7 +430,7 @@ impl ShardStore {
         );
         for d in &s.queue {
             let k = queue_key(&s.key, d.seq);
-            let v = self.seal(&s.key, "queue", &k, format::encode_delivery(d, unix_epoch_ms));
+            let v = self.seal(&s.key, "queue", &k, format::encode_delivery(d, unix_at_mono_zero));
             batch.insert(&self.queue, k, v);
         }
         for m in &s.outbound {
@@ -441,7 +445,7 @@ impl ShardStore {
         }
         for (pid, f) in &s.forwards {
             let k = qos2_key(&s.key, *pid);
-            let v = self.seal(&s.key, "qos2", &k, format::encode_forward(f, unix_epoch_ms));
+            let v = self.seal(&s.key, "qos2", &k, format::encode_forward(f, unix_at_mono_zero));
             batch.insert(&self.qos2, k, v);
         }
         batch.commit().map_err(ctx(&what))
@@ -465,7 +469,13 @@ impl RetainedStore {
 
     /// Stores (or, for an empty payload, deletes) a retained message unless a newer write is
     /// already stored.
-    pub(crate) fn put(&self, org: &str, msg: &Msg, seq: u64, unix_epoch_ms: u64) -> Result<(), StoreError> {
+    pub(crate) fn put(
+        &self,
+        org: &str,
+        msg: &Msg,
+        seq: u64,
+        unix_at_mono_zero: u64,
+    ) -> Result<(), StoreError> {
         let k = retained_key(org, msg.topic.as_str());
         let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let aad = row_aad("retained", &k);
@@ -479,7 +489,7 @@ impl RetainedStore {
         if msg.payload.is_empty() {
             self.ks.remove(k).map_err(ctx("retained store"))
         } else {
-            let v = self.sealer.seal(Some(org), &aad, format::encode_retained(msg, seq, unix_epoch_ms));
+            let v = self.sealer.seal(Some(org), &aad, format::encode_retained(msg, seq, unix_at_mono_zero));
             self.ks.insert(k, v).map_err(ctx("retained store"))
         }
     }
@@ -517,7 +527,7 @@ impl RetainedStore {
     }
 
     /// Every retained message, and the highest write sequence seen.
-    pub(crate) fn read_all(&self, now_unix_ms: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
+    pub(crate) fn read_all(&self, unix_now: u64) -> Result<(Vec<StoredRetained>, u64), StoreError> {
         let mut out = Vec::new();
         let mut max = 0;
         let mut shredded = Vec::new();
@@ -530,7 +540,7 @@ impl RetainedStore {
             else {
                 continue;
             };
-            match format::decode_retained(&v, now_unix_ms) {
+            match format::decode_retained(&v, unix_now) {
                 Ok(Some((msg, seq))) => {
                     max = max.max(seq);
                     out.push((Arc::from(org), msg, seq));
@@ -604,7 +614,7 @@ pub fn open(
     nr: usize,
     durability: Durability,
     sealer: Arc<Sealer>,
-    unix_now_ms: u64,
+    unix_now: u64,
     purge: &[String],
 ) -> Result<Opened, StoreError> {
     let root = data_dir.join("shards");
@@ -646,14 +656,14 @@ pub fn open(
         retained.purge_org(org)?;
         retained.persist()?;
     }
-    let unix_epoch_ms = unix_now_ms.saturating_sub(crate::clock::mono_ms());
+    let unix_at_mono_zero = unix_now.saturating_sub(crate::clock::mono_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
     let mut moved = false;
     // Read everything first: a session moved into a database not read yet must not be read
     // twice.
     let mut all = Vec::new();
     for (i, st) in stores.iter().enumerate() {
-        all.extend(st.read_all(unix_now_ms)?.into_iter().map(|s| (i, s)));
+        all.extend(st.read_all(unix_now)?.into_iter().map(|s| (i, s)));
     }
     let (kept, dropped) = newest_copies(all);
     for (i, s) in dropped {
@@ -670,7 +680,7 @@ pub fn open(
     for (n, (mut i, mut s)) in kept.into_iter().enumerate() {
         let home = home_shard(&s.key, nr as u8) as usize;
         if i >= nr {
-            stores[home].write_session(&s, unix_epoch_ms)?;
+            stores[home].write_session(&s, unix_at_mono_zero)?;
             stores[i].forget(&s.key)?;
             moved = true;
             i = home;
@@ -686,7 +696,7 @@ pub fn open(
             st.persist()?;
         }
     }
-    let (retained_msgs, retained_seq) = retained.read_all(unix_now_ms)?;
+    let (retained_msgs, retained_seq) = retained.read_all(unix_now)?;
     stores.truncate(nr);
     let origins = stores.iter().map(|s| s.read_origins()).collect::<Result<_, _>>()?;
     // Each wrapped so that it can be reopened after a failure (a full disk).
