@@ -1,6 +1,8 @@
 //! Durability of acknowledgements: store writes are numbered; PUBACK/PUBREC/PUBCOMP, and
 //! replies to other shards, wait until the writes they depend on are durable (here and on
-//! the shards a message was forwarded to), or are refused when the store failed.
+//! the shards a message was forwarded to). A failing store (a full disk, an I/O error) makes
+//! the core refuse what needs it; a recovered one (`shard/durable.rs` reopens it) lets it
+//! acknowledge again.
 
 use super::persist::StoreOp;
 use super::*;
@@ -12,26 +14,72 @@ const STORE_FAILING: &str = "the broker's store is failing; not stored";
 #[derive(Debug)]
 pub(super) struct Durability {
     /// Writes for the shard's store, drained by the shell, and the sequence of the last one.
-    pub(super) store_out: Vec<StoreOp>,
-    pub(super) store_seq: u64,
+    store_out: Vec<StoreOp>,
+    store_seq: u64,
     /// The store failed: acknowledgements that depend on it are refused.
-    pub(super) store_broken: bool,
+    store_broken: bool,
     /// Acknowledgements waiting for store writes to be durable, here and on the shards the
     /// message was forwarded to.
-    pub(super) held_acks: VecDeque<HeldAck>,
+    held_acks: VecDeque<HeldAck>,
     /// Store writes up to this sequence are durable.
-    pub(super) durable_upto: u64,
+    durable_upto: u64,
     /// Forwards of a held acknowledgement not yet confirmed by their shard: token ->
     /// (confirmations missing, a shard's store failed). Empty without cross-shard traffic.
-    pub(super) remote_waits: HashMap<u64, (u16, bool), RandomState>,
+    remote_waits: HashMap<u64, (u16, bool), RandomState>,
     /// Messages to other shards that wait for this shard's store: (write sequence, to whom,
     /// what): confirmations of forwarded messages, forgets of moved sessions' old copies.
-    pub(super) stored_replies: VecDeque<(u64, u8, AfterDurable)>,
+    stored_replies: VecDeque<(u64, u8, AfterDurable)>,
     /// Forwards to each shard waiting in `stored_replies` (later forwards to that shard queue
     /// behind them, so messages keep their order).
-    pub(super) deferred_forwards: Vec<u32>,
+    deferred_forwards: Vec<u32>,
     /// Connections whose output waits for the store (`Conn::out_gate`).
-    pub(super) gated: Vec<ConnId>,
+    gated: Vec<ConnId>,
+}
+
+impl Durability {
+    /// Store writes up to this sequence are durable.
+    pub(super) fn durable_upto(&self) -> u64 {
+        self.durable_upto
+    }
+
+    /// Whether an acknowledgement given now would wait for store writes not yet durable.
+    pub(super) fn writes_pending(&self) -> bool {
+        self.store_seq > self.durable_upto && !self.store_broken
+    }
+
+    /// A forward to `shard`: sent now (`Some`), or held until the store writes made so far
+    /// are durable, when `wait` says so or an earlier forward to that shard is held (order).
+    pub(super) fn hold_forward(&mut self, shard: u8, f: MeshMsg, wait: bool) -> Option<MeshMsg> {
+        if !wait && self.deferred_forwards[shard as usize] == 0 {
+            return Some(f);
+        }
+        self.deferred_forwards[shard as usize] += 1;
+        self.stored_replies.push_back((self.store_seq, shard, AfterDurable::Forward(Box::new(f))));
+        None
+    }
+
+    /// Sends `what` to shard `to` once the store writes made so far are durable; nothing if the
+    /// store is failing (what it would confirm is not on disk).
+    pub(super) fn after_durable(&mut self, to: u8, what: AfterDurable) {
+        if !self.store_broken {
+            self.stored_replies.push_back((self.store_seq, to, what));
+        }
+    }
+
+    /// Nothing written yet, for a broker of `peers` shards.
+    pub(super) fn new(peers: usize) -> Durability {
+        Durability {
+            store_out: Vec::new(),
+            store_seq: 0,
+            store_broken: false,
+            held_acks: VecDeque::new(),
+            durable_upto: 0,
+            remote_waits: HashMap::default(),
+            stored_replies: VecDeque::new(),
+            deferred_forwards: vec![0; peers],
+            gated: Vec::new(),
+        }
+    }
 }
 
 /// What a shard sends to another once its own store writes up to a point are durable.
@@ -60,6 +108,53 @@ pub(super) struct HeldAck {
 }
 
 impl ShardCore {
+    /// The store failed (a full disk, an I/O error): what waited for it is refused, and so is
+    /// every later acknowledgement that would depend on it. Nothing is acknowledged as stored
+    /// that was not.
+    pub fn store_failed(&mut self, now_ms: u64) {
+        self.dur.store_broken = true;
+        while let Some((_, to, what)) = self.dur.stored_replies.pop_front() {
+            match what {
+                AfterDurable::Stored(token) => self.send(to, MeshMsg::Stored { token, ok: false }),
+                // A moved session's old copy stays: its new copy may not be on disk.
+                AfterDurable::Forget(..) => {}
+                // Delivered as the local subscribers' copies were (the publisher is refused).
+                AfterDurable::Forward(m) => {
+                    self.dur.deferred_forwards[to as usize] -= 1;
+                    self.send(to, *m);
+                }
+            }
+        }
+        // A CONNACK or SUBACK that promised a stored session must not go out: close without it
+        // (the client reconnects and is told then).
+        for id in std::mem::take(&mut self.dur.gated) {
+            if let Some(c) = self.conn_mut(id) {
+                c.link.out_gate = 0;
+                c.link.out.clear();
+                self.close_conn(id, CloseCause::StoreFailing, now_ms);
+            }
+        }
+        while let Some(h) = self.dur.held_acks.pop_front() {
+            self.dur.remote_waits.remove(&h.token);
+            if let Some(c) = self.conn_mut(h.id) {
+                c.link.held_acks -= 1;
+                self.refuse_ack(h.id, h.p, now_ms);
+            }
+        }
+    }
+
+    /// Whether the store failed.
+    pub fn store_is_broken(&self) -> bool {
+        self.dur.store_broken
+    }
+
+    /// The store works again and every write up to `upto` is durable: acknowledgements that
+    /// need the store go out again.
+    pub fn store_recovered(&mut self, upto: u64, now_ms: u64) {
+        self.dur.store_broken = false;
+        self.durable(upto, now_ms);
+    }
+
     /// Store writes made since the last call, in order; returns the sequence of the last one
     /// (pass it to [`ShardCore::durable`] once they are on disk).
     pub fn poll_store(&mut self, out: &mut Vec<StoreOp>) -> u64 {

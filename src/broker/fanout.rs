@@ -170,7 +170,7 @@ impl ShardCore {
                     // Exactly once across a crash: a receiver may hand the message on at once,
                     // so it leaves only when the inbound QoS 2 state that makes the publisher's
                     // resend a duplicate, and this copy, are on disk.
-                    self.gate_output(id, self.dur.durable_upto);
+                    self.gate_output(id, self.dur.durable_upto());
                 }
                 let s = self.session_mut(sref).expect("checked above");
                 s.state.inflight.insert(pid, InFlight { delivery: d, state: OutState::Published });

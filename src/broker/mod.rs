@@ -18,7 +18,7 @@
 //! # Parts (one file each)
 //! Connections (`conn`: `ConnTable`, and each `Conn` split into link, negotiated, login, org
 //! share and attach), sessions (`session`: `SessionTable`), the home registry and claims
-//! (`claims`), durability (`durable`, `persist`, `store_health`, `exactly_once`), the mesh
+//! (`claims`), durability (`durable`, `persist`, `exactly_once`), the mesh
 //! (`mesh`), back-pressure and fairness (`pressure`, `fair`), timers (`timers`), reports
 //! (`reports`, `sys`). The stages of a packet: `read`, `connect`, `publish`, `fanout`, `acks`,
 //! `subscribe`, `close`; and the control plane's commands: `admin`, `rights`, `purge`,
@@ -48,7 +48,6 @@ mod rights;
 pub mod session;
 #[cfg(test)]
 mod sim;
-mod store_health;
 mod subscribe;
 pub mod sys;
 #[cfg(any(test, feature = "testing"))]

@@ -249,23 +249,6 @@ pub struct RestoredSession {
     pub generation: u64,
 }
 
-impl Durability {
-    /// Nothing written yet, for a broker of `peers` shards.
-    pub(super) fn new(peers: usize) -> Durability {
-        Durability {
-            store_out: Vec::new(),
-            store_seq: 0,
-            store_broken: false,
-            held_acks: VecDeque::new(),
-            durable_upto: 0,
-            remote_waits: HashMap::default(),
-            stored_replies: VecDeque::new(),
-            deferred_forwards: vec![0; peers],
-            gated: Vec::new(),
-        }
-    }
-}
-
 impl ShardCore {
     /// Records a pending/released inbound QoS 2 packet id of a persistent session.
     pub(super) fn persist_qos2(&mut self, sref: SessionRef, pid: u16, pending: bool) {
@@ -394,9 +377,7 @@ impl ShardCore {
         self.persist_meta(sref);
         if let Some(x) = from.filter(|x| *x != self.shard) {
             let epoch = self.session(sref).expect("found above").state.epoch;
-            if !self.dur.store_broken {
-                self.dur.stored_replies.push_back((self.dur.store_seq, x, AfterDurable::Forget(key, epoch)));
-            }
+            self.dur.after_durable(x, AfterDurable::Forget(key, epoch));
         }
     }
 

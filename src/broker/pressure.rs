@@ -178,7 +178,7 @@ impl ShardCore {
 
     /// Hands out the pending output of `id` by swapping it with `spare` (which must be empty).
     pub fn poll_output(&mut self, id: ConnId, spare: &mut BytesMut, waker: &Waker) -> OutputPoll {
-        let durable = self.dur.durable_upto;
+        let durable = self.dur.durable_upto();
         let Some(c) = self.conn_mut(id) else { return OutputPoll::Close };
         if c.link.out_gate > durable && !c.link.closing {
             // A CONNACK or SUBACK that depends on the store is in there: not before it is durable.

@@ -1,7 +1,6 @@
 //! PUBLISH from clients and from inside the broker (wills, `$SYS`, the REST bridge): checks,
 //! retain, and routing to this shard's subscribers and to the other shards.
 
-use super::durable::AfterDurable;
 use super::exactly_once::{FwdAck, RouteAck, Targets};
 use super::*;
 
@@ -289,14 +288,8 @@ impl ShardCore {
                 // message on at once, so it leaves only once the inbound packet id (which makes
                 // the publisher's resend a duplicate) is durable here; later forwards to that
                 // shard queue behind it.
-                let pending =
-                    ack.is_some() && self.dur.store_seq > self.dur.durable_upto && !self.dur.store_broken;
-                if (pending && msg.qos == QoS::ExactlyOnce) || self.dur.deferred_forwards[shard as usize] > 0
-                {
-                    self.dur.deferred_forwards[shard as usize] += 1;
-                    let seq = self.dur.store_seq;
-                    self.dur.stored_replies.push_back((seq, shard, AfterDurable::Forward(Box::new(f))));
-                } else {
+                let wait = ack.is_some() && msg.qos == QoS::ExactlyOnce && self.dur.writes_pending();
+                if let Some(f) = self.dur.hold_forward(shard, f, wait) {
                     self.mesh.mesh_out[shard as usize].push_back(f);
                 }
             }

@@ -73,4 +73,25 @@ impl ShardCore {
             &detail,
         );
     }
+
+    /// Records in every org's audit log that this shard's store failed (`ok` false: from now
+    /// on, publishes that need it are refused) or works again.
+    pub fn audit_store_health(&mut self, ok: bool, now_ms: u64) {
+        let action = if ok { "store_recovered" } else { "store_failing" };
+        let orgs: Vec<Arc<str>> = self.cfg.auth.directory.load().orgs.keys().cloned().collect();
+        for org in orgs {
+            let detail = [("action", action.into()), ("shard", self.shard.into())];
+            self.audit(now_ms, org, crate::audit::AuditKind::Admin, None, Some("broker"), &detail);
+        }
+    }
+
+    /// The board `/metrics` and `$SYS` read.
+    pub fn sys(&self) -> &crate::broker::sys::SysBoard {
+        &self.cfg.sys
+    }
+
+    /// This shard's index.
+    pub fn shard_id(&self) -> u8 {
+        self.shard
+    }
 }
