@@ -53,7 +53,8 @@ impl ShardCore {
             if c.link.closing {
                 continue;
             }
-            next = next.min(conn_deadline(c));
+            // A deadline already due closes the connection below: not one to wake up for.
+            next = next.min(Some(conn_deadline(c)).filter(|t| *t > now_ms).unwrap_or(u64::MAX));
             match c.phase {
                 Phase::AwaitConnect { deadline_ms } if now_ms >= deadline_ms => {
                     expired_conns.push((id, CloseCause::ConnectTimeout));
@@ -91,7 +92,8 @@ impl ShardCore {
                 ended.push(sref);
             }
             let will_at = s.delayed_will.as_ref().map(|(at, _)| *at);
-            next = next.min(will_at.unwrap_or(u64::MAX)).min(s.expires_at_ms.unwrap_or(u64::MAX));
+            let ends_at = s.expires_at_ms.filter(|at| *at > now_ms); // a due one ends below
+            next = next.min(will_at.unwrap_or(u64::MAX)).min(ends_at.unwrap_or(u64::MAX));
         }
         self.timers.next_deadline_ms = next;
         for (org, w) in wills {
