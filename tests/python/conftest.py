@@ -38,10 +38,20 @@ def admin_api(port, method, path, key=None, body=None, raw=None):
         return e.code, (json.loads(text) if text else None)
 
 
+_PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, never one this test process was given before: the
+    kernel may hand a just-closed ephemeral port out again at once, and two listeners of one
+    broker (or two brokers) on the same port fail with `Address already in use`."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 READY = "coremq::shard: ready"
