@@ -15,6 +15,8 @@ pub struct Target {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// Port subscribers connect to (the same as `port` unless `--sub-port` says otherwise).
+    pub sub_port: u16,
     /// Transport.
     pub kind: Kind,
     /// TLS client configuration for tls and wss.
@@ -29,13 +31,18 @@ impl Target {
             (Kind::Tls | Kind::Wss, None) => return Err("--cafile is required for tls and wss".into()),
             _ => None,
         };
-        Ok(Target { host: host.into(), port, kind, tls })
+        Ok(Target { host: host.into(), port, sub_port: port, kind, tls })
     }
 
     /// Opens a connection and completes CONNECT/CONNACK.
     pub fn connect(&self, id: &str, login: Option<(&str, &str)>, keep_alive: u16) -> Res<(Conn, BytesMut)> {
         let s = Conn::connect(&self.host, self.port, self.kind, self.tls.as_ref())?;
         mqtt_connect(s, id, login, keep_alive)
+    }
+
+    /// The target subscribers use: `sub_port` instead of `port`.
+    pub fn for_subscribers(&self) -> Target {
+        Target { port: self.sub_port, ..self.clone() }
     }
 }
 

@@ -128,14 +128,15 @@ fn connect_all(t: &Target, groups: &[Group], tag: &str) -> Res<Connected> {
         l.as_ref().map(|(u, p)| (u.as_str(), p.as_str()))
     }
     let mut subs = Vec::new();
+    let st = t.for_subscribers();
     for g in groups {
         let mut v = Vec::new();
         for (i, s) in g.subs.iter().enumerate() {
             let id = format!("lg-{tag}-{}-s{i}", g.name);
             let connected = if g.persistent_subscribers {
-                client::mqtt_connect_session(t, &id, login(&s.login), 60, false)
+                client::mqtt_connect_session(&st, &id, login(&s.login), 60, false)
             } else {
-                t.connect(&id, login(&s.login), 60)
+                st.connect(&id, login(&s.login), 60)
             };
             let (mut c, mut rb) = connected.map_err(|e| format!("{id}: {e}"))?;
             client::subscribe(&mut c, &mut rb, &s.filters, g.qos).map_err(|e| format!("{id}: {e}"))?;

@@ -73,6 +73,10 @@ pub struct Common {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Port the subscribers connect to (default: `--port`). With two listeners pinned to
+    /// different shards, every message crosses shards.
+    #[arg(long)]
+    sub_port: Option<u16>,
     /// Transport.
     #[arg(long, value_enum, default_value_t = Kind::Tcp)]
     transport: Kind,
@@ -101,7 +105,9 @@ pub struct Common {
 
 impl Common {
     fn target(&self) -> Res<Target> {
-        Target::new(&self.host, self.port, self.transport, self.cafile.as_deref())
+        let mut t = Target::new(&self.host, self.port, self.transport, self.cafile.as_deref())?;
+        t.sub_port = self.sub_port.unwrap_or(self.port);
+        Ok(t)
     }
 
     fn login(&self) -> flows::Login {
