@@ -33,9 +33,17 @@ pub const QUEUE_VICTIM_SCAN: usize = 64;
 /// shard's other tasks run.
 pub const READS_BEFORE_YIELD: usize = 16;
 
-/// Mesh messages a receiver hands the core before it lets the shard's other tasks run (a
+/// Mesh batches a receiver hands the core before it lets the shard's other tasks run (a
 /// receiver whose queue never empties must not keep readers and accepts from running).
-pub const MESH_RECV_BATCH: usize = 64;
+pub const MESH_BATCHES_BEFORE_YIELD: usize = 4;
+
+/// Most messages in one cross-shard batch: what a shard collected for a peer during a turn
+/// leaves as one batch (or several of at most this many).
+pub const MESH_BATCH_MAX: usize = 1024;
+
+/// Empty batches kept for reuse per ordered pair of shards (the receiver hands each drained
+/// batch back; beyond this many they are freed).
+pub const MESH_BATCH_POOL: usize = 8;
 
 /// Unacknowledged outbound QoS 1/2 messages per session when the client sets no Receive
 /// Maximum (3.1.1), and our own Receive Maximum for inbound QoS 1/2 (5.0).
@@ -75,9 +83,10 @@ pub const CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Most shards: remote-interest sets are 64-bit masks.
 pub const SHARDS_MAX: usize = 64;
 
-/// Cross-shard mesh queue capacity (messages per ordered pair of shards). When full the
-/// sender's backlog holds the overflow and publishers' connections stop being read.
-pub const MESH_QUEUE_CAPACITY: usize = 4096;
+/// Cross-shard mesh queue capacity (batches per ordered pair of shards, each at most
+/// [`MESH_BATCH_MAX`] messages). When full the sender's backlog holds the overflow and
+/// publishers' connections stop being read.
+pub const MESH_QUEUE_CAPACITY: usize = 16;
 
 /// Backlog of mesh messages a shard holds when a peer queue is full; above it, reading from
 /// publishers pauses (backpressure), so the backlog is bounded by one read batch per connection.

@@ -119,9 +119,7 @@ fn run_with(protocol: Protocol, with_acl: bool, with_quota: bool) {
             buf.extend_from_slice(&publish);
         }
         cl.shards[0].handle_read(p.conn, 1, &mut buf);
-        while let Some(m) = cl.shards[0].poll_mesh(1) {
-            cl.shards[1].handle_mesh(1, m);
-        }
+        cl.pump_pair(0, 1);
         for (shard, c, spare, got) in [(0, a, &mut spare_a, got_a), (1, b, &mut spare_b, got_b)] {
             cl.shards[shard].poll_output(c.conn, spare, Waker::noop());
             *got += spare.len();

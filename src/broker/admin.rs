@@ -66,7 +66,7 @@ impl ShardCore {
             payload,
             qos: if qos >= 1 { QoS::AtLeastOnce } else { QoS::AtMostOnce },
             retain,
-            props,
+            props: props.into(),
             received_ms: now_ms,
         };
         let org: Arc<str> = org.into();

@@ -319,7 +319,7 @@ impl ShardCore {
                 payload: w.payload,
                 qos: w.qos,
                 retain: w.retain,
-                props,
+                props: props.into(),
                 received_ms: now_ms,
             };
             conn.attach.will = Some(m.to_owned_copy());

@@ -174,25 +174,33 @@ impl ShardCore {
         }
     }
 
-    /// Next message for `peer`, if any.
-    pub fn poll_mesh(&mut self, peer: u8) -> Option<MeshMsg> {
-        self.mesh.mesh_out.get_mut(peer as usize)?.pop_front()
+    /// Moves up to `max` of the messages waiting for `peer` into `batch`, in order; returns
+    /// how many. The shell hands each batch to the peer whole (one queue slot, at most one
+    /// wake-up), so what it moves here must not be reordered on the way.
+    pub fn take_mesh(&mut self, peer: u8, batch: &mut Vec<MeshMsg>, max: usize) -> usize {
+        let Some(q) = self.mesh.mesh_out.get_mut(peer as usize) else { return 0 };
+        let n = q.len().min(max);
+        batch.extend(q.drain(..n));
+        n
     }
 
-    /// Puts back a message the shell could not send (peer queue full), keeping order.
-    pub fn unpoll_mesh(&mut self, peer: u8, msg: MeshMsg) {
-        self.mesh.mesh_out[peer as usize].push_front(msg);
+    /// Messages waiting to leave this shard for `peer`.
+    pub fn mesh_pending(&self, peer: u8) -> usize {
+        self.mesh.mesh_out.get(peer as usize).map_or(0, |q| q.len())
     }
 
-    /// Mesh messages waiting to leave this shard.
+    /// Messages waiting to leave this shard.
     pub fn mesh_backlog(&self) -> usize {
         self.mesh.mesh_out.iter().map(|q| q.len()).sum()
     }
 
-    /// Handles a message from another shard.
-    pub fn handle_mesh(&mut self, now_ms: u64, msg: MeshMsg) {
-        self.dispatch(now_ms, msg);
-        self.drain_self(now_ms);
+    /// Handles a batch of messages from one other shard, in order, and leaves `batch` empty
+    /// (its capacity kept, for the sender to reuse).
+    pub fn handle_mesh_batch(&mut self, now_ms: u64, batch: &mut Vec<MeshMsg>) {
+        for msg in batch.drain(..) {
+            self.dispatch(now_ms, msg);
+            self.drain_self(now_ms);
+        }
     }
 
     fn dispatch(&mut self, now_ms: u64, msg: MeshMsg) {

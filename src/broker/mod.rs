@@ -5,12 +5,12 @@
 //! # The contract with the shell ([`crate::shard`])
 //! - Inputs, each with the time: [`ShardCore::open_conn`], [`ShardCore::handle_read`] (bytes),
 //!   [`ShardCore::handle_output_progress`] / [`ShardCore::handle_closed`] (the transport),
-//!   [`ShardCore::handle_mesh`] (other shards), [`ShardCore::handle_auth_result`] (the hashing
+//!   [`ShardCore::handle_mesh_batch`] (other shards), [`ShardCore::handle_auth_result`] (the hashing
 //!   pool), [`ShardCore::durable`] (the store), [`ShardCore::handle_timeout`], and the control
 //!   plane's commands (`kick_target`, `policy_changed`, `publish_service`, `purge_org`, ...).
 //! - After each batch of inputs the shell drains, in one place (`Shard::drain_core`):
 //!   [`ShardCore::poll_store`] (writes for the store), [`ShardCore::poll_auth`] (work for the
-//!   hashing pool and the control plane) and [`ShardCore::poll_mesh`] (messages per peer);
+//!   hashing pool and the control plane) and [`ShardCore::take_mesh`] (messages per peer, in batches);
 //!   [`ShardCore::poll_audit`] once per tick; [`ShardCore::poll_output`] from each
 //!   connection's writer.
 //! - [`ShardCore::poll_timeout`] says when `handle_timeout` next has work.

@@ -1,8 +1,49 @@
 //! An application message as it travels between sessions and shards.
 
+use std::sync::{Arc, LazyLock};
+
 use bytes::Bytes;
 
 use crate::codec::{MqStr, Properties, QoS};
+
+/// A message's 5.0 properties, shared by every copy of the message (each delivery, queue entry
+/// and cross-shard forward holds a pointer, not a copy). A message without properties — every
+/// 3.1.1 message, most 5.0 ones — holds nothing. Reads through `Deref`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MsgProps(Option<Arc<Properties>>);
+
+static NO_PROPS: LazyLock<Properties> = LazyLock::new(Properties::default);
+
+impl MsgProps {
+    /// Shares `p` (nothing is allocated when it holds no property).
+    pub fn new(p: Properties) -> MsgProps {
+        if p == Properties::default() {
+            MsgProps(None)
+        } else {
+            MsgProps(Some(Arc::new(p)))
+        }
+    }
+}
+
+impl MsgProps {
+    /// The properties, `None` when there are none.
+    pub fn get(&self) -> Option<&Properties> {
+        self.0.as_deref()
+    }
+}
+
+impl From<Properties> for MsgProps {
+    fn from(p: Properties) -> MsgProps {
+        MsgProps::new(p)
+    }
+}
+
+impl std::ops::Deref for MsgProps {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPS)
+    }
+}
 
 /// An application message. Fresh from a read it borrows the read buffer (zero-copy slices);
 /// anything that outlives the read (queued, in flight, retained) is an [`Msg::to_owned_copy`].
@@ -17,7 +58,7 @@ pub struct Msg {
     /// RETAIN flag as published.
     pub retain: bool,
     /// 5.0 properties to pass on (topic alias and subscription ids already removed).
-    pub props: Properties,
+    pub props: MsgProps,
     /// When the broker received it (ms on the shard clock), for message expiry.
     pub received_ms: u64,
 }
@@ -36,7 +77,7 @@ pub enum Expiry {
 impl Msg {
     /// Deep copy that pins no read buffer.
     pub fn to_owned_copy(&self) -> Msg {
-        let mut props = self.props.clone();
+        let mut props = (*self.props).clone();
         let deep = |s: &mut Option<MqStr>| {
             if let Some(v) = s {
                 *v = v.to_owned_copy();
@@ -56,7 +97,7 @@ impl Msg {
             payload: Bytes::copy_from_slice(&self.payload),
             qos: self.qos,
             retain: self.retain,
-            props,
+            props: props.into(),
             received_ms: self.received_ms,
         }
     }

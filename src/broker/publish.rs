@@ -54,7 +54,7 @@ impl ShardCore {
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
-            props: p.props,
+            props: p.props.into(),
             received_ms: now_ms,
         };
         if msg.retain {

@@ -144,7 +144,7 @@ impl Retained {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{MqStr, Properties, QoS};
+    use crate::codec::{MqStr, QoS};
 
     fn msg(topic: &str) -> Msg {
         Msg {
@@ -152,7 +152,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"x"),
             qos: QoS::AtMostOnce,
             retain: true,
-            props: Properties::default(),
+            props: Default::default(),
             received_ms: 0,
         }
     }

@@ -143,7 +143,7 @@ impl ShardCore {
                     payload: Bytes::from(value),
                     qos: QoS::AtMostOnce,
                     retain: true,
-                    props: Properties::default(),
+                    props: Default::default(),
                     received_ms: now_ms,
                 };
                 self.publish_internal(&org, msg, now_ms);

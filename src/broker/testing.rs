@@ -25,6 +25,8 @@ pub struct Cluster {
     /// With a store: writes become durable only through [`Cluster::make_durable`].
     pub hold_durable: bool,
     written_upto: Vec<u64>,
+    /// The batch [`Cluster::pump_pair`] moves messages in (reused: no allocation per pump).
+    batch: Vec<super::mesh::MeshMsg>,
 }
 
 /// A client attached to one shard.
@@ -64,6 +66,7 @@ impl Cluster {
             store_log: None,
             hold_durable: false,
             written_upto: vec![0; n as usize],
+            batch: Vec::with_capacity(crate::limits::MESH_BATCH_MAX),
         }
     }
 
@@ -123,10 +126,7 @@ impl Cluster {
             let n = self.shards.len();
             for from in 0..n {
                 for to in 0..n {
-                    while let Some(m) = self.shards[from].poll_mesh(to as u8) {
-                        self.shards[to].handle_mesh(self.now_ms, m);
-                        moved = true;
-                    }
+                    moved |= self.pump_pair(from, to);
                 }
             }
             if !moved {
@@ -156,11 +156,17 @@ impl Cluster {
         self.shards[c.shard].handle_read(c.conn, self.now_ms, &mut buf)
     }
 
-    /// Moves the pending mesh messages of one ordered pair only.
-    pub fn pump_pair(&mut self, from: usize, to: usize) {
-        while let Some(m) = self.shards[from].poll_mesh(to as u8) {
-            self.shards[to].handle_mesh(self.now_ms, m);
+    /// Moves the pending mesh messages of one ordered pair only, as the shell does: in
+    /// batches of at most [`limits::MESH_BATCH_MAX`]. Returns whether any moved.
+    pub fn pump_pair(&mut self, from: usize, to: usize) -> bool {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut moved = false;
+        while self.shards[from].take_mesh(to as u8, &mut batch, crate::limits::MESH_BATCH_MAX) > 0 {
+            self.shards[to].handle_mesh_batch(self.now_ms, &mut batch);
+            moved = true;
         }
+        self.batch = batch;
+        moved
     }
 
     /// Encodes and sends a packet.

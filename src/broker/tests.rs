@@ -616,3 +616,60 @@ fn each_close_cause_is_sent_and_audited_under_its_own_name() {
     cl.drop_conn(e);
     assert_eq!(disconnects(&mut cl, 0), [("quiet".into(), "keep_alive_timeout".into(), Some(0x8D))]);
 }
+
+/// Interest updates reach a peer in the order the shard produced them, in the same batches as
+/// the messages that depend on them: a client that unsubscribes and subscribes again in one
+/// read still hears a publish from another shard (reordered, the peer ends up believing it
+/// left), and a client that subscribes to its reply topic and publishes a request in one read
+/// gets the reply of a responder on another shard.
+#[test]
+fn interest_updates_keep_their_order_across_shards() {
+    let mut cl = Cluster::new(2);
+    let (publisher, _) = cl.connect(0, Protocol::V5, "publisher", true, Properties::default());
+    let (c, _) = cl.connect(1, Protocol::V5, "c", true, Properties::default());
+    subscribe(&mut cl, c, "t", QoS::AtMostOnce);
+    let unsub = Packet::Unsubscribe(Unsubscribe {
+        packet_id: PacketId::new(2).unwrap(),
+        props: Properties::default(),
+        filters: vec![s("t")],
+    });
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(3).unwrap(),
+        props: Properties::default(),
+        filters: vec![(s("t"), SubOptions::default())],
+    });
+    let mut bytes = to_bytes(Protocol::V5, &unsub).to_vec();
+    bytes.extend_from_slice(&to_bytes(Protocol::V5, &sub));
+    cl.send_raw(c, &bytes);
+    cl.recv(c);
+    publish(&mut cl, publisher, "t", "after", QoS::AtMostOnce, 0);
+    assert_eq!(payloads(&cl.recv(c)), ["after"], "shard 0 knows the client is subscribed again");
+
+    let (responder, _) = cl.connect(0, Protocol::V5, "responder", true, Properties::default());
+    subscribe(&mut cl, responder, "req", QoS::AtMostOnce);
+    let (asker, _) = cl.connect(1, Protocol::V5, "asker", true, Properties::default());
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        props: Properties::default(),
+        filters: vec![(s("reply/asker"), SubOptions::default())],
+    });
+    let req = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: s("req"),
+        packet_id: None,
+        props: Properties::default(),
+        payload: Bytes::from_static(b"ping"),
+    };
+    let mut bytes = to_bytes(Protocol::V5, &sub).to_vec();
+    bytes.extend_from_slice(&to_bytes(Protocol::V5, &Packet::Publish(req.clone())));
+    cl.send_raw_held(asker, &bytes);
+    cl.pump_pair(1, 0);
+    assert_eq!(payloads(&cl.recv(responder)), ["ping"], "the request arrived");
+    // The responder answers before anything else moves between the shards.
+    let reply = Publish { topic: s("reply/asker"), payload: Bytes::from_static(b"pong"), ..req };
+    cl.send_raw_held(responder, &to_bytes(Protocol::V5, &Packet::Publish(reply)));
+    cl.pump();
+    assert_eq!(payloads(&cl.recv(asker)), ["pong"], "the reply reached the asker's new subscription");
+}

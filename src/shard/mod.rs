@@ -7,6 +7,7 @@
 mod conn;
 mod durable;
 pub mod guard;
+mod mesh;
 mod tasks;
 
 use std::cell::RefCell;
@@ -15,12 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::channels::channel_mesh::{MeshBuilder, Senders};
+use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::audit::AuditRecord;
 use crate::auth::password::{HashJob, HashPool};
-use crate::broker::mesh::MeshMsg;
 use crate::broker::persist::StoreOp;
 use crate::broker::sys::SysBoard;
 use crate::broker::{AuthJob, ConnId, CoreConfig, ListenerCtx, ShardCore};
@@ -115,10 +115,7 @@ pub(crate) struct Shard {
     pub(crate) core: RefCell<ShardCore>,
     /// Connections refused before MQTT (handshakes) get one log line a second.
     pub(crate) refused_log: RefCell<crate::ratelog::EverySecond>,
-    senders: Senders<MeshMsg>,
-    /// Peers whose queue was full: a task awaits room for the first held-back message, then
-    /// flushes the rest (order kept; nothing else is sent to that peer meanwhile).
-    mesh_waiting: RefCell<Vec<bool>>,
+    mesh: mesh::MeshLinks,
     /// Coarse per-connection deadlines (handshakes, close flushes), woken by the shard's tick:
     /// no io_uring timer per connection. Min-heap by time; bounded by live connections × 2.
     deadlines: RefCell<std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>>,
@@ -172,6 +169,8 @@ struct ShardLinks {
     restored: Arc<std::sync::Mutex<Vec<Restored>>>,
     retained_msgs: Arc<Vec<crate::store::StoredRetained>>,
     durability: Durability,
+    /// Free lists of drained mesh batches, per ordered pair of shards.
+    mesh_pool: mesh::BatchPool,
 }
 
 /// A future that completes at `at_ms` (shard clock), with tick resolution (50 ms).
@@ -227,45 +226,8 @@ impl Shard {
     /// next tick. Audit records go out once per tick instead (`flush_audit`).
     pub(crate) fn drain_core(self: &Rc<Self>) {
         self.flush_side();
-        let mut held = Vec::new();
-        {
-            let mut core = self.core.borrow_mut();
-            let mut waiting = self.mesh_waiting.borrow_mut();
-            for peer in 0..self.senders.nr_consumers() {
-                if peer == core.shard as usize || waiting[peer] {
-                    continue;
-                }
-                while let Some(m) = core.poll_mesh(peer as u8) {
-                    match self.senders.try_send_to(peer, m) {
-                        Ok(()) => {}
-                        Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(m))) => {
-                            waiting[peer] = true;
-                            held.push((peer, m));
-                            break;
-                        }
-                        Err(other) => {
-                            tracing::error!(peer, error = %other, "mesh send failed");
-                            break;
-                        }
-                    }
-                }
-            }
-            core.wake_paused_readers();
-        }
-        // Spawned with no borrow held: glommio may run a new task right away.
-        for (peer, m) in held {
-            let shard = self.clone();
-            glommio::spawn_local(async move {
-                if let Err(e) = shard.senders.send_to(peer, m).await {
-                    tracing::error!(peer, error = %e, "mesh send failed");
-                }
-                shard.mesh_waiting.borrow_mut()[peer] = false;
-                // Flush from the executor, not from inside whoever spawned us.
-                futures_lite::future::yield_now().await;
-                shard.drain_core();
-            })
-            .detach();
-        }
+        self.send_mesh();
+        self.core.borrow_mut().wake_paused_readers();
     }
 }
 
@@ -366,6 +328,7 @@ impl ShardLinks {
         cp: &crate::control::ControlPlane,
         opened: crate::store::Opened,
         durability: Durability,
+        nr_shards: usize,
     ) -> ShardLinks {
         ShardLinks {
             pool: cp.pool.clone(),
@@ -386,6 +349,7 @@ impl ShardLinks {
                     .collect(),
             )),
             retained_msgs: Arc::new(opened.retained_msgs),
+            mesh_pool: mesh::BatchPool::new(nr_shards),
         }
     }
 }
@@ -435,7 +399,7 @@ pub fn run(cfg: Config) -> std::io::Result<()> {
         persist: true,
         gate_acks: cfg.durability != Durability::None,
     };
-    let links = ShardLinks::new(&cp, opened, cfg.durability);
+    let links = ShardLinks::new(&cp, opened, cfg.durability, nr);
     let mesh = MeshBuilder::full(nr, limits::MESH_QUEUE_CAPACITY);
     let cpus = allowed_cpus();
     let ncpu = cpus.as_ref().map_or(1, |c| c.len());
@@ -481,17 +445,15 @@ impl Shard {
     fn new(
         id: u8,
         core_cfg: CoreConfig,
-        senders: Senders<MeshMsg>,
+        mesh: mesh::MeshLinks,
         auth_tx: flume::Sender<(ConnId, bool)>,
         links: &ShardLinks,
     ) -> Shard {
-        let nr_peers = senders.nr_consumers();
         let unix_at_mono_zero = core_cfg.unix_at_mono_zero;
         Shard {
             core: RefCell::new(ShardCore::new(id, core_cfg, mono_ms())),
             refused_log: RefCell::default(),
-            senders,
-            mesh_waiting: RefCell::new(vec![false; nr_peers]),
+            mesh,
             deadlines: RefCell::new(std::collections::BinaryHeap::new()),
             deadline_wakers: RefCell::new(std::collections::HashMap::new()),
             next_deadline_id: std::cell::Cell::new(0),
@@ -517,7 +479,7 @@ impl Shard {
 }
 
 async fn shard_main(
-    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    mesh: MeshBuilder<mesh::MeshBatch, glommio::channels::channel_mesh::Full>,
     core_cfg: CoreConfig,
     listeners: Arc<Vec<Arc<ListenerRt>>>,
     shutdown: Arc<AtomicBool>,
@@ -528,14 +490,15 @@ async fn shard_main(
         mesh.join().await.map_err(|_| std::io::Error::other("mesh join failed"))?;
     let id = senders.peer_id() as u8;
     let (auth_tx, auth_rx) = flume::unbounded::<(ConnId, bool)>();
-    let shard = Rc::new(Shard::new(id, core_cfg, senders, auth_tx, &links));
+    let links_mesh = mesh::MeshLinks::new(senders, links.mesh_pool.clone());
+    let shard = Rc::new(Shard::new(id, core_cfg, links_mesh, auth_tx, &links));
     tasks::restore(&shard, &links);
     shard.drain_core();
     tasks::spawn_commit(&shard);
     tasks::spawn_auth_results(&shard, auth_rx);
     tasks::spawn_commands(&shard, links.commands[id as usize].clone());
-    for (_peer, rx) in receivers.streams() {
-        tasks::spawn_mesh_receiver(&shard, rx);
+    for (peer, rx) in receivers.streams() {
+        mesh::spawn_receiver(&shard, peer, rx);
     }
     tasks::spawn_turns(&shard);
     let accept_tasks = tasks::spawn_listeners(&shard, &listeners)?;

@@ -1,16 +1,14 @@
 //! The shard's background tasks, each feeding the core from one source: the store's commits,
-//! password verdicts, control-plane commands, each peer shard's queue, fair-scheduling turns,
+//! password verdicts, control-plane commands, fair-scheduling turns,
 //! and the listeners' accepts.
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-type MeshReceiver = glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>;
 use glommio::net::TcpListener;
 
 use super::{conn, ListenerRt, Shard, ShardLinks};
-use crate::broker::mesh::MeshMsg;
 use crate::broker::ConnId;
 use crate::clock::mono_ms;
 use crate::config::Durability;
@@ -135,38 +133,6 @@ pub(super) fn spawn_commands(shard: &Rc<Shard>, rx: flume::Receiver<ShardCommand
     glommio::spawn_local(async move {
         while let Ok(cmd) = rx.recv_async().await {
             run_command(&shard, cmd).await;
-        }
-    })
-    .detach();
-}
-
-/// Drains one peer's queue into the core.
-pub(super) fn spawn_mesh_receiver(shard: &Rc<Shard>, rx: MeshReceiver) {
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        let mut batch = 0;
-        loop {
-            // A receive from a non-empty queue completes at once: without a yield now and
-            // then, a peer that keeps this queue full would keep every other task of the
-            // shard (readers, writers, accepts) from running.
-            batch += 1;
-            if batch >= limits::MESH_RECV_BATCH {
-                batch = 0;
-                futures_lite::future::yield_now().await;
-            }
-            // Under output pressure, leave messages in the bounded queue (backpressure).
-            futures_lite::future::poll_fn(|cx| {
-                if shard.core.borrow_mut().can_take_mesh(mono_ms(), cx.waker()) {
-                    std::task::Poll::Ready(())
-                } else {
-                    std::task::Poll::Pending
-                }
-            })
-            .await;
-            let Some(m) = rx.recv().await else { break };
-            shard.core.borrow_mut().handle_mesh(mono_ms(), m);
-            // Drain what else is already queued before flushing once.
-            shard.drain_core();
         }
     })
     .detach();

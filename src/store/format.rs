@@ -19,8 +19,8 @@ use crate::broker::msg::Msg;
 use crate::broker::persist::{stored_delivery, StoredSession};
 use crate::broker::session::Delivery;
 use crate::codec::decode::{decode_packet, frame};
-use crate::codec::encode::encode_packet;
-use crate::codec::{Packet, Protocol, Publish, QoS};
+use crate::codec::encode::{encode_publish, PublishOut};
+use crate::codec::{Packet, Protocol, QoS};
 
 const VERSION: u8 = 1;
 
@@ -55,16 +55,19 @@ pub fn decode_outbound(v: &[u8]) -> Result<(u16, bool), String> {
 
 /// Appends `msg` as an MQTT 5.0 PUBLISH packet (every property kept).
 pub(crate) fn publish_bytes(out: &mut BytesMut, msg: &Msg) {
-    let p = Publish {
+    let p = PublishOut {
         dup: false,
         qos: msg.qos,
         retain: msg.retain,
-        topic: msg.topic.clone(),
+        topic: msg.topic.as_bytes(),
         packet_id: (msg.qos != QoS::AtMostOnce).then(|| std::num::NonZeroU16::new(1).expect("1 is non-zero")),
-        props: msg.props.clone(),
-        payload: msg.payload.clone(),
+        props: msg.props.get(),
+        sub_ids: &[],
+        topic_alias: None,
+        expiry_left: None,
+        payload: &msg.payload,
     };
-    encode_packet(out, Protocol::V5, &Packet::Publish(p));
+    encode_publish(out, Protocol::V5, &p);
 }
 
 /// Decodes a stored PUBLISH; `None` when its message expiry passed while stored. Its receive
@@ -94,7 +97,7 @@ pub(crate) fn decode_publish(
         payload: p.payload,
         qos: p.qos,
         retain: p.retain,
-        props: p.props,
+        props: p.props.into(),
         received_ms: crate::clock::mono_ms().saturating_sub(age_ms),
     }))
 }
@@ -217,7 +220,7 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            props: Properties { message_expiry_interval: expiry, ..Properties::default() },
+            props: Properties { message_expiry_interval: expiry, ..Properties::default() }.into(),
             received_ms: 1000,
         }
     }
