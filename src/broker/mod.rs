@@ -34,6 +34,7 @@ mod durable;
 pub mod exactly_once;
 mod fair;
 mod fanout;
+pub mod inflight;
 pub mod mesh;
 pub mod msg;
 pub mod persist;

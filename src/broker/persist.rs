@@ -510,7 +510,7 @@ impl ShardCore {
                 _ => state.queue.push_back(d),
             }
         }
-        state.next_pid = state.inflight.keys().next_back().copied().unwrap_or(0);
+        state.next_pid = state.inflight.newest_pid().unwrap_or(0);
         for s in &meta.subs {
             state.subs.insert(s.filter.as_str().into(), s.entry());
         }

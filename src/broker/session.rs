@@ -1,7 +1,7 @@
 //! MQTT session state: subscriptions, the outbound in-flight window and queue, inbound QoS 2
 //! packet ids. Plain data; the shard core drives it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -63,8 +63,8 @@ pub struct InFlight {
 pub struct SessionState {
     /// Filter -> options. Bounded by `SUBSCRIPTIONS_PER_SESSION_MAX`.
     pub subs: HashMap<Box<str>, SubEntry>,
-    /// Outbound QoS 1/2 messages awaiting acknowledgement, by packet id.
-    pub inflight: BTreeMap<u16, InFlight>,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement, by packet id, in send order.
+    pub inflight: super::inflight::Inflight,
     /// Messages waiting for the in-flight window or for the client to come back.
     /// Bounded by `SESSION_QUEUE_MAX` (oldest dropped).
     pub queue: VecDeque<Delivery>,
