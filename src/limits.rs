@@ -135,10 +135,6 @@ pub const QUOTA_THROTTLE_MS: u64 = 50;
 /// (about this many packets' work per turn) at the cost of one reactor poll per share.
 pub const FAIR_BUDGET: u32 = 128;
 
-/// Group commit period (`durability = "group"`): writes to a shard's store are made durable at
-/// least this often, ms.
-pub const GROUP_COMMIT_MS: u64 = 10;
-
 /// Levels a topic name or filter may have (topic names, wills, filters, ACL patterns, the
 /// simulator, REST publish). EMQX's default `max_topic_levels`; deep enough for any real
 /// hierarchy, and it bounds what one topic costs the trie walk and the ACL check.

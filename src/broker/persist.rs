@@ -134,6 +134,13 @@ pub enum StoreOp {
     },
 }
 
+impl StoreOp {
+    /// Whether it writes to the retained store (shared by the shards) too.
+    pub fn touches_retained(&self) -> bool {
+        matches!(self, StoreOp::Retain { .. } | StoreOp::RetainExpired { .. } | StoreOp::PurgeOrg { .. })
+    }
+}
+
 /// A persistent session's record (JSON in the store; `v` is the format version).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSession {

@@ -413,6 +413,6 @@ pub fn import(cfg: &Config, from: &Path) -> Result<Manifest, String> {
         }
         Ok(())
     })?;
-    rs.persist().map_err(|e| e.to_string())?;
+    rs.persist(cfg.durability).map_err(|e| e.to_string())?;
     Ok(got)
 }

@@ -84,10 +84,11 @@ pub use crate::quota::Retention;
 /// `durability`: when writes to the shards' stores reach the disk (docs/durability.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// Synced at least every 10 ms (group commit).
+    /// Synced (fdatasync) as soon as writes are applied and no sync runs; writes arriving
+    /// during one go into the next (group commit).
     #[default]
     Group,
-    /// Synced before each acknowledgement that depends on it.
+    /// As `Group`, with a full fsync (file metadata too).
     Always,
     /// Left to the OS: a crash loses what it had not written back.
     None,

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::Shard;
+use crate::broker::persist::StoreOp;
 use crate::clock::mono_ms;
 use crate::config::Durability;
 
@@ -32,6 +33,9 @@ impl Shard {
         if self.store_failed.get() {
             self.unpersisted.borrow_mut().append(&mut ops);
             return;
+        }
+        if ops.iter().any(StoreOp::touches_retained) {
+            self.retained_dirty.set(true);
         }
         let r =
             self.store.with(|st| self.retained_store.with(|rs| st.apply(&ops, rs, self.unix_at_mono_zero)));
@@ -61,10 +65,20 @@ impl Shard {
         // drops what it covered, by position since start.
         let end = self.unpersisted_base.get() + self.unpersisted.borrow().len() as u64;
         let (st, rs, gen) = (self.store.clone(), self.retained_store.clone(), self.retained_gen.get());
+        let d = self.durability;
+        // The retained store is synced only after this shard wrote to it (each shard syncs its
+        // own writes there): one sync per commit instead of two.
+        let retained = self.retained_dirty.replace(false);
         // A reopen of the retained store by another shard's recovery may have dropped writes of
         // this shard not durable yet: that refuses this persist, and the recovery applies them.
         let r = glommio::executor()
-            .spawn_blocking(move || st.with(|s| s.persist()).and_then(|()| rs.with_at(gen, |r| r.persist())))
+            .spawn_blocking(move || {
+                st.with(|s| s.persist())?;
+                if retained {
+                    rs.with_at(gen, |r| r.persist(d))?;
+                }
+                Ok(())
+            })
             .await;
         match r {
             Ok(()) => {
@@ -108,19 +122,19 @@ impl Shard {
             let upto = self.store_applied.get();
             let ops = std::mem::take(&mut *self.unpersisted.borrow_mut());
             let (st, rs, epoch) = (self.store.clone(), self.retained_store.clone(), self.unix_at_mono_zero);
-            let persist = self.durability != Durability::None;
+            let d = self.durability;
             let (ops, r) = glommio::executor()
                 .spawn_blocking(move || {
                     let r = (|| -> Result<u64, crate::store::StoreError> {
                         st.reopen()?;
                         // The retained store is shared: opened again only if it fails here too.
-                        if rs.with(|r| r.persist()).is_err() {
+                        if rs.with(|r| r.persist(d)).is_err() {
                             rs.reopen()?;
                         }
                         st.with(|s| rs.with(|r| s.apply(&ops, r, epoch)))?;
-                        if persist {
+                        if d != Durability::None {
                             st.with(|s| s.persist())?;
-                            rs.with(|r| r.persist())?;
+                            rs.with(|r| r.persist(d))?;
                         }
                         Ok(rs.generation())
                     })();

@@ -141,6 +141,8 @@ pub(crate) struct Shard {
     retained_gen: std::cell::Cell<u64>,
     /// Writes applied since the last persist.
     store_dirty: std::cell::Cell<bool>,
+    /// Writes to the retained store applied since the last persist.
+    retained_dirty: std::cell::Cell<bool>,
     /// Sequence of the last write applied (made durable by the next persist).
     store_applied: std::cell::Cell<u64>,
     /// The commit task, woken when writes were applied.
@@ -470,6 +472,7 @@ impl Shard {
             unpersisted_base: std::cell::Cell::new(0),
             retained_gen: std::cell::Cell::new(links.retained_store.generation()),
             store_dirty: std::cell::Cell::new(false),
+            retained_dirty: std::cell::Cell::new(false),
             store_applied: std::cell::Cell::new(0),
             commit_waker: RefCell::new(None),
             store_failed: std::cell::Cell::new(false),

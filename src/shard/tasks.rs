@@ -12,7 +12,6 @@ use super::{conn, ListenerRt, Shard, ShardLinks};
 use crate::broker::ConnId;
 use crate::clock::mono_ms;
 use crate::config::Durability;
-use crate::limits;
 use crate::plane::ShardCommand;
 
 /// What the stores held: this shard's sessions (those its store holds), every retained
@@ -36,12 +35,11 @@ pub(super) fn restore(shard: &Shard, links: &ShardLinks) {
 }
 
 /// Commits: writes are applied at once; a persist on the blocking pool (an fsync never runs
-/// on the reactor) makes them durable and releases the acknowledgements that waited. `group`
-/// gathers writes for `GROUP_COMMIT_MS` after the first; `always` starts at once (writes
-/// arriving during an fsync go into the next). A failing store is retried from the same task
-/// (`durable.rs`).
+/// on the reactor) makes them durable and releases the acknowledgements that waited. A
+/// persist starts as soon as there are writes and none runs; writes arriving during an fsync
+/// go into the next one (group commit without a timer: a publisher with a bounded window is
+/// never held back by one). A failing store is retried from the same task (`durable.rs`).
 pub(super) fn spawn_commit(shard: &Rc<Shard>) {
-    let group = shard.durability == Durability::Group;
     let shard = shard.clone();
     glommio::spawn_local(async move {
         loop {
@@ -58,9 +56,6 @@ pub(super) fn spawn_commit(shard: &Rc<Shard>) {
             if shard.store_failed.get() {
                 shard.recover_store().await;
                 continue;
-            }
-            if group {
-                glommio::timer::sleep(Duration::from_millis(limits::GROUP_COMMIT_MS)).await;
             }
             shard.persist_stores().await;
         }

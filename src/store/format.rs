@@ -12,6 +12,8 @@
 //! that validates clients' packets validates stored ones too: a corrupt value is an error, not
 //! a panic.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::broker::exactly_once::{PendingForward, Targets};
@@ -104,14 +106,41 @@ pub(crate) fn decode_publish(
 
 /// Encodes a queued delivery (`unix_at_mono_zero`: Unix time at the shard clock's zero).
 pub fn encode_delivery(d: &Delivery, unix_at_mono_zero: u64) -> Vec<u8> {
-    let mut out = BytesMut::with_capacity(16 + d.msg.topic.len() + d.msg.payload.len() + 16);
-    out.extend_from_slice(&[VERSION, d.qos as u8, d.retain as u8, d.sub_ids.len().min(255) as u8]);
+    let mut publish = BytesMut::new();
+    publish_bytes(&mut publish, &d.msg);
+    encode_delivery_of(d, unix_at_mono_zero, &publish)
+}
+
+/// The last message encoded for the queue: a message queued for several sessions (the ops of
+/// one fan-out are consecutive and share the message) is encoded once.
+#[derive(Default)]
+pub struct LastPublish {
+    msg: Option<Arc<Msg>>,
+    publish: BytesMut,
+}
+
+impl LastPublish {
+    /// [`encode_delivery`], reusing the message's encoding when it is the last one's.
+    pub fn delivery(&mut self, d: &Delivery, unix_at_mono_zero: u64) -> Vec<u8> {
+        if !self.msg.as_ref().is_some_and(|m| Arc::ptr_eq(m, &d.msg)) {
+            self.publish.clear();
+            publish_bytes(&mut self.publish, &d.msg);
+            self.msg = Some(d.msg.clone());
+        }
+        encode_delivery_of(d, unix_at_mono_zero, &self.publish)
+    }
+}
+
+fn encode_delivery_of(d: &Delivery, unix_at_mono_zero: u64, publish: &[u8]) -> Vec<u8> {
+    let ids = d.sub_ids.len().min(255);
+    let mut out = Vec::with_capacity(4 + ids * 4 + 8 + publish.len());
+    out.extend_from_slice(&[VERSION, d.qos as u8, d.retain as u8, ids as u8]);
     for id in d.sub_ids.iter().take(255) {
         out.extend_from_slice(&id.to_be_bytes());
     }
     out.extend_from_slice(&(d.msg.received_ms + unix_at_mono_zero).to_be_bytes());
-    publish_bytes(&mut out, &d.msg);
-    out.to_vec()
+    out.extend_from_slice(publish);
+    out
 }
 
 /// Decodes a queued delivery stored under `seq`; `None` if it expired while stored.
@@ -222,6 +251,17 @@ mod tests {
             retain: true,
             props: Properties { message_expiry_interval: expiry, ..Properties::default() }.into(),
             received_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn a_message_queued_for_several_sessions_is_encoded_once_and_the_same() {
+        let a = stored_delivery(msg(None), 1, true, &[7], 1);
+        let b = Delivery { sub_ids: [8, 9].into_iter().collect(), seq: 2, ..a.clone() };
+        let other = stored_delivery(msg(Some(5)), 2, false, &[], 3);
+        let mut last = LastPublish::default();
+        for d in [&a, &b, &other, &a] {
+            assert_eq!(last.delivery(d, 1_700_000_000_000), encode_delivery(d, 1_700_000_000_000));
         }
     }
 

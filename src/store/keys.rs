@@ -36,3 +36,9 @@ pub fn row_aad(ks: &str, key: &[u8]) -> Vec<u8> {
     a.extend_from_slice(key);
     a
 }
+
+/// The org and the rest of a row key (`org \0 rest`).
+pub(crate) fn split_key(k: &[u8]) -> Option<(&str, &str)> {
+    let i = k.iter().position(|b| *b == 0)?;
+    Some((std::str::from_utf8(&k[..i]).ok()?, std::str::from_utf8(&k[i + 1..]).ok()?))
+}

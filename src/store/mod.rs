@@ -33,7 +33,7 @@ use crate::broker::msg::Msg;
 pub use crate::broker::persist::RestoredSession;
 use crate::broker::persist::{OutboundMark, StoreOp};
 use crate::config::Durability;
-use keys::{org_key, row_aad};
+use keys::{org_key, row_aad, split_key};
 use reopen::Reopenable;
 use seal::{OpenError, Sealer};
 
@@ -78,11 +78,6 @@ fn retained_key(org: &str, topic: &str) -> Vec<u8> {
     org_key(org, topic.as_bytes())
 }
 
-fn split_key(k: &[u8]) -> Option<(&str, &str)> {
-    let i = k.iter().position(|b| *b == 0)?;
-    Some((std::str::from_utf8(&k[..i]).ok()?, std::str::from_utf8(&k[i + 1..]).ok()?))
-}
-
 /// Opens a stored value; `None` (the row noted in `dead`) when a destroyed key sealed it.
 fn open_row<'a>(
     sealer: &Sealer,
@@ -117,6 +112,15 @@ fn seal_plain(sealer: &Sealer, name: &str, ks: &Keyspace) -> Result<usize, Store
         ks.insert(k, v).map_err(ctx(name))?;
     }
     Ok(rows.len())
+}
+
+/// How a persist syncs: `always` with a full fsync (file metadata too), else fdatasync.
+fn sync_mode(durability: Durability) -> PersistMode {
+    if durability == Durability::Always {
+        PersistMode::SyncAll
+    } else {
+        PersistMode::SyncData
+    }
 }
 
 /// One shard's database.
@@ -196,6 +200,7 @@ impl ShardStore {
     ) -> Result<(), StoreError> {
         let what = self.dir.display().to_string();
         let mut batch = self.db.batch();
+        let mut encoded = format::LastPublish::default();
         for op in ops {
             match op {
                 StoreOp::Session { key, meta } => {
@@ -205,8 +210,8 @@ impl ShardStore {
                 }
                 StoreOp::Queued { key, seq, delivery } => {
                     let k = queue_key(key, *seq);
-                    let v = self.seal(key, "queue", &k, format::encode_delivery(delivery, unix_at_mono_zero));
-                    batch.insert(&self.queue, k, v);
+                    let plain = encoded.delivery(delivery, unix_at_mono_zero);
+                    batch.insert(&self.queue, k.clone(), self.seal(key, "queue", &k, plain));
                 }
                 StoreOp::Outbound { key, seq, pid, released } => {
                     batch.insert(
@@ -317,9 +322,9 @@ impl ShardStore {
         Ok(out)
     }
 
-    /// Makes every applied write durable (`fsync` of the journal); blocking.
+    /// Makes every applied write durable (syncs the journal as its durability says); blocking.
     pub fn persist(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncData).map_err(ctx(&self.dir.display().to_string()))
+        self.db.persist(sync_mode(self.durability)).map_err(ctx(&self.dir.display().to_string()))
     }
 
     /// Every stored session with its queue (in sequence order).
@@ -521,9 +526,9 @@ impl RetainedStore {
         Ok(())
     }
 
-    /// Makes retained writes durable; blocking.
-    pub fn persist(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncData).map_err(ctx("retained store"))
+    /// Makes retained writes durable (synced as `durability` says); blocking.
+    pub fn persist(&self, durability: Durability) -> Result<(), StoreError> {
+        self.db.persist(sync_mode(durability)).map_err(ctx("retained store"))
     }
 
     /// Every retained message, and the highest write sequence seen.
@@ -637,7 +642,7 @@ pub fn open(
         // A key used for the first time seals the plain values it covers (else they would be
         // refused as planted).
         let mut n = seal_plain(&sealer, "retained", &retained.ks)?;
-        retained.persist()?;
+        retained.persist(durability)?;
         for st in &stores {
             n += seal_plain(&sealer, "sessions", &st.sessions)? + seal_plain(&sealer, "queue", &st.queue)?;
             n += seal_plain(&sealer, "qos2", &st.qos2)?;
@@ -654,7 +659,7 @@ pub fn open(
             st.persist()?;
         }
         retained.purge_org(org)?;
-        retained.persist()?;
+        retained.persist(durability)?;
     }
     let unix_at_mono_zero = unix_now.saturating_sub(crate::clock::mono_ms());
     let mut sessions: Vec<Vec<RestoredSession>> = (0..nr).map(|_| Vec::new()).collect();
