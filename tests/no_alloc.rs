@@ -47,14 +47,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn subscribe(cl: &mut Cluster, c: coremq::broker::testing::Client, filter: &str) {
+fn subscribe(cl: &mut Cluster, c: coremq::broker::testing::Client, filter: &str, qos: QoS) {
     let s = Packet::Subscribe(Subscribe {
         packet_id: 1.try_into().unwrap(),
         props: Properties::default(),
-        filters: vec![(
-            MqStr::copy_from(filter).unwrap(),
-            SubOptions { qos: QoS::AtMostOnce, ..Default::default() },
-        )],
+        filters: vec![(MqStr::copy_from(filter).unwrap(), SubOptions { qos, ..Default::default() })],
     });
     cl.send(c, &s);
     assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));
@@ -97,8 +94,8 @@ fn run_with(protocol: Protocol, with_acl: bool, with_quota: bool) {
     let (p, _) = cl.connect(0, protocol, "pub", true, Properties::default());
     let (a, _) = cl.connect(0, protocol, "sub-local", true, Properties::default());
     let (b, _) = cl.connect(1, protocol, "sub-remote", true, Properties::default());
-    subscribe(&mut cl, a, "sensors/+/temp");
-    subscribe(&mut cl, b, "sensors/#");
+    subscribe(&mut cl, a, "sensors/+/temp", QoS::AtMostOnce);
+    subscribe(&mut cl, b, "sensors/#", QoS::AtMostOnce);
     let publish = to_bytes(
         protocol,
         &Packet::Publish(Publish {
@@ -190,18 +187,8 @@ fn qos1_allocations(protocol: Protocol) -> f64 {
     let (p, _) = cl.connect(0, protocol, "pub", true, Properties::default());
     let (a, _) = cl.connect(0, protocol, "sub-local", true, Properties::default());
     let (b, _) = cl.connect(1, protocol, "sub-remote", true, Properties::default());
-    for (c, f) in [(a, "sensors/+/temp"), (b, "sensors/#")] {
-        let s = Packet::Subscribe(Subscribe {
-            packet_id: 1.try_into().unwrap(),
-            props: Properties::default(),
-            filters: vec![(
-                MqStr::copy_from(f).unwrap(),
-                SubOptions { qos: QoS::AtLeastOnce, ..Default::default() },
-            )],
-        });
-        cl.send(c, &s);
-        assert!(matches!(cl.recv(c)[0], Packet::SubAck(_)));
-    }
+    subscribe(&mut cl, a, "sensors/+/temp", QoS::AtLeastOnce);
+    subscribe(&mut cl, b, "sensors/#", QoS::AtLeastOnce);
     const BURST: u16 = 16;
     let publishes: Vec<bytes::Bytes> = (1..=BURST)
         .map(|pid| {
