@@ -17,7 +17,7 @@ static NO_PROPS: LazyLock<Properties> = LazyLock::new(Properties::default);
 impl MsgProps {
     /// Shares `p` (nothing is allocated when it holds no property).
     pub fn new(p: Properties) -> MsgProps {
-        if p == *NO_PROPS {
+        if p.is_empty() {
             MsgProps(None)
         } else {
             MsgProps(Some(Arc::new(p)))

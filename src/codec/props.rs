@@ -126,9 +126,61 @@ fn nonzero_u16(v: u16, what: &'static str) -> Result<u16, DecodeError> {
 }
 
 impl Properties {
-    /// Whether no property is set.
+    /// Whether no property is set (field by field, without building an empty set: it runs for
+    /// every PUBLISH; the destructuring makes a new field a compile error here).
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        let Properties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        let bytes = [
+            payload_format_indicator,
+            request_problem_information,
+            request_response_information,
+            maximum_qos,
+            retain_available,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        ];
+        let strings = [content_type, response_topic, assigned_client_identifier, authentication_method];
+        let more_strings = [response_information, server_reference, reason_string];
+        let u32s =
+            [message_expiry_interval, session_expiry_interval, will_delay_interval, maximum_packet_size];
+        let u16s = [server_keep_alive, receive_maximum, topic_alias_maximum, topic_alias];
+        bytes.iter().all(|v| v.is_none())
+            && strings.iter().chain(more_strings.iter()).all(|v| v.is_none())
+            && u32s.iter().all(|v| v.is_none())
+            && u16s.iter().all(|v| v.is_none())
+            && correlation_data.is_none()
+            && authentication_data.is_none()
+            && subscription_identifiers.is_empty()
+            && user_properties.is_empty()
     }
 
     /// Decodes a property list (length varint first) valid in `ctx`.
@@ -361,5 +413,50 @@ impl Properties {
         u8p(out, 0x28, self.wildcard_subscription_available);
         u8p(out, 0x29, self.subscription_identifier_available);
         u8p(out, 0x2A, self.shared_subscription_available);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_empty_sees_every_property() {
+        let set: Vec<fn(&mut Properties)> = vec![
+            |p| p.payload_format_indicator = Some(1),
+            |p| p.message_expiry_interval = Some(1),
+            |p| p.content_type = Some(MqStr::from_static("x")),
+            |p| p.response_topic = Some(MqStr::from_static("x")),
+            |p| p.correlation_data = Some(bytes::Bytes::from_static(b"x")),
+            |p| p.subscription_identifiers.push(1),
+            |p| p.session_expiry_interval = Some(1),
+            |p| p.assigned_client_identifier = Some(MqStr::from_static("x")),
+            |p| p.server_keep_alive = Some(1),
+            |p| p.authentication_method = Some(MqStr::from_static("x")),
+            |p| p.authentication_data = Some(bytes::Bytes::from_static(b"x")),
+            |p| p.request_problem_information = Some(1),
+            |p| p.will_delay_interval = Some(1),
+            |p| p.request_response_information = Some(1),
+            |p| p.response_information = Some(MqStr::from_static("x")),
+            |p| p.server_reference = Some(MqStr::from_static("x")),
+            |p| p.reason_string = Some(MqStr::from_static("x")),
+            |p| p.receive_maximum = Some(1),
+            |p| p.topic_alias_maximum = Some(1),
+            |p| p.topic_alias = Some(1),
+            |p| p.maximum_qos = Some(1),
+            |p| p.retain_available = Some(1),
+            |p| p.user_properties.push((MqStr::from_static("k"), MqStr::from_static("v"))),
+            |p| p.maximum_packet_size = Some(1),
+            |p| p.wildcard_subscription_available = Some(1),
+            |p| p.subscription_identifier_available = Some(1),
+            |p| p.shared_subscription_available = Some(1),
+        ];
+        assert!(Properties::default().is_empty());
+        for (i, f) in set.iter().enumerate() {
+            let mut p = Properties::default();
+            f(&mut p);
+            assert_ne!(p, Properties::default(), "setter {i} sets something");
+            assert!(!p.is_empty(), "setter {i}: a set property is seen");
+        }
     }
 }
