@@ -222,10 +222,9 @@ impl Drop for Deadline {
 impl Shard {
     /// Drains the core after a batch of inputs — the one call the shell makes after feeding
     /// it: store writes (applied at once, persisted by the commit task), work for the hashing
-    /// pool and the control plane, and messages for other shards, pushed into the peer queues
-    /// without blocking. When a peer's queue is full, a task takes the first message that did
-    /// not fit and awaits room for it: the retry starts the moment the peer drains, not at the
-    /// next tick. Audit records go out once per tick instead (`flush_audit`).
+    /// pool and the control plane, and messages for other shards, one batch per peer pushed
+    /// into the peer queues without blocking (`send_mesh`, shard/mesh.rs). Audit records go
+    /// out once per tick instead (`flush_audit`).
     pub(crate) fn drain_core(self: &Rc<Self>) {
         self.flush_side();
         self.send_mesh();
