@@ -23,9 +23,7 @@ impl MsgProps {
             MsgProps(Some(Arc::new(p)))
         }
     }
-}
 
-impl MsgProps {
     /// The properties, `None` when there are none.
     pub fn get(&self) -> Option<&Properties> {
         self.0.as_deref()
